@@ -1,0 +1,125 @@
+"""Command line: ``python -m playground run [flags] --json FILE``.
+
+Bad arguments exit with code 2 and one line on stderr, before any process
+starts; a run that fails exits with code 1 and says which rank and why.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .config import OPTIMIZERS, SCHEDULES, STRATEGIES, ConfigError, RunConfig
+from .models import MODEL_NAMES
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, no usage dump
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _int_list(field: str):
+    def parse(text: str) -> tuple[int, ...]:
+        parts = [p for p in text.replace(",", " ").split() if p]
+        try:
+            return tuple(int(p) for p in parts)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{field}={text!r}: must be integers separated by commas") from None
+    return parse
+
+
+def _add_run_flags(p: argparse.ArgumentParser) -> None:
+    d = RunConfig()
+    p.add_argument("--model", default=d.model, help=f"one of {', '.join(MODEL_NAMES)} (default {d.model})")
+    p.add_argument("--strategy", default=d.strategy, help=f"one of {', '.join(STRATEGIES)} (default {d.strategy})")
+    p.add_argument("--world-size", type=int, default=None, help="ranks (default: 2, or 1 for single)")
+    p.add_argument("--split-points", type=_int_list("split_points"), default=None,
+                   help="block indices where stages end, e.g. 4 or 3,6 (default: balanced)")
+    p.add_argument("--global-batch", type=int, default=d.global_batch, help=f"samples per step (default {d.global_batch})")
+    p.add_argument("--batch-partition", type=_int_list("batch_partition"), default=None,
+                   help="shares per data-parallel rank, e.g. 3,1 (default: even)")
+    p.add_argument("--micro-batches", type=int, default=d.micro_batches, help="micro-batches (pipeline)")
+    p.add_argument("--schedule", default=d.schedule, help=f"pipeline schedule: {', '.join(SCHEDULES)}")
+    p.add_argument("--steps", type=int, default=d.steps, help=f"optimizer steps (default {d.steps})")
+    p.add_argument("--lr", type=float, default=d.lr, help=f"learning rate (default {d.lr})")
+    p.add_argument("--optimizer", default=d.optimizer, help=f"one of {', '.join(OPTIMIZERS)}")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--device", default=d.device, help="auto, cpu or cuda")
+    p.add_argument("--backend", default=d.backend, help="auto, gloo or nccl")
+    p.add_argument("--timeout", type=float, default=d.timeout_s, help="seconds before a run is stopped")
+    p.add_argument("--max-world-size", type=int, default=d.max_world_size)
+    p.add_argument("--json", metavar="FILE", help="write the result JSON here")
+
+
+def config_from_args(a: argparse.Namespace) -> RunConfig:
+    world = a.world_size if a.world_size is not None else (1 if a.strategy == "single" else 2)
+    return RunConfig(model=a.model, strategy=a.strategy, world_size=world, split_points=a.split_points,
+                     global_batch=a.global_batch, batch_partition=a.batch_partition,
+                     micro_batches=a.micro_batches, schedule=a.schedule, steps=a.steps, lr=a.lr,
+                     optimizer=a.optimizer, seed=a.seed, device=a.device, backend=a.backend,
+                     timeout_s=a.timeout, max_world_size=a.max_world_size)
+
+
+def _run_and_print(config: RunConfig, json_path: str | None = None) -> int:
+    from .launcher import RunError
+    from .runner import run
+
+    try:
+        result = run(config)
+    except ConfigError as e:
+        print(f"playground: error: {e}", file=sys.stderr)
+        return 2
+    except RunError as e:
+        print(f"playground: run failed: {e}", file=sys.stderr)
+        return 1
+    print(result.summary())
+    if json_path:
+        with open(json_path, "w") as f:
+            f.write(result.to_json(indent=1))
+        print(f"result written to {json_path}")
+    return 0 if result.passed else 1
+
+
+DEMO = [
+    ("The source text's two-layer example, h = W1 x + b1 on rank 0, y = W2 h + b2 on rank 1",
+     RunConfig(model="seed-mlp", strategy="model", world_size=2, split_points=(1,), steps=10)),
+    ("Data parallel with uneven shares 3:1 - rank 1 has less work and waits",
+     RunConfig(model="mlp", strategy="data", world_size=2, batch_partition=(3, 1), global_batch=128, steps=10)),
+    ("A 2-stage pipeline of the digits MLP, 1F1B schedule, 4 micro-batches",
+     RunConfig(model="mlp", strategy="pipeline", schedule="1f1b", world_size=2, micro_batches=4,
+               global_batch=128, steps=10)),
+]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _Parser(prog="python -m playground", description="Real multi-process training of a split model.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    run_p = sub.add_parser("run", help="train one configuration and print what each rank did")
+    _add_run_flags(run_p)
+    sub.add_parser("demo", help="a few illustrative runs")
+    sub.add_parser("models", help="list the models and their blocks")
+    args = parser.parse_args(argv)
+
+    if args.command == "run":
+        try:
+            config = config_from_args(args)
+        except ConfigError as e:
+            parser.exit(2, f"{parser.prog}: error: {e}\n")
+        return _run_and_print(config, args.json)
+    if args.command == "models":
+        from .models import MODELS, model_block_infos
+
+        for name, spec in MODELS.items():
+            print(f"{name}: {spec.description}")
+            for b in model_block_infos(name):
+                print(f"  {b.index:2d} {b.label:16s} {b.params:8d} params {b.flops:10d} FLOPs/sample")
+        return 0
+    status = 0
+    for title, config in DEMO:
+        print(f"\n== {title}")
+        status |= _run_and_print(config)
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

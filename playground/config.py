@@ -1,0 +1,275 @@
+"""RunConfig: every knob of a run, checked once, at construction.
+
+A config that exists is a config that can run: each check raises
+``ConfigError`` (a ``ValueError``) naming the field, the value it got and
+what is allowed, before any process is started.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+STRATEGIES = ("single", "data", "model", "pipeline")
+SCHEDULES = ("gpipe", "1f1b")
+OPTIMIZERS = ("sgd", "adam")
+DEVICES = ("auto", "cpu", "cuda")
+BACKENDS = ("auto", "gloo", "nccl")
+DEFAULT_MAX_WORLD_SIZE = 8
+
+
+class ConfigError(ValueError):
+    """A RunConfig field holds a value that is not allowed."""
+
+    def __init__(self, field_name: str, value: Any, allowed: str):
+        self.field = field_name
+        self.value = value
+        self.allowed = allowed
+        super().__init__(f"{field_name}={value!r}: {allowed}")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """One run of the playground.
+
+    Every field is checked in ``__post_init__``; see ``ConfigError``.
+    """
+
+    model: str = "seed-mlp"
+    """Model name (``seed-mlp``, ``mlp``, ``cnn``, ``transformer``), or
+    ``custom`` when a module and dataset are passed to ``run``."""
+
+    strategy: str = "single"
+    """How the work is split: single, data, model or pipeline."""
+
+    world_size: int = 1
+    """Number of ranks (processes, one device each). 1 means no split."""
+
+    split_points: tuple[int, ...] | None = None
+    """Block indices where a stage ends, ascending: (4,) puts blocks 0..3 on
+    stage 0 and the rest on stage 1. None: cuts that balance the stages'
+    estimated FLOPs."""
+
+    global_batch: int = 32
+    """Samples per optimizer step, over all data-parallel ranks."""
+
+    batch_partition: tuple[int, ...] | None = None
+    """Relative shares of the global batch per data-parallel rank, e.g. (3, 1)
+    gives rank 0 three quarters. None: even shares."""
+
+    micro_batches: int = 1
+    """Micro-batches each data-parallel rank's batch is cut into (pipeline)."""
+
+    schedule: str = "gpipe"
+    """Pipeline schedule (pipeline strategy): gpipe or 1f1b."""
+
+    steps: int = 10
+    """Optimizer steps. The first is a warm-up, left out of throughput."""
+
+    lr: float = 0.05
+    """Learning rate, > 0."""
+
+    optimizer: str = "sgd"
+    """sgd (plain, no momentum) or adam."""
+
+    seed: int = 0
+    """Seeds the weights and the order of the batches."""
+
+    device: str = "auto"
+    """cpu, cuda, or auto (cuda when enough GPUs are visible, else cpu)."""
+
+    backend: str = "auto"
+    """gloo, nccl, or auto (nccl on GPUs, gloo on CPU)."""
+
+    timeout_s: float = 120.0
+    """Seconds a run may take before its ranks are stopped."""
+
+    max_world_size: int = DEFAULT_MAX_WORLD_SIZE
+    """Upper limit on world_size for CPU runs (each rank is a process)."""
+
+    num_blocks: int | None = field(default=None, compare=False, repr=False)
+    """Blocks of a custom model; filled in by ``run`` for ``model='custom'``."""
+
+    def __post_init__(self) -> None:
+        _validate(self)
+
+    # -- derived facts -------------------------------------------------
+
+    @property
+    def stages(self) -> int:
+        """Pipeline stages: world_size for model/pipeline, else 1."""
+        return self.world_size if self.strategy in ("model", "pipeline") else 1
+
+    @property
+    def dp_size(self) -> int:
+        """Data-parallel ranks the global batch is shared among."""
+        return self.world_size if self.strategy == "data" else 1
+
+    @property
+    def shares(self) -> tuple[int, ...]:
+        return self.batch_partition or (1,) * self.dp_size
+
+    def rank_batches(self) -> tuple[int, ...]:
+        """Samples per data-parallel rank: B * share_r / sum(shares)."""
+        total = sum(self.shares)
+        return tuple(self.global_batch * s // total for s in self.shares)
+
+    def resolved_split_points(self, block_costs: list[float]) -> tuple[int, ...]:
+        """The split points, or balanced ones when none were given."""
+        if self.split_points is not None:
+            return self.split_points
+        from .models import balance_split_points
+
+        return balance_split_points(block_costs, self.stages)
+
+    # -- (de)serialisation ---------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        for k in ("split_points", "batch_partition"):
+            if d[k] is not None:
+                d[k] = list(d[k])
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "RunConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ConfigError(unknown[0], d[unknown[0]], f"unknown field; allowed: {', '.join(sorted(names))}")
+        d = dict(d)
+        for k in ("split_points", "batch_partition"):
+            if isinstance(d.get(k), list):
+                d[k] = tuple(d[k])
+        return cls(**d)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict())
+
+    def replace(self, **changes: Any) -> "RunConfig":
+        return dataclasses.replace(self, **changes)
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _check_int(name: str, v: Any, lo: int, hi: int | None = None) -> None:
+    if not _is_int(v):
+        raise ConfigError(name, v, "must be an integer")
+    if v < lo or (hi is not None and v > hi):
+        rng = f"between {lo} and {hi}" if hi is not None else f">= {lo}"
+        raise ConfigError(name, v, f"must be {rng}")
+
+
+def _check_choice(name: str, v: Any, allowed: tuple[str, ...]) -> None:
+    if v not in allowed:
+        raise ConfigError(name, v, f"must be one of {', '.join(allowed)}")
+
+
+def _check_int_tuple(name: str, v: Any) -> None:
+    if not isinstance(v, tuple) or not all(_is_int(x) for x in v):
+        raise ConfigError(name, v, "must be a tuple of integers")
+
+
+def _validate(c: RunConfig) -> None:
+    from .models import MODEL_NAMES, model_num_blocks
+
+    _check_choice("model", c.model, MODEL_NAMES + ("custom",))
+    _check_choice("strategy", c.strategy, STRATEGIES)
+    _check_choice("schedule", c.schedule, SCHEDULES)
+    _check_choice("optimizer", c.optimizer, OPTIMIZERS)
+    _check_choice("device", c.device, DEVICES)
+    _check_choice("backend", c.backend, BACKENDS)
+    _check_int("max_world_size", c.max_world_size, 1)
+    if not _is_int(c.world_size) or c.world_size < 1 or c.world_size > c.max_world_size:
+        raise ConfigError(
+            "world_size", c.world_size,
+            f"must be an integer from 1 to {c.max_world_size} "
+            f"(the limit, max_world_size={c.max_world_size}: each rank is a local process)",
+        )
+    if c.strategy == "single" and c.world_size != 1:
+        raise ConfigError("world_size", c.world_size, "strategy 'single' runs on exactly 1 rank")
+    _check_int("global_batch", c.global_batch, 1, 1 << 20)
+    _check_int("micro_batches", c.micro_batches, 1, 1024)
+    _check_int("steps", c.steps, 1, 100_000)
+    _check_int("seed", c.seed, 0, 2**31 - 1)
+    if isinstance(c.lr, bool) or not isinstance(c.lr, (int, float)) or not math.isfinite(c.lr) or c.lr <= 0:
+        raise ConfigError("lr", c.lr, "must be a finite number > 0")
+    if isinstance(c.timeout_s, bool) or not isinstance(c.timeout_s, (int, float)) or not (0 < c.timeout_s <= 86400):
+        raise ConfigError("timeout_s", c.timeout_s, "must be a number of seconds in (0, 86400]")
+
+    if c.model == "custom":
+        if c.num_blocks is None:
+            raise ConfigError("model", c.model, "'custom' needs a module passed to run(config, model=...)")
+        blocks = c.num_blocks
+    else:
+        blocks = model_num_blocks(c.model)
+
+    if c.strategy == "model" and c.micro_batches != 1:
+        raise ConfigError("micro_batches", c.micro_batches,
+                          "strategy 'model' runs one micro-batch; use strategy 'pipeline' for more")
+
+    # Split points: only where the model is cut into stages.
+    if c.split_points is not None:
+        _check_int_tuple("split_points", c.split_points)
+        if c.stages == 1 and c.split_points:
+            raise ConfigError("split_points", c.split_points,
+                              f"strategy '{c.strategy}' does not cut the model; leave split_points empty")
+        if c.stages > 1:
+            for p in c.split_points:
+                if not 1 <= p <= blocks - 1:
+                    raise ConfigError("split_points", c.split_points,
+                                      f"each split point must be a block index from 1 to {blocks - 1} "
+                                      f"(model '{c.model}' has {blocks} blocks)")
+            for a, b in zip(c.split_points, c.split_points[1:]):
+                if b <= a:
+                    raise ConfigError("split_points", c.split_points,
+                                      "must be strictly increasing (two equal split points leave an empty stage)")
+            if len(c.split_points) + 1 != c.stages:
+                n = len(c.split_points) + 1
+                what = "more stages than ranks" if n > c.world_size else "fewer stages than ranks"
+                raise ConfigError("split_points", c.split_points,
+                                  f"{len(c.split_points)} split points make {n} stages, {what}: "
+                                  f"strategy '{c.strategy}' needs exactly world_size-1={c.world_size - 1}")
+    if c.stages > blocks:
+        raise ConfigError("world_size", c.world_size,
+                          f"{c.stages} stages need at least {c.stages} blocks; model '{c.model}' has {blocks}")
+
+    # Batch partition: per data-parallel rank.
+    if c.batch_partition is not None:
+        _check_int_tuple("batch_partition", c.batch_partition)
+        if len(c.batch_partition) != c.dp_size:
+            raise ConfigError("batch_partition", c.batch_partition,
+                              f"needs one share per data-parallel rank ({c.dp_size})")
+        if any(s <= 0 for s in c.batch_partition):
+            raise ConfigError("batch_partition", c.batch_partition, "shares must be positive integers")
+    total = sum(c.shares)
+    for r, s in enumerate(c.shares):
+        if (c.global_batch * s) % total:
+            raise ConfigError("global_batch", c.global_batch,
+                              f"cannot be shared as {list(c.shares)} among {c.dp_size} data-parallel ranks "
+                              f"(rank {r} would get {c.global_batch * s / total:g} samples); "
+                              f"use a multiple of {total // math.gcd(total, s)}")
+    for r, b in enumerate(c.rank_batches()):
+        if b % c.micro_batches:
+            raise ConfigError("micro_batches", c.micro_batches,
+                              f"rank {r}'s batch of {b} samples cannot be cut into {c.micro_batches} "
+                              f"equal micro-batches")
+
+    if c.device == "cuda" and c.backend == "gloo":
+        pass  # allowed: gloo also runs on CUDA tensors
+    if c.device == "cpu" and c.backend == "nccl":
+        raise ConfigError("backend", c.backend, "nccl needs device 'cuda' (use gloo or auto on cpu)")
+
+
+def cpu_count() -> int:
+    """Cores this process may use."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1

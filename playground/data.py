@@ -1,0 +1,119 @@
+"""Datasets, the batch each step draws, and how it is cut among ranks.
+
+Nothing is downloaded: the digits images ship with scikit-learn, the text
+corpus ships inside this package, and the seed-mlp task is generated.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from importlib import resources
+
+import torch
+
+from .models import LM_CONTEXT, MODELS, SEED_IN, SEED_OUT
+
+
+@dataclass(frozen=True)
+class Dataset:
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    test_x: torch.Tensor | None = None
+    test_y: torch.Tensor | None = None
+    task: str = "classification"
+    """classification (cross-entropy, accuracy) or regression (MSE)."""
+
+    def batch(self, step: int, size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The global batch of ``step``: the same on every rank and in the
+        single-device baseline, drawn from (seed, step) alone."""
+        g = torch.Generator().manual_seed(seed * 1_000_003 + step)
+        idx = torch.randint(0, len(self.train_x), (size,), generator=g)
+        return self.train_x[idx], self.train_y[idx]
+
+
+def loss_fn(task: str):
+    """Mean loss over a batch: cross-entropy over the last dim, or MSE."""
+    if task == "regression":
+        return torch.nn.functional.mse_loss
+
+    def cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1))
+
+    return cross_entropy
+
+
+def shard(x: torch.Tensor, sizes: tuple[int, ...], index: int) -> torch.Tensor:
+    """The ``index``-th contiguous slice of ``x`` when cut into ``sizes``."""
+    start = sum(sizes[:index])
+    return x[start:start + sizes[index]]
+
+
+# --------------------------------------------------------------------------
+# The built-in datasets
+
+
+@functools.lru_cache(maxsize=None)
+def _digits() -> tuple[torch.Tensor, torch.Tensor]:
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = torch.tensor(d.data, dtype=torch.float32) / 16.0
+    y = torch.tensor(d.target, dtype=torch.long)
+    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(1234))
+    return x[perm], y[perm]
+
+
+def _digits_dataset(flat: bool) -> Dataset:
+    x, y = _digits()
+    if not flat:
+        x = x.view(-1, 1, 8, 8)
+    n_test = len(x) // 5
+    return Dataset(x[n_test:], y[n_test:], x[:n_test], y[:n_test])
+
+
+def _seed_mlp_dataset() -> Dataset:
+    g = torch.Generator().manual_seed(4321)
+    teacher = torch.randn(SEED_OUT, SEED_IN, generator=g) / SEED_IN ** 0.5
+    x = torch.randn(640, SEED_IN, generator=g)
+    y = x @ teacher.T + 0.05 * torch.randn(640, SEED_OUT, generator=g)
+    return Dataset(x[128:], y[128:], x[:128], y[:128], task="regression")
+
+
+@functools.lru_cache(maxsize=None)
+def corpus_text() -> str:
+    return resources.files("playground").joinpath("corpus.txt").read_text(encoding="utf-8")
+
+
+def corpus_vocab() -> str:
+    return "".join(sorted(set(corpus_text())))
+
+
+def corpus_vocab_size() -> int:
+    return len(corpus_vocab())
+
+
+def _corpus_dataset() -> Dataset:
+    text = corpus_text()
+    lookup = {ch: i for i, ch in enumerate(corpus_vocab())}
+    ids = torch.tensor([lookup[ch] for ch in text], dtype=torch.long)
+    windows = ids.unfold(0, LM_CONTEXT + 1, 1)  # every (context + 1)-long window
+    x, y = windows[:, :-1].contiguous(), windows[:, 1:].contiguous()
+    n_train = int(len(x) * 0.9)
+    # Leave a gap of one context between train and test so no test target is trained on.
+    return Dataset(x[:n_train], y[:n_train], x[n_train + LM_CONTEXT:], y[n_train + LM_CONTEXT:])
+
+
+_DATASETS = {
+    "seed-mlp": _seed_mlp_dataset,
+    "mlp": lambda: _digits_dataset(flat=True),
+    "cnn": lambda: _digits_dataset(flat=False),
+    "transformer": _corpus_dataset,
+}
+assert set(_DATASETS) == set(MODELS)
+
+
+@functools.lru_cache(maxsize=None)
+def load_dataset(model_name: str) -> Dataset:
+    """The dataset the named model trains on."""
+    return _DATASETS[model_name]()

@@ -1,0 +1,246 @@
+"""What a run produced: each rank's report, merged into one RunResult.
+
+Time accounting, per rank, over the timed steps (all steps after the
+warm-up step 0; step 0 alone when there is only one):
+
+  compute  time inside forward, loss, backward, optimizer (union of spans)
+  comm     time moving bytes, outside compute. A transfer cannot begin
+           before every party has joined it, so a receive or collective
+           counts as communication only from the moment the last party
+           posted it; waiting for a slower peer before that is idle.
+  idle     the rest of the window: waiting for peers, the pipeline bubble.
+
+Bytes, per rank: a send or receive counts its tensor's bytes; an
+all-reduce of B bytes among n ranks counts the ring algorithm's
+2 (n - 1) / n * B sent and as many received.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from .config import RunConfig
+from .recorder import COMM_KINDS, COMPUTE_KINDS
+
+BASELINE_TOLERANCE = 1e-5
+
+
+@dataclass
+class RankReport:
+    rank: int
+    dp_rank: int
+    stage: int
+    blocks: tuple[int, int]
+    """[first, end) block indices this rank holds."""
+    timeline: list[dict[str, Any]]
+    step_times: list[tuple[float, float]]
+    memory: dict[str, int | None]
+    time: dict[str, float] = field(default_factory=dict)
+    bytes_sent: int = 0
+    bytes_recv: int = 0
+    threads: int = 1
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "rank": self.rank, "dp_rank": self.dp_rank, "stage": self.stage,
+            "blocks": list(self.blocks), "timeline": self.timeline,
+            "step_times": [list(t) for t in self.step_times], "memory": self.memory,
+            "time": self.time, "bytes_sent": self.bytes_sent, "bytes_recv": self.bytes_recv,
+            "threads": self.threads,
+        }
+
+
+@dataclass
+class RunResult:
+    config: RunConfig
+    device: str
+    backend: str
+    world_size: int
+    losses: list[float]
+    throughput_samples_per_s: float
+    baseline: dict[str, Any]
+    ranks: list[RankReport]
+    split_points: tuple[int, ...]
+    accuracy: float | None = None
+    wall_s: float = 0.0
+    notes: list[str] = field(default_factory=list)
+    model: Any = field(default=None, repr=False)
+    """The trained full model, gathered from the ranks (not in the JSON)."""
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.baseline["passed"])
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "config": self.config.to_dict(),
+            "device": self.device,
+            "backend": self.backend,
+            "world_size": self.world_size,
+            "losses": self.losses,
+            "throughput_samples_per_s": self.throughput_samples_per_s,
+            "baseline": self.baseline,
+            "accuracy": self.accuracy,
+            "split_points": list(self.split_points),
+            "wall_s": self.wall_s,
+            "notes": self.notes,
+            "ranks": [r.to_dict() for r in self.ranks],
+        }
+
+    def to_json(self, indent: int | None = None) -> str:
+        return json.dumps(self.to_dict(), indent=indent)
+
+    def summary(self) -> str:
+        """The per-rank table the CLI prints."""
+        return format_table(self)
+
+
+# --------------------------------------------------------------------------
+# Merging the ranks' timelines
+
+
+def mark_waits(ranks: list[RankReport]) -> None:
+    """Give each communication event ``joined``: when the last party posted
+    it. A recv from p is matched with p's send to it of the same order; a
+    collective with the other members' event of the same group and order."""
+    sends: dict[tuple[int, int, int], dict] = {}
+    recvs: dict[tuple[int, int, int], dict] = {}
+    collectives: dict[tuple[str, int], list[dict]] = {}
+    for r in ranks:
+        for e in r.timeline:
+            if e["kind"] == "send":
+                sends[(r.rank, e["peer"], e["seq"])] = e
+            elif e["kind"] == "recv":
+                recvs[(e["peer"], r.rank, e["seq"])] = e
+            elif e["kind"] == "all_reduce":
+                group = f"{e['group']}:{r.stage}" if e["group"] == "dp" else e["group"]
+                collectives.setdefault((group, e["seq"]), []).append(e)
+    for key, s in sends.items():
+        rv = recvs.get(key)
+        joined = max(s["start"], rv["start"]) if rv else s["start"]
+        s["joined"] = joined
+        if rv:
+            rv["joined"] = joined
+    for e in recvs.values():
+        e.setdefault("joined", e["start"])
+    for events in collectives.values():
+        joined = max(e["start"] for e in events)
+        for e in events:
+            e["joined"] = joined
+
+
+def _union(intervals: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    out: list[list[float]] = []
+    for a, b in sorted(intervals):
+        if b <= a:
+            continue
+        if out and a <= out[-1][1]:
+            out[-1][1] = max(out[-1][1], b)
+        else:
+            out.append([a, b])
+    return [(a, b) for a, b in out]
+
+
+def _length(intervals) -> float:
+    return sum(b - a for a, b in intervals)
+
+
+def _clip(intervals, lo: float, hi: float):
+    return [(max(a, lo), min(b, hi)) for a, b in intervals if b > lo and a < hi]
+
+
+def _minus(intervals, holes):
+    """Parts of ``intervals`` (disjoint, sorted) outside ``holes`` (same)."""
+    out = []
+    for a, b in intervals:
+        cur = a
+        for ha, hb in holes:
+            if hb <= cur or ha >= b:
+                continue
+            if ha > cur:
+                out.append((cur, ha))
+            cur = max(cur, hb)
+        if cur < b:
+            out.append((cur, b))
+    return out
+
+
+def timed_window(ranks: list[RankReport]) -> tuple[float, float]:
+    """From the start of the first timed step (on any rank) to the end of
+    the last step (on every rank)."""
+    first = 1 if len(ranks[0].step_times) > 1 else 0
+    return (min(r.step_times[first][0] for r in ranks), max(r.step_times[-1][1] for r in ranks))
+
+
+def account(ranks: list[RankReport]) -> None:
+    """Fill each rank's ``time`` (compute, comm, idle) and byte totals."""
+    mark_waits(ranks)
+    lo, hi = timed_window(ranks)
+    for r in ranks:
+        compute = _union(_clip([(e["start"], e["end"]) for e in r.timeline if e["kind"] in COMPUTE_KINDS], lo, hi))
+        comm = _union(_clip([(e.get("joined", e["start"]), e["end"]) for e in r.timeline
+                             if e["kind"] in COMM_KINDS], lo, hi))
+        comm = _minus(comm, compute)
+        c, m = _length(compute), _length(comm)
+        r.time = {"compute": c, "comm": m, "idle": max(0.0, (hi - lo) - c - m), "window": hi - lo}
+        sent = recv = 0
+        for e in r.timeline:
+            if e["kind"] == "send":
+                sent += e["bytes"]
+            elif e["kind"] == "recv":
+                recv += e["bytes"]
+            elif e["kind"] == "all_reduce":
+                n = e["group_size"]
+                volume = 2 * (n - 1) * e["bytes"] // n
+                sent += volume
+                recv += volume
+        r.bytes_sent, r.bytes_recv = sent, recv
+
+
+def throughput(ranks: list[RankReport], global_batch: int) -> float:
+    """Samples per second over the steps after the warm-up step."""
+    steps = len(ranks[0].step_times)
+    if steps == 1:
+        start = min(r.step_times[0][0] for r in ranks)
+        return global_batch / max(1e-12, max(r.step_times[0][1] for r in ranks) - start)
+    start = max(r.step_times[0][1] for r in ranks)
+    end = max(r.step_times[-1][1] for r in ranks)
+    return global_batch * (steps - 1) / max(1e-12, end - start)
+
+
+# --------------------------------------------------------------------------
+# The CLI table
+
+
+def _mib(n: int | None) -> str:
+    return "-" if n is None else f"{n / 2**20:.2f}"
+
+
+def format_table(result: RunResult) -> str:
+    c = result.config
+    head = (f"{c.model} · {c.strategy} · world {result.world_size} · {result.device}/{result.backend} · "
+            f"{c.steps} steps · split {list(result.split_points) or '-'} · "
+            f"{result.throughput_samples_per_s:.0f} samples/s")
+    cols = ("rank", "stage", "dp", "blocks", "compute ms", "comm ms", "idle ms",
+            "params MiB", "grads MiB", "optim MiB", "activ MiB", "sent MiB", "recv MiB")
+    rows = []
+    for r in result.ranks:
+        t = r.time
+        rows.append((str(r.rank), str(r.stage), str(r.dp_rank), f"{r.blocks[0]}-{r.blocks[1] - 1}",
+                     f"{1e3 * t['compute']:.1f}", f"{1e3 * t['comm']:.1f}", f"{1e3 * t['idle']:.1f}",
+                     _mib(r.memory["params"]), _mib(r.memory["grads"]), _mib(r.memory["optimizer"]),
+                     _mib(r.memory["activations_peak"]), _mib(r.bytes_sent), _mib(r.bytes_recv)))
+    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(cols)]
+    lines = [head, "  ".join(h.rjust(w) for h, w in zip(cols, widths))]
+    lines += ["  ".join(v.rjust(w) for v, w in zip(row, widths)) for row in rows]
+    b = result.baseline
+    verdict = "PASS" if b["passed"] else "FAIL"
+    lines.append(f"baseline check: {verdict}  max |Δparam| = {b['max_abs_param_diff']:.2e} "
+                 f"(tolerance {b['tolerance']:.0e}), final loss {result.losses[-1]:.6f} vs "
+                 f"{b['losses'][-1]:.6f} single-device (Δ {b['final_loss_diff']:.2e})")
+    if result.accuracy is not None:
+        lines.append(f"held-out accuracy: {result.accuracy:.3f} (single-device {b['accuracy']:.3f})")
+    lines += [f"note: {n}" for n in result.notes]
+    return "\n".join(lines)

@@ -1,0 +1,156 @@
+"""``run(config)``: validate, launch the ranks, merge what they report, and
+check the trained model against single-device training."""
+
+from __future__ import annotations
+
+import copy
+import time
+from typing import Any
+
+import torch
+from torch import nn
+
+from .config import ConfigError, RunConfig, cpu_count
+from .data import Dataset, load_dataset
+from .launcher import launch
+from .models import MODELS, block_infos, build_model, model_block_infos, stage_ranges
+from .recorder import Recorder
+from .result import BASELINE_TOLERANCE, RankReport, RunResult, account, throughput
+from .topology import Topology
+from .training import Groups, train_rank
+
+
+def run(config: RunConfig, *, model: nn.Sequential | None = None, dataset: Any = None) -> RunResult:
+    """Train ``config`` on ``config.world_size`` real processes and return
+    what every rank did, the trained model and the baseline check.
+
+    ``model`` (an nn.Sequential of blocks) and ``dataset`` (a ``Dataset`` or
+    a tuple ``(x, y[, x_test, y_test])``) replace the named model.
+    """
+    config, custom = _with_custom(config, model, dataset)
+    device_type, backend = resolve_device(config)
+    full_model = copy.deepcopy(custom[0]) if custom else build_model(config.model, config.seed)
+    data = custom[1] if custom else load_dataset(config.model)
+    if config.stages > 1 and config.split_points is None:
+        costs = [max(1, b.flops) for b in _infos(config, full_model, data)]
+        config = config.replace(split_points=config.resolved_split_points(costs))
+
+    started = time.perf_counter()
+    reports = launch(config, device_type, backend, custom)
+    wall = time.perf_counter() - started
+
+    split_points = config.split_points or ()
+    ranges = stage_ranges(split_points, len(full_model))
+    ranks = [RankReport(rank=r["rank"], dp_rank=r["dp_rank"], stage=r["stage"], blocks=ranges[r["stage"]],
+                        timeline=r["timeline"], step_times=[tuple(t) for t in r["step_times"]],
+                        memory=r["memory"], threads=r["threads"]) for r in reports]
+    account(ranks)
+    losses = [sum(p for p in parts if p is not None)
+              for parts in zip(*(r["loss_parts"] for r in reports))]
+    trained = _gather(full_model, [r["params"] for r in reports])
+
+    baseline_model = copy.deepcopy(custom[0]) if custom else build_model(config.model, config.seed)
+    baseline_losses = train_single(config, baseline_model, data)
+    diff = max_abs_param_diff(trained, baseline_model)
+    accuracy = evaluate(trained, data)
+    baseline = {
+        "max_abs_param_diff": diff,
+        "final_loss_diff": abs(losses[-1] - baseline_losses[-1]),
+        "tolerance": BASELINE_TOLERANCE,
+        "passed": diff <= BASELINE_TOLERANCE,
+        "losses": baseline_losses,
+        "accuracy": evaluate(baseline_model, data),
+    }
+    return RunResult(config=config, device=device_type, backend=backend, world_size=config.world_size,
+                     losses=losses, throughput_samples_per_s=throughput(ranks, config.global_batch),
+                     baseline=baseline, ranks=ranks, split_points=tuple(split_points), accuracy=accuracy,
+                     wall_s=wall, notes=_notes(config, device_type), model=trained)
+
+
+def train_single(config: RunConfig, model: nn.Sequential, dataset: Dataset) -> list[float]:
+    """The baseline: the same loop, one device, whole batch, no recording."""
+    single = config.replace(strategy="single", world_size=1, split_points=None, batch_partition=None,
+                            micro_batches=1)
+    out = train_rank(single, Topology(0, 1, 1), model, dataset, Recorder(enabled=False), Groups(),
+                     torch.device("cpu"))
+    return out["loss_parts"]
+
+
+@torch.no_grad()
+def max_abs_param_diff(a: nn.Module, b: nn.Module) -> float:
+    """max over every parameter entry of |a - b|."""
+    return max(float((p - q).abs().max()) for p, q in zip(a.parameters(), b.parameters()))
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, dataset: Dataset) -> float | None:
+    """Held-out accuracy (argmax of the last dim), for classification tasks."""
+    if dataset.task != "classification" or dataset.test_x is None:
+        return None
+    pred = model(dataset.test_x).argmax(-1)
+    return float((pred == dataset.test_y).float().mean())
+
+
+def resolve_device(config: RunConfig) -> tuple[str, str]:
+    """(device type, backend): one CUDA GPU per rank when enough are visible."""
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if config.device == "cuda" and gpus < config.world_size:
+        raise ConfigError("device", config.device,
+                          f"needs {config.world_size} visible CUDA GPUs (one per rank); {gpus} visible")
+    device = config.device if config.device != "auto" else ("cuda" if gpus >= config.world_size else "cpu")
+    backend = config.backend if config.backend != "auto" else ("nccl" if device == "cuda" else "gloo")
+    return device, backend
+
+
+def _notes(config: RunConfig, device: str) -> list[str]:
+    notes = []
+    cores = cpu_count()
+    if device == "cpu" and config.world_size > cores:
+        notes.append(f"{config.world_size} ranks share {cores} CPU cores: timings include contention")
+    if device == "cuda":
+        notes.append(f"ran on {config.world_size} CUDA GPUs")
+    return notes
+
+
+def _infos(config: RunConfig, model: nn.Sequential, data: Dataset):
+    if config.model != "custom":
+        return model_block_infos(config.model)
+    return block_infos(model, data.train_x[0])
+
+
+def _gather(model: nn.Sequential, parts: list[dict[str, torch.Tensor]]) -> nn.Sequential:
+    """Load every parameter reported by the ranks into ``model``."""
+    state = {}
+    for p in parts:
+        state.update(p)
+    names = {n for n, _ in model.named_parameters()}
+    missing = names - set(state)
+    if missing:
+        raise RuntimeError(f"no rank reported parameters {sorted(missing)[:5]}")
+    model.load_state_dict(state, strict=False)
+    return model
+
+
+def _with_custom(config: RunConfig, model, dataset) -> tuple[RunConfig, tuple | None]:
+    if model is None and dataset is None:
+        if config.model == "custom":
+            raise ConfigError("model", "custom", "pass the module and dataset: run(config, model=..., dataset=...)")
+        return config, None
+    if not isinstance(model, nn.Sequential) or len(model) == 0:
+        raise ConfigError("model", type(model).__name__, "a custom model must be a non-empty nn.Sequential of blocks")
+    if isinstance(dataset, (tuple, list)):
+        if len(dataset) not in (2, 4) or not all(isinstance(t, torch.Tensor) for t in dataset):
+            raise ConfigError("dataset", type(dataset).__name__, "must be a Dataset or a tuple (x, y[, x_test, y_test]) of tensors")
+        task = "classification" if not dataset[1].is_floating_point() else "regression"
+        dataset = Dataset(*dataset, task=task)
+    if not isinstance(dataset, Dataset):
+        raise ConfigError("dataset", type(dataset).__name__, "must be a Dataset or a tuple (x, y[, x_test, y_test]) of tensors")
+    if len(dataset.train_x) != len(dataset.train_y) or len(dataset.train_x) == 0:
+        raise ConfigError("dataset", f"{len(dataset.train_x)} inputs, {len(dataset.train_y)} targets",
+                          "needs as many targets as inputs, at least one")
+    fields = config.to_dict()
+    fields.update(model="custom", num_blocks=len(model))
+    return RunConfig.from_dict(fields), (model, dataset)
+
+
+__all__ = ["run", "train_single", "evaluate", "resolve_device", "MODELS"]

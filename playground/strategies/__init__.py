@@ -1,0 +1,23 @@
+"""One module per strategy. Each builds, for one rank, an object with:
+
+  module       what the optimizer steps (may be wrapped, e.g. by DDP)
+  local_model  the same blocks unwrapped, named as in the full model
+  train_step  forward and backward of one global batch; returns this rank's
+              part of the global loss (the parts of all ranks sum to it), or
+              None when the rank never sees the loss
+  context()   a context manager wrapped around the whole training loop
+"""
+
+from __future__ import annotations
+
+from .data import DataParallel
+from .model import ModelParallel
+from .pipeline import Pipeline
+from .single import Single
+
+STRATEGY_CLASSES = {
+    "single": Single,
+    "data": DataParallel,
+    "model": ModelParallel,
+    "pipeline": Pipeline,
+}

@@ -1,0 +1,48 @@
+"""data: every rank holds the whole model and trains on its shard of the
+batch; DistributedDataParallel averages the gradients with all-reduces.
+
+With shares b_r of a global batch B, rank r's loss is weighted by
+w_r = dp * b_r / B. DDP averages over the dp ranks, so the gradient applied
+is (1/dp) * sum_r w_r * grad(mean loss of shard r) = sum_r (b_r / B) *
+grad(mean_r) = grad(mean loss over the whole batch): the single-device
+gradient, even when the shares are uneven.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from ..data import shard
+from ..recorder import Recorder
+
+
+class DataParallel:
+    def __init__(self, model, topology, config, recorder: Recorder, loss_fn, groups):
+        self.topology = topology
+        self.recorder = recorder
+        self.loss_fn = loss_fn
+        self.batches = config.rank_batches()
+        self.share = self.batches[topology.dp_rank] / config.global_batch
+        self.weight = topology.dp * self.share
+        self.local_model = model
+        self.module = DDP(model, process_group=groups.dp)
+        if recorder.enabled:
+            self.module.register_comm_hook(None, recorder.ddp_comm_hook(groups.dp, topology.dp))
+
+    def context(self):
+        return contextlib.nullcontext()
+
+    def train_step(self, x, y) -> float:
+        rec = self.recorder
+        x = shard(x, self.batches, self.topology.dp_rank)
+        y = shard(y, self.batches, self.topology.dp_rank)
+        with rec.saving_activations():
+            with rec.span("forward", stage=0, micro_batch=0):
+                out = self.module(x)
+            with rec.span("loss", stage=0, micro_batch=0):
+                loss = self.loss_fn(out, y)
+        with rec.span("backward", stage=0, micro_batch=0):
+            (loss * self.weight).backward()
+        return loss.item() * self.share

@@ -1,0 +1,131 @@
+"""One rank's entry point: ``python -m playground.worker``.
+
+The launcher starts it with two pipes: it reads its job from one, joins the
+process group through the caller's rendezvous store, trains, and writes its
+report (or its traceback) to the other. Running as its own module, the rank
+never re-imports the caller's script or notebook. This module never imports
+ipywidgets or matplotlib.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import pickle
+import sys
+import threading
+import traceback
+from datetime import timedelta
+from typing import Any
+
+import torch
+
+from .config import RunConfig, cpu_count
+from .recorder import Recorder
+from .topology import Topology
+
+
+def run_rank(config: RunConfig, rank: int, store, device_type: str, backend: str,
+             custom: tuple | None = None) -> dict[str, Any]:
+    """Join the process group, train, leave; return this rank's report."""
+    import torch.distributed as dist
+
+    from .data import load_dataset
+    from .models import build_model
+    from .training import make_groups, train_rank
+
+    if device_type == "cuda":
+        device = torch.device("cuda", rank % torch.cuda.device_count())
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+        # Share the cores among the ranks rather than have each grab all.
+        torch.set_num_threads(max(1, cpu_count() // config.world_size))
+    timeout = timedelta(seconds=config.timeout_s)
+    dist.init_process_group(backend, store=store, rank=rank, world_size=config.world_size, timeout=timeout)
+    topology = Topology.for_config(config, rank)
+    groups = make_groups(topology)
+    if custom is None:
+        model, dataset = build_model(config.model, config.seed), load_dataset(config.model)
+    else:
+        model, dataset = copy.deepcopy(custom[0]), custom[1]
+    model = model.to(device)
+    recorder = Recorder()
+    dist.barrier()
+    recorder.start_clock()
+    out = train_rank(config, topology, model, dataset, recorder, groups, device)
+    # Leaving together avoids gloo's occasional abort when one rank tears
+    # down its pairs while a peer still uses them.
+    dist.barrier()
+    dist.destroy_process_group()
+    return {
+        "rank": rank,
+        "dp_rank": topology.dp_rank,
+        "stage": topology.stage,
+        "timeline": recorder.events,
+        "step_times": recorder.step_times,
+        "threads": torch.get_num_threads(),
+        **out,
+    }
+
+
+def serve(job_fd: int, report_fd: int) -> None:
+    """A rank started by the launcher: read one job from ``job_fd``, run it,
+    write ("ok", rank, report) or ("error", rank, summary, traceback) to
+    ``report_fd``, and exit at once."""
+    from multiprocessing.connection import Connection
+
+    import torch.distributed as dist
+
+    if os.path.isdir("/sys/class/net/lo"):
+        os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")  # peers meet on loopback only
+    # Plain pickle, not Connection.send: torch's reducers would pass tensors
+    # as shared-memory handles that die with this process.
+    jobs, reports = Connection(job_fd, writable=False), Connection(report_fd, readable=False)
+    rank = -1
+    try:
+        job = pickle.loads(jobs.recv_bytes())
+        rank = job["rank"]
+        threading.Thread(target=_exit_when_orphaned, args=(jobs,), daemon=True).start()
+        config = RunConfig.from_dict(job["config"])
+        store = dist.TCPStore("127.0.0.1", job["store_port"], is_master=False,
+                              timeout=timedelta(seconds=config.timeout_s))
+        report = run_rank(config, rank, store, job["device_type"], job["backend"], job["custom"])
+        reports.send_bytes(pickle.dumps(("ok", rank, report)))
+    except BaseException as e:  # noqa: BLE001 - everything goes back to the caller
+        try:
+            reports.send_bytes(pickle.dumps(("error", rank, f"{type(e).__name__}: {e}", traceback.format_exc())))
+        except Exception:
+            traceback.print_exc()  # the caller will report this rank as dead
+    finally:
+        try:
+            reports.close()
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            # Skip interpreter teardown: gloo's destructors may abort there,
+            # and nothing is left to clean up that the OS does not.
+            os._exit(0)
+
+
+def _exit_when_orphaned(jobs) -> None:
+    """The caller keeps the job pipe open while it waits for us; end of file
+    means it is gone (killed, kernel restarted), so this rank must go too."""
+    try:
+        jobs.recv_bytes()
+    except (EOFError, OSError):
+        os._exit(3)
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m playground.worker", description=__doc__)
+    parser.add_argument("--job-fd", type=int, required=True, help="pipe to read the job from (set by the launcher)")
+    parser.add_argument("--report-fd", type=int, required=True, help="pipe to write the report to")
+    args = parser.parse_args(argv)
+    serve(args.job_fd, args.report_fd)
+
+
+if __name__ == "__main__":
+    main()

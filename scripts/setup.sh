@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Create or refresh .venv: the CPU build of torch, then this package and its
+# test tools. Idempotent: does nothing when nothing it installs has changed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+TORCH_VERSION=2.13.0
+if [ ! -x .venv/bin/python ]; then
+    "$PY" -m venv .venv
+fi
+stamp=.venv/.playground-setup
+want=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+    exit 0
+fi
+echo "setting up .venv (first time, or the requirements changed) ..." >&2
+# torch first, pinned: the range in pyproject.toml (what users elsewhere
+# get) is then already met, and pip does not fetch a multi-GB CUDA build.
+.venv/bin/pip install -q --disable-pip-version-check "torch==${TORCH_VERSION}"
+.venv/bin/pip install -q --disable-pip-version-check -e ".[dev]"
+echo "$want" > "$stamp"
