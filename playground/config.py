@@ -203,12 +203,9 @@ def _validate(c: RunConfig) -> None:
     if isinstance(c.timeout_s, bool) or not isinstance(c.timeout_s, (int, float)) or not (0 < c.timeout_s <= 86400):
         raise ConfigError("timeout_s", c.timeout_s, "must be a number of seconds in (0, 86400]")
 
-    if c.model == "custom":
-        if c.num_blocks is None:
-            raise ConfigError("model", c.model, "'custom' needs a module passed to run(config, model=...)")
-        blocks = c.num_blocks
-    else:
-        blocks = model_num_blocks(c.model)
+    # A custom model's blocks are known once run() is given the module;
+    # it checks the config again then, before any process starts.
+    blocks = c.num_blocks if c.model == "custom" else model_num_blocks(c.model)
 
     if c.strategy == "model" and c.micro_batches != 1:
         raise ConfigError("micro_batches", c.micro_batches,
@@ -220,7 +217,7 @@ def _validate(c: RunConfig) -> None:
         if c.stages == 1 and c.split_points:
             raise ConfigError("split_points", c.split_points,
                               f"strategy '{c.strategy}' does not cut the model; leave split_points empty")
-        if c.stages > 1:
+        if c.stages > 1 and blocks is not None:
             for p in c.split_points:
                 if not 1 <= p <= blocks - 1:
                     raise ConfigError("split_points", c.split_points,
@@ -236,7 +233,7 @@ def _validate(c: RunConfig) -> None:
                 raise ConfigError("split_points", c.split_points,
                                   f"{len(c.split_points)} split points make {n} stages, {what}: "
                                   f"strategy '{c.strategy}' needs exactly world_size-1={c.world_size - 1}")
-    if c.stages > blocks:
+    if blocks is not None and c.stages > blocks:
         raise ConfigError("world_size", c.world_size,
                           f"{c.stages} stages need at least {c.stages} blocks; model '{c.model}' has {blocks}")
 

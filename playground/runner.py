@@ -148,8 +148,10 @@ def _with_custom(config: RunConfig, model, dataset) -> tuple[RunConfig, tuple | 
     if len(dataset.train_x) != len(dataset.train_y) or len(dataset.train_x) == 0:
         raise ConfigError("dataset", f"{len(dataset.train_x)} inputs, {len(dataset.train_y)} targets",
                           "needs as many targets as inputs, at least one")
+    if config.model != "custom":
+        raise ConfigError("model", config.model, "must be 'custom' when a module is passed to run()")
     fields = config.to_dict()
-    fields.update(model="custom", num_blocks=len(model))
+    fields.update(num_blocks=len(model))
     return RunConfig.from_dict(fields), (model, dataset)
 
 

@@ -94,7 +94,7 @@ def serve(job_fd: int, report_fd: int) -> None:
         reports.send_bytes(pickle.dumps(("ok", rank, report)))
     except BaseException as e:  # noqa: BLE001 - everything goes back to the caller
         try:
-            reports.send_bytes(pickle.dumps(("error", rank, f"{type(e).__name__}: {e}", traceback.format_exc())))
+            reports.send_bytes(pickle.dumps(("error", rank, describe(e), traceback.format_exc())))
         except Exception:
             traceback.print_exc()  # the caller will report this rank as dead
     finally:
@@ -106,6 +106,19 @@ def serve(job_fd: int, report_fd: int) -> None:
             # Skip interpreter teardown: gloo's destructors may abort there,
             # and nothing is left to clean up that the OS does not.
             os._exit(0)
+
+
+def describe(e: BaseException) -> str:
+    """``Type: message`` of the exception that started it all: libraries
+    (pipelining, DDP) wrap a block's error in their own."""
+    root = e
+    while root.__cause__ is not None:
+        root = root.__cause__
+    text = f"{type(root).__name__}: {root}"
+    if root is not e:
+        outer = next((line.strip() for line in str(e).splitlines() if line.strip()), "")
+        text += f" (inside {type(e).__name__}: {outer})"
+    return text
 
 
 def _exit_when_orphaned(jobs) -> None:

@@ -1,0 +1,56 @@
+"""A rank that raises, dies or hangs ends the run with a message naming the
+rank, and no process is left behind."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+import playground
+from playground import RankDied, RankError, RunConfig, RunTimeout
+from faulty import child_pids, faulty_model, regression_data
+
+
+def _run(strategy: str, what: str, rank: int = 1, **fields):
+    split = dict(split_points=(1,)) if strategy == "model" else {}
+    config = RunConfig(model="custom", strategy=strategy, world_size=2, steps=3, global_batch=16, **split, **fields)
+    return playground.run(config, model=faulty_model(rank, what), dataset=regression_data())
+
+
+@pytest.mark.parametrize("strategy", ["data", "model"])
+def test_rank_that_raises_gives_its_traceback_and_leaves_nothing(strategy):
+    with pytest.raises(RankError) as info:
+        _run(strategy, "raise")
+    err = info.value
+    assert err.rank == 1
+    assert "rank 1 raised ValueError: deliberate failure on rank 1" in str(err)
+    assert "--- traceback of rank 1 ---" in str(err)
+    assert "faulty.py" in err.traceback and "raise ValueError" in err.traceback
+    assert child_pids() == []
+
+
+def test_rank_killed_mid_run_is_reported():
+    started = time.monotonic()
+    with pytest.raises(RankDied) as info:
+        _run("data", "kill")
+    assert info.value.rank == 1
+    assert "killed by signal 9" in str(info.value)
+    assert time.monotonic() - started < 30
+    assert child_pids() == []
+
+
+def test_rank_that_hangs_is_stopped_at_the_timeout():
+    with pytest.raises(RunTimeout) as info:
+        _run("data", "hang", timeout_s=12)
+    assert "did not finish within timeout_s=12 s" in str(info.value)
+    assert 1 in info.value.pending
+    assert child_pids() == []
+
+
+def test_next_run_after_a_failure_works():
+    with pytest.raises(RankError):
+        _run("data", "raise")
+    result = playground.run(RunConfig(strategy="data", world_size=2, steps=3))
+    assert result.passed
+    assert child_pids() == []
