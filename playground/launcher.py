@@ -109,13 +109,17 @@ def launch(config: RunConfig, device_type: str, backend: str, custom: tuple | No
                           timeout=timedelta(seconds=config.timeout_s))
     ranks: list[_Rank] = []
     env = _child_env()
+    clock_origin = time.perf_counter()
     try:
         for rank in range(config.world_size):
             ranks.append(_Rank(rank, env))
         for r in ranks:
             # Plain pickle: see worker.serve.
             r.jobs.send_bytes(pickle.dumps({"rank": r.rank, "config": config.to_dict(), "store_port": store.port,
-                                            "device_type": device_type, "backend": backend, "custom": custom}))
+                                            "device_type": device_type, "backend": backend, "custom": custom,
+                                            # One machine, one monotonic clock: every rank
+                                            # measures from this same instant.
+                                            "clock_origin": clock_origin}))
         return _collect(ranks, config.timeout_s)
     finally:
         stop([r.proc for r in ranks])

@@ -29,6 +29,7 @@ class Recorder:
         self._t0 = time.perf_counter()
         self._seq: dict[tuple[str, int | str], int] = {}
         self._pending_sends: list["_TimedWork"] = []
+        self.last_bucket_ready: float | None = None
         # Saved-for-backward activation bytes, live and peak, per storage.
         self._live: dict[int, list[int]] = {}
         self.activation_bytes = 0
@@ -37,9 +38,11 @@ class Recorder:
 
     # -- the shared clock ----------------------------------------------
 
-    def start_clock(self) -> None:
-        """Call right after a barrier on every rank: time 0 is when all left it."""
-        self._t0 = time.perf_counter()
+    def start_clock(self, origin: float | None = None) -> None:
+        """Set time 0. Ranks on one machine share ``origin``, a reading of the
+        system-wide monotonic clock (``time.perf_counter``) taken by the
+        caller; ranks on several machines call this right after a barrier."""
+        self._t0 = time.perf_counter() if origin is None else origin
 
     def now(self) -> float:
         return time.perf_counter() - self._t0
@@ -129,11 +132,11 @@ class Recorder:
                     still.append(w)
             self._pending_sends = still
 
-    def wrap_p2p(self, ops, works) -> list:
-        """Time each point-to-point op from posting to completion."""
+    def wrap_p2p(self, ops, works, start: float) -> list:
+        """Time each point-to-point op from ``start`` (just before it was
+        posted: posting a small send may already complete it) to completion."""
         if not self.enabled:
             return works
-        start = self.now()
         if len(works) != len(ops):  # a coalesced batch: one work for all ops
             return [_TimedWork(self, w, ops, start) for w in works]
         return [_TimedWork(self, w, [op], start) for op, w in zip(ops, works)]
@@ -145,7 +148,7 @@ class Recorder:
 
         def hook(_state, bucket):
             buf = bucket.buffer()
-            start = self.now()
+            start = self.last_bucket_ready = self.now()
             seq = self.next_seq("all_reduce", "dp")
             buf.div_(group_size)
             fut = dist.all_reduce(buf, group=group, async_op=True).get_future()

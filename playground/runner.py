@@ -44,6 +44,7 @@ def run(config: RunConfig, *, model: nn.Sequential | None = None, dataset: Any =
     ranks = [RankReport(rank=r["rank"], dp_rank=r["dp_rank"], stage=r["stage"], blocks=ranges[r["stage"]],
                         timeline=r["timeline"], step_times=[tuple(t) for t in r["step_times"]],
                         memory=r["memory"], threads=r["threads"]) for r in reports]
+    _rebase_clock(ranks)
     account(ranks)
     losses = [sum(p for p in parts if p is not None)
               for parts in zip(*(r["loss_parts"] for r in reports))]
@@ -116,6 +117,16 @@ def _infos(config: RunConfig, model: nn.Sequential, data: Dataset):
     if config.model != "custom":
         return model_block_infos(config.model)
     return block_infos(model, data.train_x[0])
+
+
+def _rebase_clock(ranks: list[RankReport]) -> None:
+    """Time 0 is when the first rank began step 0."""
+    t0 = min(r.step_times[0][0] for r in ranks)
+    for r in ranks:
+        r.step_times = [(a - t0, b - t0) for a, b in r.step_times]
+        for e in r.timeline:
+            e["start"] -= t0
+            e["end"] -= t0
 
 
 def _gather(model: nn.Sequential, parts: list[dict[str, torch.Tensor]]) -> nn.Sequential:

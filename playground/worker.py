@@ -26,7 +26,7 @@ from .topology import Topology
 
 
 def run_rank(config: RunConfig, rank: int, store, device_type: str, backend: str,
-             custom: tuple | None = None) -> dict[str, Any]:
+             custom: tuple | None = None, clock_origin: float | None = None) -> dict[str, Any]:
     """Join the process group, train, leave; return this rank's report."""
     import torch.distributed as dist
 
@@ -52,7 +52,7 @@ def run_rank(config: RunConfig, rank: int, store, device_type: str, backend: str
     model = model.to(device)
     recorder = Recorder()
     dist.barrier()
-    recorder.start_clock()
+    recorder.start_clock(clock_origin)
     out = train_rank(config, topology, model, dataset, recorder, groups, device)
     # Leaving together avoids gloo's occasional abort when one rank tears
     # down its pairs while a peer still uses them.
@@ -90,7 +90,8 @@ def serve(job_fd: int, report_fd: int) -> None:
         config = RunConfig.from_dict(job["config"])
         store = dist.TCPStore("127.0.0.1", job["store_port"], is_master=False,
                               timeout=timedelta(seconds=config.timeout_s))
-        report = run_rank(config, rank, store, job["device_type"], job["backend"], job["custom"])
+        report = run_rank(config, rank, store, job["device_type"], job["backend"], job["custom"],
+                          job["clock_origin"])
         reports.send_bytes(pickle.dumps(("ok", rank, report)))
     except BaseException as e:  # noqa: BLE001 - everything goes back to the caller
         try:

@@ -43,6 +43,10 @@ class DataParallel:
                 out = self.module(x)
             with rec.span("loss", stage=0, micro_batch=0):
                 loss = self.loss_fn(out, y)
-        with rec.span("backward", stage=0, micro_batch=0):
-            (loss * self.weight).backward()
+        start = rec.now()
+        (loss * self.weight).backward()
+        # backward() returns only once DDP's all-reduces are done; the
+        # gradients were all computed when the last bucket became ready.
+        ready = rec.last_bucket_ready if rec.last_bucket_ready is not None and rec.last_bucket_ready >= start else rec.now()
+        rec.add("backward", start, ready, stage=0, micro_batch=0)
         return loss.item() * self.share

@@ -115,7 +115,8 @@ def recorded_p2p(recorder: Recorder):
         return
 
     def batch_p2p(p2p_ops, desc=None):
-        return recorder.wrap_p2p(p2p_ops, original(p2p_ops, desc))
+        start = recorder.now()
+        return recorder.wrap_p2p(p2p_ops, original(p2p_ops, desc), start)
 
     pipeline_schedules._batch_p2p = batch_p2p
     try:

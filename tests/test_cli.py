@@ -1,0 +1,36 @@
+"""The command line prints the per-rank table and writes the JSON."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from faulty import child_pids
+
+
+def test_cli_run_prints_table_and_writes_json(tmp_path):
+    out = tmp_path / "out.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "playground", "run", "--model", "mlp", "--strategy", "model", "--world-size", "2",
+         "--split-points", "4", "--steps", "5", "--json", str(out)],
+        capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.split()[:2] == ["rank", "stage"])
+    assert [line.split()[0] for line in lines[header + 1:header + 3]] == ["0", "1"]
+    assert "baseline check: PASS" in proc.stdout
+    d = json.loads(out.read_text())
+    assert d["world_size"] == 2 and d["config"]["split_points"] == [4]
+    assert d["baseline"]["max_abs_param_diff"] <= 1e-5
+    assert [r["rank"] for r in d["ranks"]] == [0, 1]
+
+
+def test_cli_bad_argument_in_a_real_process():
+    proc = subprocess.run([sys.executable, "-m", "playground", "run", "--strategy", "model", "--world-size", "2",
+                           "--model", "mlp", "--split-points", "12"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1
+    assert "split_points=(12,)" in proc.stderr and "from 1 to 9" in proc.stderr
+    assert proc.stdout == ""
+    assert child_pids() == []
