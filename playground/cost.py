@@ -17,8 +17,11 @@ bytes of the parameters the rank holds and T their number of tensors:
              and every step.
              data: each DDP bucket of B bytes is all-reduced every step,
              2 (n - 1) B // n bytes each way among n ranks.
-  activations  k * (c + a * b) + the batch's inputs and targets where saved,
-             k the micro-batches in flight at the peak (see ``in_flight``).
+  activations  k (c + a b) + B x + B y: k micro-batches in flight at the peak
+             (``in_flight``), each saving c + a b bytes (``stage_activations``);
+             the first stage's saved inputs and the last stage's saved targets
+             count B (global batch) samples once, x and y bytes each, since a
+             rank's shard and its micro-batches are views into the global batch.
 """
 
 from __future__ import annotations
@@ -191,9 +194,10 @@ def stage_activations(model: nn.Sequential, first: int, end: int, sample: torch.
             return loss_fn(out, y) if last and y is not None else out
 
         saved = _saved_storages(forward, exclude)
-        keys = {"input": _key(x) if first == 0 else None, "target": _key(y) if last and y is not None else None}
-        other = sum(b for k, b in saved.items() if k not in keys.values())
-        counts.append((other, keys["input"] in saved, keys["target"] in saved))
+        input_key = _key(x) if first == 0 else None
+        target_key = _key(y) if last and y is not None else None
+        other = sum(b for k, b in saved.items() if k not in (input_key, target_key))
+        counts.append((other, input_key in saved, target_key in saved))
     (one, saves_input, saves_target), (two, _, _) = counts
     return StageActivations(fixed=one - (two - one), per_sample=two - one,
                             saves_input=saves_input, saves_target=saves_target)

@@ -1,0 +1,193 @@
+"""The cost model: its formulas as tables, and its predictions against real
+runs (bytes must match exactly, activation peaks within 10%)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from playground import RunConfig, run
+from playground.cost import (
+    all_reduce_bytes, bubble_fraction, bubble_overhead, ddp_buckets, in_flight, predict, stage_activations,
+    stage_shares,
+)
+from playground.models import CLASSES, MLP_WIDTH, build_model, model_block_infos
+
+MiB = 1024 * 1024
+
+
+# --------------------------------------------------------------------------
+# Formulas
+
+
+@pytest.mark.parametrize("schedule, p, m, v, expected", [
+    ("gpipe", 1, 4, 1, 0.0),
+    ("gpipe", 2, 1, 1, 1 / 2),
+    ("gpipe", 2, 4, 1, 1 / 5),
+    ("gpipe", 4, 4, 1, 3 / 7),
+    ("1f1b", 4, 4, 1, 3 / 7),
+    ("1f1b", 4, 12, 1, 3 / 15),
+    ("interleaved", 4, 4, 1, 3 / 7),
+    ("interleaved", 4, 4, 2, 3 / 11),
+    ("interleaved", 8, 16, 4, 7 / 71),
+])
+def test_bubble_fraction(schedule, p, m, v, expected):
+    assert bubble_fraction(schedule, p, m, v) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("p, m, v, expected", [(1, 4, 1, 0.0), (4, 4, 1, 3 / 4), (4, 8, 2, 3 / 16), (8, 16, 4, 7 / 64)])
+def test_bubble_overhead_is_bubble_over_ideal_time(p, m, v, expected):
+    overhead = bubble_overhead(p, m, v)
+    assert overhead == pytest.approx(expected)
+    assert bubble_fraction("interleaved", p, m, v) == pytest.approx(overhead / (1 + overhead))
+
+
+@pytest.mark.parametrize("args", [("gpipe", 2, 4, 2), ("zero-bubble", 2, 4, 1), ("1f1b", 0, 4, 1), ("gpipe", 2, 0, 1)])
+def test_bubble_fraction_rejects(args):
+    with pytest.raises(ValueError):
+        bubble_fraction(*args)
+
+
+@pytest.mark.parametrize("schedule, p, stage, m, expected", [
+    ("gpipe", 4, 0, 8, 8), ("gpipe", 4, 3, 8, 8),
+    ("1f1b", 4, 0, 8, 4), ("1f1b", 4, 3, 8, 1), ("1f1b", 4, 1, 2, 2), ("1f1b", 2, 0, 4, 2),
+])
+def test_in_flight(schedule, p, stage, m, expected):
+    assert in_flight(schedule, p, stage, m) == expected
+
+
+@pytest.mark.parametrize("nbytes, n, expected", [(100, 1, 0), (100, 2, 100), (10, 3, 13), (1000, 4, 1500)])
+def test_all_reduce_bytes(nbytes, n, expected):
+    assert all_reduce_bytes(nbytes, n) == expected
+
+
+@pytest.mark.parametrize("param_bytes, expected", [
+    ([], []),
+    ([400, 40], [440]),
+    # reversed: 40 + 1 MiB reach the first cap; the rest fits one 25 MiB bucket
+    ([MiB, 4, MiB, 40], [MiB + 40, MiB + 4]),
+    ([30 * MiB, 10, 10], [30 * MiB + 20]),
+    ([MiB] * 30, [MiB] + [25 * MiB, 4 * MiB]),
+])
+def test_ddp_buckets(param_bytes, expected):
+    buckets = ddp_buckets(param_bytes)
+    assert buckets == expected
+    assert sum(buckets) == sum(param_bytes)
+
+
+@pytest.mark.parametrize("name, split_points", [
+    ("seed-mlp", (1,)), ("mlp", ()), ("mlp", (4,)), ("mlp", (3, 6)), ("cnn", (1, 2, 4)), ("transformer", (3,)),
+])
+def test_stage_shares_cover_the_model(name, split_points):
+    infos = model_block_infos(name)
+    shares = stage_shares(infos, split_points)
+    assert len(shares) == len(split_points) + 1
+    assert sum(s["param_share"] for s in shares) == pytest.approx(1)
+    assert sum(s["flop_share"] for s in shares) == pytest.approx(1)
+    assert sum(s["params"] for s in shares) == sum(b.params for b in infos)
+    assert [s["blocks"][0] for s in shares] == [0, *split_points]
+
+
+def test_stage_shares_of_the_mlp_cut_after_block_4():
+    first, second = stage_shares(model_block_infos("mlp"), (4,))
+    assert (first["params"], second["params"]) == (8320 + 3 * 16512, 5 * 16512 + 1290)
+    assert first["flop_share"] == pytest.approx((16384 + 3 * 32768) / (16384 + 8 * 32768 + 2560))
+
+
+# --------------------------------------------------------------------------
+# Predictions, without processes
+
+
+def test_saved_activations_of_the_mlp_per_sample():
+    model = build_model("mlp")
+    act = stage_activations(model, 0, len(model), torch.zeros(64), torch.tensor(3),
+                            lambda out, y: nn.functional.cross_entropy(out, y))
+    # nine ReLU outputs, the log-softmax of the logits; cross-entropy's
+    # total_weight scalar is the fixed part; input and target are the batch's
+    assert act.per_sample == 9 * MLP_WIDTH * 4 + CLASSES * 4
+    assert act.fixed == 4
+    assert act.saves_input and act.saves_target
+
+
+def test_single_device_prediction():
+    infos = model_block_infos("mlp")
+    config = RunConfig(model="mlp", global_batch=32, optimizer="adam")
+    (p,) = predict(config)
+    param_bytes = 4 * sum(b.params for b in infos)
+    assert p.params == p.grads == param_bytes
+    assert p.optimizer == 2 * param_bytes + 4 * 2 * len(infos)
+    assert p.bytes_sent == p.bytes_recv == 0
+    assert not torch.distributed.is_initialized()
+
+
+def test_pipeline_stages_hold_the_whole_model_and_gpipe_holds_more():
+    whole = predict(RunConfig(model="mlp"))[0]
+    gpipe = predict(RunConfig(model="mlp", strategy="pipeline", world_size=4, micro_batches=8))
+    one_f_one_b = predict(RunConfig(model="mlp", strategy="pipeline", world_size=4, micro_batches=8, schedule="1f1b"))
+    assert sum(p.params for p in gpipe) == whole.params
+    assert [p.stage for p in gpipe] == [0, 1, 2, 3]
+    for g, f in zip(gpipe, one_f_one_b):
+        assert f.activations_peak < g.activations_peak
+        assert f.bytes_sent == g.bytes_sent
+    # middle stages move activations both ways, so twice an end stage's bytes
+    assert gpipe[1].bytes_sent == 2 * gpipe[0].bytes_sent
+
+
+def test_custom_model_needs_a_sample():
+    config = RunConfig(model="custom", num_blocks=2)
+    with pytest.raises(ValueError, match="sample"):
+        predict(config, model=nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2)))
+
+
+# --------------------------------------------------------------------------
+# Predictions against real runs
+
+REAL_RUNS = {
+    "data": RunConfig(model="mlp", strategy="data", world_size=2, steps=3),
+    "data-adam": RunConfig(model="mlp", strategy="data", world_size=2, steps=3, optimizer="adam", lr=1e-3),
+    "model": RunConfig(model="mlp", strategy="model", world_size=2, split_points=(4,), steps=3),
+    "gpipe": RunConfig(model="mlp", strategy="pipeline", world_size=2, micro_batches=4, schedule="gpipe", steps=3),
+    "1f1b": RunConfig(model="mlp", strategy="pipeline", world_size=2, micro_batches=4, schedule="1f1b", steps=3),
+}
+
+
+@pytest.fixture(scope="module")
+def measured():
+    cache: dict[str, object] = {}
+
+    def get(name):
+        if name not in cache:
+            cache[name] = run(REAL_RUNS[name])
+        return cache[name]
+
+    return get
+
+
+def _compare(result, predictions):
+    assert [(p.rank, p.stage, p.dp_rank) for p in predictions] == [(r.rank, r.stage, r.dp_rank) for r in result.ranks]
+    for r, p in zip(result.ranks, predictions):
+        assert (r.memory["params"], r.memory["grads"], r.memory["optimizer"]) == (p.params, p.grads, p.optimizer)
+        assert (r.bytes_sent, r.bytes_recv) == (p.bytes_sent, p.bytes_recv)
+        assert p.activations_peak == pytest.approx(r.memory["activations_peak"], rel=0.10)
+
+
+@pytest.mark.parametrize("name", list(REAL_RUNS))
+def test_prediction_matches_a_real_run(measured, name):
+    config = REAL_RUNS[name]
+    _compare(measured(name), predict(config))
+
+
+def test_ddp_buckets_match_a_real_run():
+    """Four 512-wide linears hold 3 MiB of gradients: step 0 all-reduces one
+    bucket; from step 1 the rebuilt buckets are 1 MiB (first) and the rest."""
+    torch.manual_seed(0)
+    model = nn.Sequential(*(nn.Linear(512, 512) for _ in range(3)), nn.Linear(512, 10))
+    x, y = torch.randn(64, 512), torch.randn(64, 10)
+    config = RunConfig(model="custom", num_blocks=4, strategy="data", world_size=2, steps=3)
+    result = run(config, model=model, dataset=(x, y))
+    param_bytes = [p.numel() * 4 for p in model.parameters()]
+    reduced = [e["bytes"] for e in result.ranks[0].timeline if e["kind"] == "all_reduce"]
+    assert reduced == [sum(param_bytes)] + 2 * ddp_buckets(param_bytes)
+    assert len(ddp_buckets(param_bytes)) == 2
+    _compare(result, predict(result.config, model=model, sample=x[0], target=y[0]))
