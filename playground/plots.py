@@ -108,27 +108,30 @@ def shown_steps(result: RunResult, steps: int | Sequence[int] | None) -> list[in
     return list(range(chosen[0], chosen[-1] + 1))
 
 
-def shown_events(result: RunResult, r: RankReport, steps: list[int]) -> list[dict[str, Any]]:
+def shown_events(r: RankReport, steps: list[int]) -> list[dict[str, Any]]:
     """The rank's events that began during one of ``steps``."""
     keep = set(steps)
     return [e for e in r.timeline if step_of(r, e["start"]) in keep]
 
 
 def bytes_per_step(result: RunResult) -> dict[str, Any]:
-    """Mean bytes per timed step: sends between pipeline neighbours, keyed
-    (from rank, to rank), and the all-reduced buffer size per rank."""
+    """Means per timed step: bytes and number of sends, keyed (from rank,
+    to rank), and the all-reduced buffer bytes per rank."""
     steps = set(timed_steps(result))
     sends: dict[tuple[int, int], float] = {}
+    send_counts: dict[tuple[int, int], float] = {}
     all_reduce: dict[int, float] = {}
     for r in result.ranks:
         for e in r.timeline:
             if step_of(r, e["start"]) not in steps:
                 continue
             if e["kind"] == "send":
-                sends[(r.rank, e["peer"])] = sends.get((r.rank, e["peer"]), 0) + e["bytes"] / len(steps)
+                key = (r.rank, e["peer"])
+                sends[key] = sends.get(key, 0) + e["bytes"] / len(steps)
+                send_counts[key] = send_counts.get(key, 0) + 1 / len(steps)
             elif e["kind"] == "all_reduce":
                 all_reduce[r.rank] = all_reduce.get(r.rank, 0) + e["bytes"] / len(steps)
-    return {"sends": sends, "all_reduce": all_reduce}
+    return {"sends": sends, "send_counts": send_counts, "all_reduce": all_reduce}
 
 
 def human_bytes(n: float) -> str:
@@ -151,18 +154,19 @@ def plot_timeline(result: RunResult, steps: int | Sequence[int] | None = 2) -> F
     """Per-rank Gantt chart of the measured steps.
 
     ``steps``: the last ``steps`` steps (an int), the steps from the first
-    to the last of the given indices (a sequence), or every step (None). Each rank row has a compute lane (boxes
-    numbered by micro-batch) and a thin communication lane below it: sends in
-    its upper half, receives in its lower half, all-reduces across it; the
-    hatched part of a transfer is waiting for the peer (before the last party
-    posted), the solid part is the transfer itself.
+    to the last of the given indices (a sequence), or every step (None).
+    Each rank row has a compute lane (boxes numbered by micro-batch) and a
+    thin communication lane below it: sends in its upper half, receives in
+    its lower half, all-reduces across it. The hatched part of a transfer is
+    waiting for the peer (before the last party posted, ``joined``), the
+    solid part is the transfer itself.
     """
     chosen = shown_steps(result, steps)
     ranks = result.ranks
-    legend_rows = 2
-    fig = Figure(figsize=(12, 1.65 + 0.3 * legend_rows + 0.95 * len(ranks)))
+    legend_rows, note = 2, 0.25 if result.notes else 0.0  # inches under the legend for the footer
+    fig = Figure(figsize=(12, 1.65 + note + 0.3 * legend_rows + 0.95 * len(ranks)))
     inch = 1 / fig.get_figheight()
-    fig.subplots_adjust(left=0.14, right=0.94, bottom=(0.6 + 0.3 * legend_rows) * inch, top=1 - 0.75 * inch)
+    fig.subplots_adjust(left=0.14, right=0.94, bottom=(0.6 + note + 0.3 * legend_rows) * inch, top=1 - 0.75 * inch)
     ax = fig.add_subplot()
     t0 = min(r.step_times[chosen[0]][0] for r in ranks) * MS
     t1 = max(r.step_times[chosen[-1]][1] for r in ranks) * MS
@@ -175,7 +179,7 @@ def plot_timeline(result: RunResult, steps: int | Sequence[int] | None = 2) -> F
     kinds_seen: set[str] = set()
     waited = False
     for row, r in enumerate(ranks):
-        for e in shown_events(result, r, chosen):
+        for e in shown_events(r, chosen):
             kind, start, end = e["kind"], e["start"] * MS, e["end"] * MS
             kinds_seen.add(kind)
             color = KIND_COLORS[kind]
@@ -192,7 +196,7 @@ def plot_timeline(result: RunResult, steps: int | Sequence[int] | None = 2) -> F
             y, h = (row + 0.18, 0.24) if kind == "all_reduce" else \
                    ((row + 0.18, 0.12) if kind == "send" else (row + 0.30, 0.12))
             # A send can finish into a buffer before its receiver posts, so 'joined' may lie past 'end'.
-            joined = min(max(e.get("joined", start / MS) * MS, start), end)
+            joined = min(max(e.get("joined", e["start"]) * MS, start), end)
             if joined > start:
                 waited = True
                 ax.add_patch(Rectangle((start, y), joined - start, h, facecolor=color, alpha=0.3,
@@ -206,7 +210,7 @@ def plot_timeline(result: RunResult, steps: int | Sequence[int] | None = 2) -> F
                  for s in chosen] + [(r.step_times[chosen[-1]][1], "end")]
         for x, label in edges:
             ax.plot([x * MS] * 2, [row - 0.48, row + 0.45], ls="--", lw=1, color="#333", alpha=0.7)
-            ax.text(x * MS, row - 0.47, " " + label, fontsize=7, color="#333", va="top",
+            ax.text(x * MS, row - 0.47, f" {label} ", fontsize=7, color="#333", va="top",
                     ha="left" if label != "end" else "right", clip_on=True)
 
     ax.set_yticks(range(len(ranks)), [rank_label(result, r) for r in ranks])
@@ -217,7 +221,7 @@ def plot_timeline(result: RunResult, steps: int | Sequence[int] | None = 2) -> F
     ax.set_xlabel("time since all ranks left the start barrier (ms)")
     ax.grid(axis="x", color="#EEE")
     ax.set_axisbelow(True)
-    fig.suptitle(f"What each rank did, step by step — {run_title(result)}", fontsize=11, y=1 - 0.12 / fig.get_figheight())
+    fig.suptitle(f"What each rank did, step by step — {run_title(result)}", fontsize=11, y=1 - 0.12 * inch)
 
     handles = [Patch(facecolor=KIND_COLORS[k], label=KIND_LABELS[k]) for k in COMPUTE_KINDS + COMM_KINDS
                if k in kinds_seen]
@@ -225,7 +229,7 @@ def plot_timeline(result: RunResult, steps: int | Sequence[int] | None = 2) -> F
         handles.append(Patch(facecolor="#999", alpha=0.4, hatch="////", edgecolor="#666",
                              label="waiting for the peer to post"))
     handles.append(Line2D([], [], ls="--", color="#333", label="step boundary"))
-    fig.legend(handles=handles, loc="lower center", bbox_to_anchor=(0.5, 0.2 * inch if result.notes else 0.0),
+    fig.legend(handles=handles, loc="lower center", bbox_to_anchor=(0.5, note * inch),
                ncol=(len(handles) + legend_rows - 1) // legend_rows, fontsize=8, frameon=False,
                title=("numbers in boxes: micro-batch · " if numbered else "") + "blank: idle", title_fontsize=8)
     _footer(fig, result)
@@ -237,13 +241,17 @@ def plot_timeline(result: RunResult, steps: int | Sequence[int] | None = 2) -> F
 
 
 def pipeline_bubble(result: RunResult) -> float | None:
-    """Predicted idle fraction of a pipeline of p stages and m micro-batches,
-    (p - 1) / (m + p - 1), assuming equal stages and free communication."""
+    """Predicted idle share of a pipeline of p stages and m micro-batches,
+    (p - 1) / (m + p - 1) (``cost.bubble_fraction``), assuming equal stages
+    and free communication; None without a pipeline."""
+    from .cost import bubble_fraction
+
     p = len({r.stage for r in result.ranks})
     if p < 2:
         return None
-    m = result.config.micro_batches
-    return (p - 1) / (m + p - 1)
+    c = result.config
+    pipelined = c.strategy == "pipeline"  # 'model' is a pipeline of one micro-batch
+    return bubble_fraction(c.schedule if pipelined else "gpipe", p, c.micro_batches if pipelined else 1)
 
 
 def plot_time_breakdown(result: RunResult) -> Figure:
@@ -254,9 +262,10 @@ def plot_time_breakdown(result: RunResult) -> Figure:
     ax = fig.add_subplot()
     x = range(len(ranks))
     base = [0.0] * len(ranks)
+    bubble = pipeline_bubble(result)
     parts = (("compute", "compute (forward, backward, optimizer, …)"),
-             ("comm", "communication (moving bytes)"),
-             ("idle", "idle (waiting for peers, bubble)"))
+             ("comm", "communication not hidden under compute"),
+             ("idle", "idle (waiting for peers" + (", pipeline bubble)" if bubble is not None else ")")))
     window = max(r.time["window"] for r in ranks) * MS
     for key, label in parts:
         values = [r.time[key] * MS for r in ranks]
@@ -266,20 +275,22 @@ def plot_time_breakdown(result: RunResult) -> Figure:
                 ax.text(i, base[i] + v / 2, f"{v:.1f}", ha="center", va="center", fontsize=8,
                         color="white" if key != "idle" else "#333")
         base = [b + v for b, v in zip(base, values)]
-    bubble = pipeline_bubble(result)
     if bubble is not None:
         for i, r in enumerate(ranks):
-            y = r.time["window"] * MS * (1 - bubble)
-            ax.plot([i - 0.38, i + 0.38], [y, y], color="black", ls="--", lw=1.2)
-        ax.plot([], [], color="black", ls="--",
-                label=f"idle begins here if only the bubble, (p−1)/(m+p−1) = {bubble:.0%}, were idle")
+            w = r.time["window"] * MS
+            ax.plot([i + 0.31, i + 0.34, i + 0.34, i + 0.31], [w * (1 - bubble), w * (1 - bubble), w, w],
+                    color="black", lw=1.2)
+            ax.text(i + 0.36, w * (1 - bubble / 2), f"bubble\n{bubble:.0%}", fontsize=7, va="center")
+        ax.plot([], [], color="black", lw=1.2, marker="|",
+                label=f"idle predicted from the pipeline bubble alone, (p−1)/(m+p−1) = {bubble:.0%}")
     ax.set_xticks(list(x), [rank_label(result, r) for r in ranks], fontsize=9)
     ax.set_ylabel("time over the timed steps (ms)")
     steps = timed_steps(result)
-    span = f"steps {steps[0]}–{steps[-1]}, step 0 left out as warm-up" if steps != [0] else "step 0 (the only step)"
+    span = f"steps {steps[0]}–{steps[-1]}; step 0 is warm-up" if steps != [0] else "step 0, the only step"
     ax.set_title(f"Where each rank's time went ({span})\n{run_title(result)}", fontsize=10)
     ax.set_ylim(0, window * 1.05)
-    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.1), fontsize=8, frameon=False, ncol=2 if bubble is None else 1)
+    ax.set_xlim(-0.5, len(ranks) - 0.5 + (0.25 if bubble is not None else 0))
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.1), fontsize=8, frameon=False)
     _footer(fig, result)
     return fig
 
@@ -295,41 +306,46 @@ def _field(obj: Any, name: str) -> float:
 
 def plot_memory(result: RunResult, predicted: Sequence[Any] | None = None) -> Figure:
     """Per-rank stacked bars of parameter, gradient, optimizer-state and peak
-    activation memory (MiB). ``predicted``: one dict or object per rank with
-    the same fields (bytes), drawn as an outlined bar beside the measured one."""
+    activation memory (MiB; KiB for models under 0.1 MiB). ``predicted``:
+    one dict or object per rank with the same fields, in bytes (such as
+    ``cost.predict``'s), drawn as an outlined bar beside the measured one."""
     ranks = result.ranks
     if predicted is not None and len(predicted) != len(ranks):
         raise ValueError(f"predicted has {len(predicted)} entries; the run has {len(ranks)} ranks (one per rank)")
-    fig = Figure(figsize=(max(6, 1.8 + (2.0 if predicted else 1.3) * len(ranks)), 5))
-    fig.subplots_adjust(left=0.13, right=0.97, top=0.86, bottom=0.3)
+    fig = Figure(figsize=(max(6, 1.8 + (2.0 if predicted else 1.3) * len(ranks)), 4.8))
+    fig.subplots_adjust(left=0.13, right=0.97, top=0.86, bottom=0.27 if predicted else 0.24)
     ax = fig.add_subplot()
     width = 0.36 if predicted else 0.6
     shift = width / 2 + 0.02 if predicted else 0.0
     bars = [(i - shift, {f: _field(r.memory, f) for f in MEMORY_FIELDS}, False) for i, r in enumerate(ranks)]
     if predicted:
         bars += [(i + shift, {f: _field(p, f) for f in MEMORY_FIELDS}, True) for i, p in enumerate(predicted)]
-    top = max(sum(v.values()) for _, v, _ in bars) / MIB or 1.0
+    largest = max(sum(v.values()) for _, v, _ in bars)
+    unit, size = ("MiB", MIB) if largest >= 0.1 * MIB else ("KiB", 2**10)
+    top = largest / size or 1.0
     for x, values, is_prediction in bars:
         base = 0.0
         for f in MEMORY_FIELDS:
-            v = values[f] / MIB
+            v = values[f] / size
             if is_prediction:
                 ax.bar(x, v, bottom=base, width=width, facecolor="none", edgecolor=MEMORY_COLORS[f],
                        linewidth=1.6, gid="predicted")
             else:
                 ax.bar(x, v, bottom=base, width=width, color=MEMORY_COLORS[f], edgecolor="white", gid="measured")
             base += v
-        ax.text(x, base + 0.01 * top, f"{base:.2f}", ha="center", va="bottom", fontsize=8)
+        ax.text(x, base + 0.01 * top, f"{base:.3g}", ha="center", va="bottom", fontsize=8)
         if predicted:
             ax.text(x, -0.02 * top, "predicted" if is_prediction else "measured", ha="center", va="top",
-                    fontsize=7, color="#555", rotation=0)
+                    fontsize=7, color="#555")
     ax.set_xticks(range(len(ranks)), [rank_label(result, r) for r in ranks], fontsize=9)
-    if predicted:
-        ax.tick_params(axis="x", pad=14)
+    ax.tick_params(axis="x", length=0, pad=14 if predicted else 4)
     ax.set_ylim(0, top * 1.12)
-    ax.set_ylabel("memory (MiB)")
-    ax.set_title(f"Memory each rank held (MiB)\n{run_title(result)}", fontsize=10)
-    handles = [Patch(color=MEMORY_COLORS[f], label=MEMORY_LABELS[f]) for f in MEMORY_FIELDS]
+    ax.set_xlim(-0.75, len(ranks) - 0.25)
+    ax.set_ylabel(f"memory ({unit})")
+    ax.set_title(f"Memory each rank held ({unit})\n{run_title(result)}", fontsize=10)
+    empty = {f for f in MEMORY_FIELDS if all(not r.memory.get(f) for r in ranks)}
+    handles = [Patch(color=MEMORY_COLORS[f], label=MEMORY_LABELS[f] + (" (none measured)" if f in empty else ""))
+               for f in MEMORY_FIELDS]
     if predicted:
         handles.append(Patch(facecolor="none", edgecolor="#555", linewidth=1.6, label="predicted (outline)"))
     ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2, fontsize=8, frameon=False)
@@ -345,7 +361,7 @@ def plot_losses(result: RunResult) -> Figure:
     b = result.baseline
     losses, base = result.losses, b["losses"]
     fig = Figure(figsize=(7.5, 5.6))
-    fig.subplots_adjust(left=0.13, right=0.97, top=0.84, bottom=0.1, hspace=0.1)
+    fig.subplots_adjust(left=0.13, right=0.97, top=0.82, bottom=0.1, hspace=0.2)
     ax, diff_ax = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1.3]})
     steps = list(range(len(losses)))
     ax.plot(range(len(base)), base, color="#BBB", lw=5, label="single device (baseline)")
@@ -356,18 +372,21 @@ def plot_losses(result: RunResult) -> Figure:
     ax.grid(color="#EEE")
     deltas = [abs(a - c) for a, c in zip(losses, base)]
     diff_ax.bar(steps[:len(deltas)], deltas, color=KIND_COLORS["comm"], width=0.6)
-    diff_ax.set_ylabel("|Δ loss|")
+    diff_ax.set_ylabel("|run − baseline|")
     diff_ax.ticklabel_format(axis="y", style="sci", scilimits=(-2, 2))
     if max(deltas, default=0) == 0:
         diff_ax.set_ylim(0, 1)
+        diff_ax.set_yticks([0])
         diff_ax.text(0.5, 0.5, "identical at every step", transform=diff_ax.transAxes, ha="center", fontsize=8)
     diff_ax.set_xlabel("optimizer step")
     diff_ax.xaxis.get_major_locator().set_params(integer=True)
     verdict = "PASS" if b["passed"] else "FAIL"
-    check = f"max |Δparam| = {b['max_abs_param_diff']:.2e} vs tolerance {b['tolerance']:.0e}: {verdict}"
+    diff = b["max_abs_param_diff"]
+    check = f"max |Δparam| = {diff:.2e}" if diff else "max |Δparam| = 0 (bit-identical)"
+    check += f" vs tolerance {b['tolerance']:.0e}: {verdict}"
     if result.accuracy is not None:
         check += f"\nheld-out accuracy {result.accuracy:.3f} (single device {b['accuracy']:.3f})"
-    fig.suptitle(f"Loss per step against single-device training — {run_title(result)}", fontsize=10, y=0.98)
+    fig.suptitle(f"Loss per step against single-device training\n{run_title(result)}", fontsize=10, y=0.985)
     ax.set_title(check, fontsize=9, color="#1A7F37" if b["passed"] else "#C0392B")
     return fig
 
@@ -396,93 +415,107 @@ def plot_dataflow(result: RunResult) -> Figure:
     ranks = result.ranks
     n_blocks = len(result.model) if result.model is not None else max(r.blocks[1] for r in ranks)
     labels = _block_labels(result, n_blocks)
+    params = _block_params(result, n_blocks)
     replicas = sorted({r.dp_rank for r in ranks})
     traffic = bytes_per_step(result)
     cuts = len({r.stage for r in ranks}) - 1
-    cut_gap = 2.2
-    fig = Figure(figsize=(min(18, max(7, 1.15 * n_blocks + 2.4 * cuts + 2.5)), 1.5 + 1.9 * len(replicas)))
-    fig.subplots_adjust(left=0.02, right=0.98, top=1 - 0.75 / fig.get_figheight(), bottom=0.02)
+    cut_gap, row_gap, block_h = 2.0, 2.2, 0.9
+    x_lo, x_hi = -1.7, n_blocks + cuts * cut_gap + 1.0
+    y_lo, y_hi = -(len(replicas) - 1) * row_gap - 0.95, 0.85
+    unit = 0.8  # inches per data unit, on both axes, so blocks stay square
+    widen = max(0.0, 7.5 - (x_hi - x_lo)) / 2  # room for the title on a small model
+    x_lo, x_hi = x_lo - widen, x_hi + widen
+    fig = Figure(figsize=((x_hi - x_lo) * unit + 0.3, (y_hi - y_lo) * unit + 0.8))
+    fig.subplots_adjust(left=0.15 / fig.get_figwidth(), right=1 - 0.15 / fig.get_figwidth(),
+                        top=1 - 0.8 / fig.get_figheight(), bottom=0.0)
     ax = fig.add_subplot()
     ax.set_axis_off()
+    ax.set_xlim(x_lo, x_hi)
+    ax.set_ylim(y_lo, y_hi)
     palette = ["#9ECAE1", "#FDAE6B", "#A1D99B", "#BCBDDC", "#FC9272", "#C7E9C0", "#FDD0A2", "#DADAEB"]
-    block_w, block_h = 1.0, 0.8
-    x_end = 0.0
     row_y: dict[int, float] = {}
     for row, d in enumerate(replicas):
-        y = -row * 1.9
+        y = -row * row_gap
         row_y[d] = y
         stages = sorted((r for r in ranks if r.dp_rank == d), key=lambda r: r.stage)
+        ax.annotate("", xy=(0, y), xytext=(-0.6, y), arrowprops={"arrowstyle": "-|>", "color": "#555"})
+        ax.text(-0.65, y, f"batch\n{_batch_of(result, d)}", ha="right", va="center", fontsize=8)
         x = 0.0
-        ax.annotate("", xy=(x, y), xytext=(x - 0.6, y), arrowprops={"arrowstyle": "-|>", "color": "#555"})
-        ax.text(x - 0.65, y, f"batch\n{_batch_of(result, d)}", ha="right", va="center", fontsize=8)
         for k, r in enumerate(stages):
             first, end = r.blocks
-            color = palette[r.rank % len(palette)]
             x_stage = x
             for i in range(first, end):
-                ax.add_patch(Rectangle((x, y - block_h / 2), block_w * 0.92, block_h, facecolor=color,
+                ax.add_patch(Rectangle((x, y - block_h / 2), 0.92, block_h, facecolor=palette[r.rank % len(palette)],
                                        edgecolor="#444", gid=f"block:{i}"))
-                ax.text(x + block_w * 0.46, y + 0.1, labels[i], ha="center", va="center", fontsize=7,
-                        wrap=True)
-                ax.text(x + block_w * 0.46, y - 0.2, f"#{i}", ha="center", va="center", fontsize=7, color="#555")
-                x += block_w
-            ax.text((x_stage + x) / 2, y + block_h / 2 + 0.12, rank_label(result, r), ha="center",
+                lines = [(labels[i], 0.22, 7 if len(labels[i]) <= 11 else 5.5, "black"),
+                         (f"block {i}", 0.0, 6.5, "#444")]
+                if params is not None:
+                    lines.append((_count(params[i]) + " params", -0.22, 6, "#444"))
+                for text, dy, size, color in lines:
+                    ax.text(x + 0.46, y + dy, text, ha="center", va="center", fontsize=size, color=color)
+                x += 1.0
+            ax.text((x_stage + x - 0.08) / 2, y + block_h / 2 + 0.1, rank_label(result, r), ha="center",
                     va="bottom", fontsize=8, fontweight="bold")
             if k + 1 < len(stages):
-                nxt = stages[k + 1]
-                fwd = traffic["sends"].get((r.rank, nxt.rank), 0)
-                bwd = traffic["sends"].get((nxt.rank, r.rank), 0)
-                a, b = x + 0.1, x + cut_gap - 0.18
-                ax.add_patch(FancyArrowPatch((a, y + 0.15), (b, y + 0.15), arrowstyle="-|>", mutation_scale=12,
-                                             color=KIND_COLORS["send"], gid="cut-arrow"))
-                ax.add_patch(FancyArrowPatch((b, y - 0.15), (a, y - 0.15), arrowstyle="-|>", mutation_scale=12,
-                                             color=KIND_COLORS["recv"], gid="cut-arrow"))
-                ax.text((a + b) / 2, y + 0.22, f"activations\n{human_bytes(fwd)}/step", ha="center",
-                        va="bottom", fontsize=7)
-                ax.text((a + b) / 2, y - 0.22, f"gradients\n{human_bytes(bwd)}/step", ha="center",
-                        va="top", fontsize=7)
+                _draw_cut(ax, traffic, r, stages[k + 1], x - 0.08 + 0.12, x + cut_gap - 0.12, y)
                 x += cut_gap
-        ax.annotate("", xy=(x + 0.5, y), xytext=(x, y), arrowprops={"arrowstyle": "-|>", "color": "#555"})
-        ax.text(x + 0.55, y, "loss", ha="left", va="center", fontsize=8)
-        x_end = max(x_end, x)
+        ax.annotate("", xy=(x + 0.45, y), xytext=(x - 0.05, y), arrowprops={"arrowstyle": "-|>", "color": "#555"})
+        ax.text(x + 0.5, y, "loss", ha="left", va="center", fontsize=8)
 
     if len(replicas) > 1:
         for s in sorted({r.stage for r in ranks}):
             group = [r for r in ranks if r.stage == s]
             n = len(group)
             b = max(traffic["all_reduce"].get(r.rank, 0) for r in group)
-            xs = _stage_x(group[0], ranks, block_w, cut_gap)
+            first, end = group[0].blocks
+            xs = (first + end) / 2 + s * cut_gap - 0.04
             y_top, y_bot = row_y[replicas[0]], row_y[replicas[-1]]
-            ax.add_patch(FancyArrowPatch((xs, y_top - block_h / 2 - 0.05), (xs, y_bot + block_h / 2 + 0.05),
+            ax.add_patch(FancyArrowPatch((xs, y_top - block_h / 2 - 0.05), (xs, y_bot + block_h / 2 + 0.4),
                                          arrowstyle="<|-|>", mutation_scale=12, color=KIND_COLORS["all_reduce"],
                                          gid="all-reduce-arrow"))
-            ax.text(xs + 0.1, (y_top + y_bot) / 2,
-                    f"all-reduce of gradients: {human_bytes(b)} per step per rank;\n"
-                    f"a ring sends 2(n−1)/n × that = {human_bytes(2 * (n - 1) * b / n)} per rank (n = {n})",
+            ax.text(xs + 0.12, y_top - row_gap / 2 + 0.1,
+                    f"all-reduce of gradients among {n} ranks: B = {human_bytes(b)} per rank per step;\n"
+                    f"a ring sends 2(n−1)/n · B = {human_bytes(2 * (n - 1) * b / n)} per rank and receives as much",
                     ha="left", va="center", fontsize=8, color=KIND_COLORS["all_reduce"])
     elif cuts == 0:
-        ax.text(x_end / 2, row_y[replicas[0]] - 0.75, "one rank holds every block: nothing crosses a device",
+        ax.text(n_blocks / 2, -0.75, "one rank holds every block: nothing crosses a device",
                 ha="center", fontsize=8, color="#555")
 
-    ax.set_xlim(-1.6, x_end + 1.2)
-    ax.set_ylim(row_y[replicas[-1]] - 0.95, 0.85)
-    cut_text = f"cut after block{'s' if cuts > 1 else ''} " + ", ".join(str(p - 1) for p in result.split_points) \
-        if result.split_points else "no cut"
-    fig.suptitle(f"How the model is split — {run_title(result)}\n{n_blocks} blocks, {cut_text}; "
-                 "bytes per step are means over the timed steps", fontsize=10)
+    cut_text = (f"cut after block{'s' if cuts > 1 else ''} " + ", ".join(str(p - 1) for p in result.split_points)
+                if result.split_points else "no cut")
+    moved = "; bytes per step are means over the timed steps" if cuts or len(replicas) > 1 else ""
+    fig.suptitle(f"How the model is split — {run_title(result)}\n{n_blocks} blocks, {cut_text}{moved}", fontsize=10)
     return fig
+
+
+def _draw_cut(ax, traffic: dict[str, Any], left: RankReport, right: RankReport, a: float, b: float, y: float) -> None:
+    """Two arrows across a cut: activations forward, gradients back, with bytes per step."""
+    for src, dst, dy, kind, what in ((left, right, 0.15, "send", "activations"),
+                                     (right, left, -0.15, "recv", "gradients")):
+        total = traffic["sends"].get((src.rank, dst.rank), 0)
+        count = traffic["send_counts"].get((src.rank, dst.rank), 0)
+        start, end = (a, b) if src is left else (b, a)
+        ax.add_patch(FancyArrowPatch((start, y + dy), (end, y + dy), arrowstyle="-|>", mutation_scale=12,
+                                     color=KIND_COLORS[kind], gid="cut-arrow"))
+        each = f"\n{count:g} sends × {human_bytes(total / count)}" if count > 1 else ""
+        ax.text((a + b) / 2, y + dy + (0.07 if dy > 0 else -0.07), f"{what} {'→' if dy > 0 else '←'}\n"
+                f"{human_bytes(total)}/step{each}", ha="center", va="bottom" if dy > 0 else "top", fontsize=7)
+
+
+def _block_params(result: RunResult, n: int) -> list[int] | None:
+    if result.model is None or len(result.model) != n:
+        return None
+    return [sum(p.numel() for p in block.parameters()) for block in result.model]
+
+
+def _count(n: int) -> str:
+    return f"{n / 1e6:.1f}M" if n >= 1e6 else (f"{n / 1e3:.1f}k" if n >= 1e3 else str(n))
 
 
 def _batch_of(result: RunResult, dp_rank: int) -> str:
     shares = result.config.rank_batches()
     n = shares[dp_rank] if dp_rank < len(shares) else result.config.global_batch
     return f"{n} samples"
-
-
-def _stage_x(r: RankReport, ranks: list[RankReport], block_w: float, cut_gap: float) -> float:
-    """x of the middle of rank r's blocks in its row."""
-    first, end = r.blocks
-    return (first + end) / 2 * block_w + r.stage * cut_gap
 
 
 # --------------------------------------------------------------------------
