@@ -218,7 +218,7 @@ def plot_timeline(result: RunResult, steps: int | Sequence[int] | None = 2) -> F
     for row in range(len(ranks)):
         ax.text(1.003, row - 0.1, "compute", transform=lanes, fontsize=7, color="#555", va="center")
         ax.text(1.003, row + 0.3, "comm", transform=lanes, fontsize=7, color="#555", va="center")
-    ax.set_xlabel("time since all ranks left the start barrier (ms)")
+    ax.set_xlabel("time since the first rank began step 0 (ms)")
     ax.grid(axis="x", color="#EEE")
     ax.set_axisbelow(True)
     fig.suptitle(f"What each rank did, step by step — {run_title(result)}", fontsize=11, y=1 - 0.12 * inch)
