@@ -49,6 +49,7 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--timeout", type=float, default=d.timeout_s, help="seconds before a run is stopped")
     p.add_argument("--max-world-size", type=int, default=d.max_world_size)
     p.add_argument("--json", metavar="FILE", help="write the result JSON here")
+    p.add_argument("--plots", metavar="DIR", help="save the run's pictures here as PNG")
 
 
 def config_from_args(a: argparse.Namespace) -> RunConfig:
@@ -60,7 +61,7 @@ def config_from_args(a: argparse.Namespace) -> RunConfig:
                      timeout_s=a.timeout, max_world_size=a.max_world_size)
 
 
-def _run_and_print(config: RunConfig, json_path: str | None = None) -> int:
+def _run_and_print(config: RunConfig, json_path: str | None = None, plots_dir: str | None = None) -> int:
     from .launcher import RunError
     from .runner import run
 
@@ -77,6 +78,9 @@ def _run_and_print(config: RunConfig, json_path: str | None = None) -> int:
         with open(json_path, "w") as f:
             f.write(result.to_json(indent=1))
         print(f"result written to {json_path}")
+    if plots_dir:
+        for path in result.save_plots(plots_dir):
+            print(f"picture written to {path}")
     return 0 if result.passed else 1
 
 
@@ -105,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
             config = config_from_args(args)
         except ConfigError as e:
             parser.exit(2, f"{parser.prog}: error: {e}\n")
-        return _run_and_print(config, args.json)
+        return _run_and_print(config, args.json, args.plots)
     if args.command == "models":
         from .models import MODELS, model_block_infos
 

@@ -14,8 +14,16 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-STRATEGIES = ("single", "data", "model", "pipeline")
-SCHEDULES = ("gpipe", "1f1b")
+STRATEGIES = ("single", "data", "model", "pipeline", "tensor", "fsdp")
+SINGLE_STAGE_SCHEDULES = ("gpipe", "1f1b")
+"""One stage per rank (virtual_stages=1)."""
+LOOPED_SCHEDULES = ("interleaved1f1b", "loopedbfs", "interleavedzerobubble")
+"""virtual_stages >= 2 stages per rank, looped: rank r holds r, r+p, r+2p, ..."""
+V_SCHEDULES = ("zbvzerobubble", "dualpipev")
+"""Exactly 2 stages per rank, V-shaped: rank r holds r and 2p-1-r."""
+SCHEDULES = SINGLE_STAGE_SCHEDULES + LOOPED_SCHEDULES + V_SCHEDULES
+ROUNDED_SCHEDULES = ("interleaved1f1b", "interleavedzerobubble")
+"""Run micro-batches in rounds: m must be a multiple of max(1, m // p)."""
 OPTIMIZERS = ("sgd", "adam")
 DEVICES = ("auto", "cpu", "cuda")
 BACKENDS = ("auto", "gloo", "nccl")
@@ -44,7 +52,7 @@ class RunConfig:
     ``custom`` when a module and dataset are passed to ``run``."""
 
     strategy: str = "single"
-    """How the work is split: single, data, model or pipeline."""
+    """How the work is split: single, data, model, pipeline, tensor or fsdp."""
 
     world_size: int = 1
     """Number of ranks (processes, one device each). 1 means no split."""
@@ -65,7 +73,16 @@ class RunConfig:
     """Micro-batches each data-parallel rank's batch is cut into (pipeline)."""
 
     schedule: str = "gpipe"
-    """Pipeline schedule (pipeline strategy): gpipe or 1f1b."""
+    """Pipeline schedule (pipeline strategy), a torch.distributed.pipelining
+    schedule: gpipe, 1f1b (one stage per rank); interleaved1f1b, loopedbfs,
+    interleavedzerobubble (virtual_stages per rank, looped); zbvzerobubble,
+    dualpipev (two per rank, V-shaped)."""
+
+    virtual_stages: int = 1
+    """Stages each pipeline rank holds (pipeline strategy). 1: one stage per
+    rank. The model is cut into world_size * virtual_stages stages, so
+    split_points then holds world_size * virtual_stages - 1 cuts. Other
+    strategies ignore it, as they ignore schedule."""
 
     steps: int = 10
     """Optimizer steps. The first is a warm-up, left out of throughput."""
@@ -101,13 +118,33 @@ class RunConfig:
 
     @property
     def stages(self) -> int:
-        """Pipeline stages: world_size for model/pipeline, else 1."""
-        return self.world_size if self.strategy in ("model", "pipeline") else 1
+        """Stages the model is cut into: pp_size * virtual_stages for the
+        pipeline strategy, pp_size for the others (1 where it is not cut)."""
+        return self.pp_size * (self.virtual_stages if self.strategy == "pipeline" else 1)
+
+    def rank_stages(self, pp_rank: int) -> tuple[int, ...]:
+        """Stages held by the rank at place ``pp_rank`` along the pipeline,
+        ascending. Looped: r, r + p, r + 2p, ...; V: r and 2p - 1 - r."""
+        p, v = self.pp_size, self.stages // self.pp_size
+        if self.strategy == "pipeline" and self.schedule in V_SCHEDULES:
+            return (pp_rank, 2 * p - 1 - pp_rank)
+        return tuple(pp_rank + k * p for k in range(v))
 
     @property
     def dp_size(self) -> int:
-        """Data-parallel ranks the global batch is shared among."""
-        return self.world_size if self.strategy == "data" else 1
+        """Data-parallel ranks the global batch is shared among (fsdp's
+        ranks shard the model but each trains on its own part of the batch)."""
+        return self.world_size if self.strategy in ("data", "fsdp") else 1
+
+    @property
+    def pp_size(self) -> int:
+        """Ranks along the pipeline (each holds one or more stages)."""
+        return self.world_size if self.strategy in ("model", "pipeline") else 1
+
+    @property
+    def tp_size(self) -> int:
+        """Ranks each layer's weights are cut among (tensor parallel)."""
+        return self.world_size if self.strategy == "tensor" else 1
 
     @property
     def shares(self) -> tuple[int, ...]:
@@ -176,6 +213,40 @@ def _check_int_tuple(name: str, v: Any) -> None:
         raise ConfigError(name, v, "must be a tuple of integers")
 
 
+def _check_schedule(c: RunConfig) -> None:
+    """Stages per rank and micro-batches as the torch.distributed.pipelining
+    schedules require them (their constructors would raise later, in every
+    rank)."""
+    _check_int("virtual_stages", c.virtual_stages, 1, 64)
+    s, v, p, m = c.schedule, c.virtual_stages, c.pp_size, c.micro_batches
+    if c.strategy != "pipeline":
+        return  # like schedule, read by the pipeline strategy only
+    if s in SINGLE_STAGE_SCHEDULES and v != 1:
+        raise ConfigError("virtual_stages", v,
+                          f"schedule '{s}' runs one stage per rank (virtual_stages=1); for more use "
+                          f"{', '.join(LOOPED_SCHEDULES)} (2 or more) or {', '.join(V_SCHEDULES)} (exactly 2)")
+    if s in LOOPED_SCHEDULES and v < 2:
+        raise ConfigError("virtual_stages", v,
+                          f"schedule '{s}' loops over several stages per rank: needs virtual_stages >= 2")
+    if s in V_SCHEDULES and v != 2:
+        raise ConfigError("virtual_stages", v, f"schedule '{s}' places exactly 2 stages per rank, in a V: "
+                                               "needs virtual_stages=2")
+    if s == "1f1b" and m < p:
+        raise ConfigError("micro_batches", m, f"schedule '1f1b' needs at least as many micro-batches as stages "
+                                              f"({p})")
+    if s == "dualpipev" and m < c.stages:
+        raise ConfigError("micro_batches", m, f"schedule 'dualpipev' needs at least as many micro-batches as "
+                                              f"stages (world_size*2={c.stages})")
+    rounds = max(1, m // p)
+    if s in ROUNDED_SCHEDULES and m % rounds:
+        ok = [k for k in range(1, 4 * max(m, p)) if k % max(1, k // p) == 0]
+        near = sorted(ok, key=lambda k: (abs(k - m), k))[:2]
+        raise ConfigError("micro_batches", m,
+                          f"schedule '{s}' runs micro-batches in rounds of world_size={p} or more: "
+                          f"micro_batches must divide evenly into max(1, micro_batches // {p})={rounds} rounds; "
+                          f"try {' or '.join(str(k) for k in sorted(near))}")
+
+
 def _validate(c: RunConfig) -> None:
     from .models import MODEL_NAMES, model_num_blocks
 
@@ -210,6 +281,7 @@ def _validate(c: RunConfig) -> None:
     if c.strategy == "model" and c.micro_batches != 1:
         raise ConfigError("micro_batches", c.micro_batches,
                           "strategy 'model' runs one micro-batch; use strategy 'pipeline' for more")
+    _check_schedule(c)
 
     # Split points: only where the model is cut into stages.
     if c.split_points is not None:
@@ -227,6 +299,11 @@ def _validate(c: RunConfig) -> None:
                 if b <= a:
                     raise ConfigError("split_points", c.split_points,
                                       "must be strictly increasing (two equal split points leave an empty stage)")
+            if len(c.split_points) + 1 != c.stages and c.stages > c.pp_size:
+                raise ConfigError("split_points", c.split_points,
+                                  f"{len(c.split_points)} split points make {len(c.split_points) + 1} stages; "
+                                  f"virtual_stages={c.virtual_stages} on {c.world_size} ranks needs exactly "
+                                  f"world_size*virtual_stages-1={c.stages - 1}")
             if len(c.split_points) + 1 != c.stages:
                 n = len(c.split_points) + 1
                 what = "more stages than ranks" if n > c.world_size else "fewer stages than ranks"
@@ -234,6 +311,10 @@ def _validate(c: RunConfig) -> None:
                                   f"{len(c.split_points)} split points make {n} stages, {what}: "
                                   f"strategy '{c.strategy}' needs exactly world_size-1={c.world_size - 1}")
     if blocks is not None and c.stages > blocks:
+        if c.stages > c.pp_size:
+            raise ConfigError("virtual_stages", c.virtual_stages,
+                              f"{c.world_size} ranks x {c.virtual_stages} stages each = {c.stages} stages need at "
+                              f"least {c.stages} blocks; model '{c.model}' has {blocks}")
         raise ConfigError("world_size", c.world_size,
                           f"{c.stages} stages need at least {c.stages} blocks; model '{c.model}' has {blocks}")
 

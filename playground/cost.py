@@ -14,7 +14,8 @@ bytes of the parameters the rank holds and T their number of tensors:
   traffic    pipeline: per micro-batch of b samples, stage s sends b * A_s
              forward (A_s: bytes per sample of its last block's output) and
              b * A_{s-1} backward, and receives as many; over m micro-batches
-             and every step.
+             and every step. A rank holding several stages sums its stages'
+             cuts, leaving out those to a stage on the same rank.
              data: each DDP bucket of B bytes is all-reduced every step,
              2 (n - 1) B // n bytes each way among n ranks.
   activations  k (c + a b) + B x + B y: k micro-batches in flight at the peak
@@ -22,6 +23,8 @@ bytes of the parameters the rank holds and T their number of tensors:
              the first stage's saved inputs and the last stage's saved targets
              count B (global batch) samples once, x and y bytes each, since a
              rank's shard and its micro-batches are views into the global batch.
+             Several stages per rank: the peak over the schedule's action
+             order of the stages' saved bytes held (``held_peak``).
 """
 
 from __future__ import annotations
@@ -61,12 +64,25 @@ class RankPrediction:
 # Formulas
 
 
-def bubble_fraction(schedule: str, stages: int, micro_batches: int, virtual: int = 1) -> float:
-    """Share of a step a stage sits idle, filling and draining the pipeline.
+LOOPED = ("interleaved", "interleaved1f1b", "loopedbfs")
+ZERO_BUBBLE = ("interleavedzerobubble", "zbvzerobubble", "dualpipev")
 
-    gpipe, 1f1b: (p - 1) / (m + p - 1). interleaved (v model chunks per
-    rank): the bubble shrinks v-fold, (p - 1) / (v m + p - 1); see
+
+def bubble_fraction(schedule: str, stages: int, micro_batches: int, virtual: int = 1) -> float:
+    """Share of a step a pipeline rank sits idle, filling and draining the
+    pipeline: p ranks (``stages``), m micro-batches, v stages per rank,
+    equal stages, free communication.
+
+    gpipe, 1f1b: (p - 1) / (m + p - 1). Looped, v model chunks per rank
+    (interleaved1f1b, loopedbfs, or "interleaved"): the bubble shrinks
+    v-fold, (p - 1) / (v m + p - 1), when m >= p; with m < p each loop also
+    waits for micro-batch 0 to come round: 1 - v m / (v p + m - 1). See
     ``bubble_overhead`` for the same bubble measured against ideal time.
+    Zero-bubble schedules (interleavedzerobubble, zbvzerobubble, dualpipev):
+    ``simulated_bubble`` of the schedule's own action table; with forward,
+    input-gradient and weight-gradient times equal it comes to
+    (p - 1) / (3 v m + p - 1) once m >= p (zbvzerobubble: m >= 2p - 1), a
+    third of the looped bubble: weight gradients fill the drain.
     """
     p, m, v = stages, micro_batches, virtual
     if p < 1 or m < 1 or v < 1:
@@ -74,9 +90,55 @@ def bubble_fraction(schedule: str, stages: int, micro_batches: int, virtual: int
     if schedule in ("gpipe", "1f1b"):
         if v != 1:
             raise ValueError(f"virtual={v}: schedule {schedule!r} runs one stage per rank (virtual=1)")
-    elif schedule != "interleaved":
-        raise ValueError(f"schedule={schedule!r}: must be one of gpipe, 1f1b, interleaved")
-    return (p - 1) / (v * m + p - 1)
+    elif schedule in ZERO_BUBBLE:
+        return simulated_bubble(schedule, p, m, v)
+    elif schedule not in LOOPED:
+        raise ValueError(f"schedule={schedule!r}: must be one of gpipe, 1f1b, {', '.join(LOOPED + ZERO_BUBBLE)}")
+    return 1 - v * m / (v * max(m, p) + min(m, p) - 1)
+
+
+UNIT_TIMES = {"forward": 1.0, "backward": 2.0, "backward_input": 1.0, "backward_weight": 1.0}
+"""Time of each action of a schedule table, in forwards: a full backward
+costs two (input and weight gradients), the zero-bubble halves one each."""
+
+
+def simulated_bubble(schedule: str, stages: int, micro_batches: int, virtual: int = 1,
+                     times: dict[str, float] = UNIT_TIMES) -> float:
+    """1 - busy / span, averaged over the ranks, when each rank runs its
+    actions (``pipeline.schedule_table``) in order, each as soon as the rank
+    is free and its input is there: a forward of stage s after stage s-1's,
+    a backward after stage s+1's (the last stage: after its own forward),
+    a weight gradient after its own input gradient. Communication is free."""
+    from .strategies.pipeline import schedule_table
+
+    table = schedule_table(schedule, stages, micro_batches, virtual)
+    last = stages * virtual - 1
+    done: dict[tuple[str, int, int], float] = {}
+    free = {r: 0.0 for r in table}
+    busy = {r: 0.0 for r in table}
+    pos = {r: 0 for r in table}
+    while any(pos[r] < len(table[r]) for r in table):
+        progressed = False
+        for r, actions in table.items():
+            while pos[r] < len(actions):
+                kind, s, mb = actions[pos[r]]
+                if kind == "forward":
+                    key, need = ("f", s, mb), ("f", s - 1, mb) if s > 0 else None
+                elif kind == "backward_weight":
+                    key, need = ("w", s, mb), ("b", s, mb)
+                else:
+                    key, need = ("b", s, mb), ("b", s + 1, mb) if s < last else ("f", s, mb)
+                if need is not None and need not in done:
+                    break
+                start = max(free[r], done[need] if need is not None else 0.0)
+                free[r] = done[key] = start + times[kind]
+                busy[r] += times[kind]
+                pos[r] += 1
+                progressed = True
+        if not progressed:
+            raise ValueError(f"schedule={schedule!r}: its action table waits forever (p={stages}, m={micro_batches})")
+    span = max(free.values())
+    return 1 - sum(busy.values()) / len(busy) / span
 
 
 def bubble_overhead(stages: int, micro_batches: int, virtual: int = 1) -> float:
@@ -92,6 +154,21 @@ def in_flight(schedule: str, stages: int, stage: int, micro_batches: int) -> int
     if schedule == "1f1b":
         return min(micro_batches, stages - stage)
     return micro_batches
+
+
+def held_peak(actions: list[tuple[str, int, int]], stage_bytes: dict[int, int]) -> int:
+    """Peak of the activation bytes a rank holds over its actions, in order
+    (``pipeline.schedule_table``): a forward of stage s adds stage_bytes[s];
+    a full backward frees them, or, split, the weight gradient does (the
+    input-gradient pass keeps the graph for it)."""
+    held = peak = 0
+    for kind, stage, _ in actions:
+        if kind == "forward":
+            held += stage_bytes[stage]
+        elif kind in ("backward", "backward_weight"):
+            held -= stage_bytes[stage]
+        peak = max(peak, held)
+    return peak
 
 
 def all_reduce_bytes(nbytes: int, group_size: int) -> int:
@@ -247,10 +324,17 @@ def predict(config: RunConfig, infos: list[BlockInfo] | None = None, model: nn.S
         split_points = config.resolved_split_points([max(1, b.flops) for b in infos])
     ranges = stage_ranges(tuple(split_points), len(model))
     out_bytes = output_bytes(model, sample)
-    pp, dp, steps = config.stages, config.dp_size, config.steps
+    pp, dp, steps = config.pp_size, config.dp_size, config.steps
     pipelined = config.strategy == "pipeline"  # the others run a rank's batch whole
     m = config.micro_batches if pipelined else 1
     schedule = config.schedule if pipelined else "gpipe"
+    # Several stages per rank: which rank holds each, and the order it runs them in.
+    owner = {s: r for r in range(pp) for s in config.rank_stages(r)}
+    table = None
+    if config.stages > pp:
+        from .strategies.pipeline import schedule_table
+
+        table = schedule_table(schedule, pp, m, config.stages // pp)
     x_bytes = config.global_batch * _bytes_per_sample(sample.unsqueeze(0))
     y_bytes = config.global_batch * _bytes_per_sample(target.unsqueeze(0)) if target is not None else 0
 
@@ -258,23 +342,29 @@ def predict(config: RunConfig, infos: list[BlockInfo] | None = None, model: nn.S
     predictions = []
     for rank in range(config.world_size):
         dp_rank, stage = divmod(rank, pp)
-        first, end = ranges[stage]
-        params = list(model[first:end].parameters())
+        held_stages = config.rank_stages(stage)
+        params = [p for s in held_stages for p in model[ranges[s][0]:ranges[s][1]].parameters()]
         param_bytes = [p.numel() * p.element_size() for p in params]
         held = sum(param_bytes)
         optimizer = 2 * held + 4 * len(params) if config.optimizer == "adam" else 0
 
         micro_batch = config.rank_batches()[dp_rank] // m
-        cut_bytes = (out_bytes[first - 1] if stage > 0 else 0) + (out_bytes[end - 1] if stage < pp - 1 else 0)
+        # Only cuts to a stage on another rank cross the wire.
+        cut_bytes = sum((out_bytes[ranges[s][0] - 1] if s > 0 and owner[s - 1] != stage else 0)
+                        + (out_bytes[ranges[s][1] - 1] if s < len(ranges) - 1 and owner[s + 1] != stage else 0)
+                        for s in held_stages)
         sent = steps * m * micro_batch * cut_bytes
         if dp > 1:
             # Step 0 all-reduces one bucket of everything; then DDP rebuilds its buckets.
             sent += all_reduce_bytes(held, dp)
             sent += (steps - 1) * sum(all_reduce_bytes(b, dp) for b in ddp_buckets(param_bytes))
 
-        act = activations[stage]
-        peak = in_flight(schedule, pp, stage, m) * act.micro_batch(micro_batch)
-        peak += x_bytes * act.saves_input + y_bytes * act.saves_target
+        acts = [activations[s] for s in held_stages]
+        if table is None:
+            peak = in_flight(schedule, pp, stage, m) * acts[0].micro_batch(micro_batch)
+        else:
+            peak = held_peak(table[stage], {s: activations[s].micro_batch(micro_batch) for s in held_stages})
+        peak += x_bytes * any(a.saves_input for a in acts) + y_bytes * any(a.saves_target for a in acts)
 
         predictions.append(RankPrediction(rank=rank, stage=stage, dp_rank=dp_rank, params=held, grads=held,
                                           optimizer=optimizer, activations_peak=peak,
@@ -305,5 +395,6 @@ def _model_and_data(config: RunConfig, model, sample, target):
     return model, sample, target, loss_fn(task)
 
 
-__all__ = ["RankPrediction", "predict", "bubble_fraction", "bubble_overhead", "in_flight", "all_reduce_bytes",
+__all__ = ["RankPrediction", "predict", "bubble_fraction", "simulated_bubble", "bubble_overhead", "in_flight",
+           "held_peak", "all_reduce_bytes",
            "ddp_buckets", "stage_shares", "stage_activations", "StageActivations", "output_bytes"]

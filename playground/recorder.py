@@ -6,7 +6,8 @@ and counts the bytes of activations saved for backward.
 
 Event kinds:
   compute:        forward, loss, backward, backward_weight, optimizer, setup
-  communication:  send, recv (point to point), all_reduce (collective)
+  communication:  send, recv (point to point), all_reduce, all_gather,
+                  reduce_scatter (collectives)
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any, Iterator
 import torch
 
 COMPUTE_KINDS = ("setup", "forward", "loss", "backward", "backward_weight", "optimizer")
-COMM_KINDS = ("send", "recv", "all_reduce")
+COMM_KINDS = ("send", "recv", "all_reduce", "all_gather", "reduce_scatter")
 
 
 class Recorder:
@@ -96,8 +97,14 @@ class Recorder:
             yield
 
     def _pack(self, t: torch.Tensor):
-        storage = t.untyped_storage()
-        key = storage.data_ptr()
+        if isinstance(t, torch.nn.Parameter):
+            return t
+        local = t.to_local() if hasattr(t, "to_local") else t  # a DTensor's shard
+        try:
+            storage = local.untyped_storage()
+            key = storage.data_ptr()
+        except (RuntimeError, NotImplementedError):  # a tensor without storage: nothing held
+            return t
         if key in self._param_storages or key == 0:
             return t
         entry = self._live.get(key)
@@ -163,6 +170,125 @@ class Recorder:
         return hook
 
 
+    @contextmanager
+    def recording_collectives(self) -> Iterator[None]:
+        """Time every collective that DTensor (tensor parallel) and FSDP issue."""
+        if not self.enabled:
+            yield
+            return
+        with _CollectiveTimer(self):
+            yield
+
+
+_FUNCTIONAL = {"all_reduce": "all_reduce", "all_gather_into_tensor": "all_gather",
+               "reduce_scatter_tensor": "reduce_scatter"}
+_C10D = {"allreduce_": "all_reduce", "_allgather_base_": "all_gather", "_reduce_scatter_base_": "reduce_scatter"}
+
+
+def _collective_timer_class():
+    from torch.distributed.tensor import DTensor
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class CollectiveTimer(TorchDispatchMode):
+        """Sees the collectives that DTensor and FSDP lower to.
+
+        Functional collectives (DTensor) are waited on at once: their result
+        is the next op's input anyway. c10d collectives (FSDP) stay
+        asynchronous; their end is when their future completes."""
+
+        def __init__(self, recorder: "Recorder"):
+            super().__init__()
+            self.recorder = recorder
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            if any(issubclass(t, DTensor) for t in types):
+                return NotImplemented  # let DTensor lower itself to plain collectives first
+            if isinstance(func, torch._ops.HigherOrderOperator):
+                return func(*args, **kwargs)
+            ns, name = func.namespace, func._overloadpacket.__name__
+            rec = self.recorder
+            if ns == "_c10d_functional" and name in _FUNCTIONAL:
+                kind, tensor = _FUNCTIONAL[name], args[0]
+                group = _group_of(args[-1] if isinstance(args[-1], str) else kwargs.get("group_name"))
+                start = rec.now()
+                out = torch.ops._c10d_functional.wait_tensor(func(*args, **kwargs))
+                rec.add(kind, start, rec.now(), **_collective_fields(rec, kind, tensor, out, group))
+                return out
+            if ns == "c10d" and name in _C10D:
+                kind = _C10D[name]
+                start = rec.now()
+                out = func(*args, **kwargs)
+                tensors = [a for a in args if isinstance(a, torch.Tensor)]
+                flat = [t for a in args if isinstance(a, (list, tuple)) for t in a if isinstance(t, torch.Tensor)]
+                inp = (flat or tensors)[-1] if kind == "all_gather" else (tensors or flat)[-1]
+                outp = (tensors or flat)[0]
+                group = next((g for g in map(_unbox_group, args) if g is not None), None)
+                fields = _collective_fields(rec, kind, inp, outp, group)
+                work = out[-1]
+
+                def done(_fut, fields=fields, start=start, kind=kind):
+                    rec.add(kind, start, rec.now(), **fields)
+
+                try:
+                    import torch.distributed as dist
+
+                    dist.distributed_c10d.Work.unbox(work).get_future().then(done)
+                except (RuntimeError, AttributeError):  # no future on this backend: count it, untimed
+                    rec.add(kind, start, start, **fields)
+                return out
+            return func(*args, **kwargs)
+
+    return CollectiveTimer
+
+
+def _group_of(group_name: str | None):
+    if group_name is None:
+        return None
+    from torch.distributed.distributed_c10d import _resolve_process_group
+
+    return _group_size_of_pg(_resolve_process_group(group_name))
+
+
+def _unbox_group(arg):
+    """The (name, size) of a c10d op's process-group argument, else None."""
+    if isinstance(arg, (torch.Tensor, list, tuple, int, float, bool)) or arg is None:
+        return None
+    import torch.distributed as dist
+
+    try:
+        return _group_size_of_pg(dist.ProcessGroup.unbox(arg))
+    except (RuntimeError, TypeError, AttributeError):
+        return None
+
+
+def _group_size_of_pg(pg) -> tuple[str, int]:
+    import torch.distributed as dist
+
+    ranks = dist.get_process_group_ranks(pg)
+    return "ranks:" + ",".join(map(str, ranks)), len(ranks)
+
+
+def _collective_fields(rec: "Recorder", kind: str, inp: torch.Tensor, out: torch.Tensor, group) -> dict:
+    """bytes: the all-reduced tensor, the gathered output, or the scattered input."""
+    name, size = group if group is not None else ("?", 1)
+    payload = out if kind == "all_gather" else inp
+    return {"bytes": payload.numel() * payload.element_size(), "group": name, "group_size": size,
+            "seq": rec.next_seq(kind, name)}
+
+
+class _CollectiveTimer:
+    def __init__(self, recorder: "Recorder"):
+        self._mode = _collective_timer_class()(recorder)
+
+    def __enter__(self):
+        self._mode.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self._mode.__exit__(*exc)
+
+
 class _Saved:
     __slots__ = ("tensor", "key", "recorder")
 
@@ -206,15 +332,23 @@ class _TimedWork:
         return getattr(self.work, name)
 
 
+def local_bytes(t: torch.Tensor) -> int:
+    """Bytes this rank holds of ``t``: a DTensor's local shard only."""
+    to_local = getattr(t, "to_local", None)
+    if to_local is not None:
+        t = to_local()
+    return t.numel() * t.element_size()
+
+
 def memory_bytes(module: torch.nn.Module, optimizer: torch.optim.Optimizer | None) -> dict[str, int]:
     """Bytes held by parameters, their gradients and the optimizer's state."""
     params = list(module.parameters())
     state = 0
     if optimizer is not None:
         for s in optimizer.state.values():
-            state += sum(v.numel() * v.element_size() for v in s.values() if isinstance(v, torch.Tensor))
+            state += sum(local_bytes(v) for v in s.values() if isinstance(v, torch.Tensor))
     return {
-        "params": sum(p.numel() * p.element_size() for p in params),
-        "grads": sum(p.grad.numel() * p.grad.element_size() for p in params if p.grad is not None),
+        "params": sum(local_bytes(p) for p in params),
+        "grads": sum(local_bytes(p.grad) for p in params if p.grad is not None),
         "optimizer": state,
     }

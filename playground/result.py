@@ -10,9 +10,10 @@ warm-up step 0; step 0 alone when there is only one):
            posted it; waiting for a slower peer before that is idle.
   idle     the rest of the window: waiting for peers, the pipeline bubble.
 
-Bytes, per rank: a send or receive counts its tensor's bytes; an
-all-reduce of B bytes among n ranks counts the ring algorithm's
-2 (n - 1) / n * B sent and as many received.
+Bytes, per rank: a send or receive counts its tensor's bytes; collectives
+count what the ring algorithm moves among n ranks, sent and as many
+received: an all-reduce of B bytes 2 (n - 1) / n * B, an all-gather of a
+B-byte output or a reduce-scatter of a B-byte input (n - 1) / n * B.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from .config import RunConfig
 from .recorder import COMM_KINDS, COMPUTE_KINDS
 
 BASELINE_TOLERANCE = 1e-5
+# Ring algorithms: bytes each rank sends (and receives) per byte of payload, times n / (n - 1).
+RING_FACTOR = {"all_reduce": 2, "all_gather": 1, "reduce_scatter": 1}
 
 
 @dataclass
@@ -66,6 +69,13 @@ class RunResult:
     accuracy: float | None = None
     wall_s: float = 0.0
     notes: list[str] = field(default_factory=list)
+    predictions: list[dict[str, Any]] | None = None
+    """The cost model's per-rank figures (params, grads, optimizer,
+    activations_peak, bytes_sent, bytes_recv), beside the measured ones;
+    None for strategies it does not cover yet (tensor, fsdp)."""
+    bubble: dict[str, Any] | None = None
+    """Pipelines: ``predicted`` by the schedule's formula, and ``measured``:
+    each rank's idle share of the timed window."""
     model: Any = field(default=None, repr=False)
     """The trained full model, gathered from the ranks (not in the JSON)."""
 
@@ -86,11 +96,38 @@ class RunResult:
             "split_points": list(self.split_points),
             "wall_s": self.wall_s,
             "notes": self.notes,
+            "predictions": self.predictions,
+            "bubble": self.bubble,
             "ranks": [r.to_dict() for r in self.ranks],
         }
 
     def to_json(self, indent: int | None = None) -> str:
         return json.dumps(self.to_dict(), indent=indent)
+
+    # Pictures (matplotlib, imported only when asked for): see plots.py.
+    def plot_timeline(self, **kwargs):
+        from .plots import plot_timeline
+        return plot_timeline(self, **kwargs)
+
+    def plot_time_breakdown(self):
+        from .plots import plot_time_breakdown
+        return plot_time_breakdown(self)
+
+    def plot_memory(self):
+        from .plots import plot_memory
+        return plot_memory(self, predicted=self.predictions)
+
+    def plot_losses(self):
+        from .plots import plot_losses
+        return plot_losses(self)
+
+    def plot_dataflow(self):
+        from .plots import plot_dataflow
+        return plot_dataflow(self)
+
+    def save_plots(self, directory: str) -> list[str]:
+        from .plots import save_all
+        return save_all(self, directory, predicted=self.predictions)
 
     def summary(self) -> str:
         """The per-rank table the CLI prints."""
@@ -114,9 +151,9 @@ def mark_waits(ranks: list[RankReport]) -> None:
                 sends[(r.rank, e["peer"], e["seq"])] = e
             elif e["kind"] == "recv":
                 recvs[(e["peer"], r.rank, e["seq"])] = e
-            elif e["kind"] == "all_reduce":
+            elif e["kind"] in ("all_reduce", "all_gather", "reduce_scatter"):
                 group = f"{e['group']}:{r.stage}" if e["group"] == "dp" else e["group"]
-                collectives.setdefault((group, e["seq"]), []).append(e)
+                collectives.setdefault((e["kind"], group, e["seq"]), []).append(e)
     for key, s in sends.items():
         rv = recvs.get(key)
         joined = max(s["start"], rv["start"]) if rv else s["start"]
@@ -191,9 +228,9 @@ def account(ranks: list[RankReport]) -> None:
                 sent += e["bytes"]
             elif e["kind"] == "recv":
                 recv += e["bytes"]
-            elif e["kind"] == "all_reduce":
+            elif e["kind"] in RING_FACTOR:
                 n = e["group_size"]
-                volume = 2 * (n - 1) * e["bytes"] // n
+                volume = RING_FACTOR[e["kind"]] * (n - 1) * e["bytes"] // n
                 sent += volume
                 recv += volume
         r.bytes_sent, r.bytes_recv = sent, recv
@@ -240,6 +277,10 @@ def format_table(result: RunResult) -> str:
     lines.append(f"baseline check: {verdict}  max |Δparam| = {b['max_abs_param_diff']:.2e} "
                  f"(tolerance {b['tolerance']:.0e}), final loss {result.losses[-1]:.6f} vs "
                  f"{b['losses'][-1]:.6f} single-device (Δ {b['final_loss_diff']:.2e})")
+    if result.bubble is not None:
+        measured = ", ".join(f"{b:.0%}" for b in result.bubble["measured"])
+        lines.append(f"pipeline bubble: measured idle share per rank {measured}; "
+                     f"formula {result.bubble['formula']} = {result.bubble['predicted']:.0%}")
     if result.accuracy is not None:
         lines.append(f"held-out accuracy: {result.accuracy:.3f} (single-device {b['accuracy']:.3f})")
     lines += [f"note: {n}" for n in result.notes]

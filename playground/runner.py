@@ -65,7 +65,38 @@ def run(config: RunConfig, *, model: nn.Sequential | None = None, dataset: Any =
     return RunResult(config=config, device=device_type, backend=backend, world_size=config.world_size,
                      losses=losses, throughput_samples_per_s=throughput(ranks, config.global_batch),
                      baseline=baseline, ranks=ranks, split_points=tuple(split_points), accuracy=accuracy,
-                     wall_s=wall, notes=_notes(config, device_type), model=trained)
+                     wall_s=wall, notes=_notes(config, device_type), model=trained,
+                     predictions=_predictions(config, custom, data), bubble=_bubble(config, ranks))
+
+
+PREDICTED_STRATEGIES = ("single", "data", "model", "pipeline")
+
+
+def _predictions(config: RunConfig, custom: tuple | None, data: Dataset) -> list[dict] | None:
+    """The cost model's figures for each rank, for the strategies it covers."""
+    from dataclasses import asdict
+
+    from .cost import predict
+
+    if config.strategy not in PREDICTED_STRATEGIES or getattr(config, "virtual_stages", 1) != 1:
+        return None
+    if custom:
+        preds = predict(config, model=custom[0], sample=data.train_x[0], target=data.train_y[0])
+    else:
+        preds = predict(config)
+    return [asdict(p) for p in preds]
+
+
+def _bubble(config: RunConfig, ranks: list[RankReport]) -> dict | None:
+    """Measured idle share of each pipeline rank beside (p-1)/(m+p-1)."""
+    from .cost import bubble_fraction
+
+    if config.strategy not in ("model", "pipeline") or getattr(config, "virtual_stages", 1) != 1:
+        return None
+    p, m = config.pp_size, config.micro_batches
+    return {"predicted": bubble_fraction(config.schedule if config.strategy == "pipeline" else "gpipe", p, m),
+            "formula": f"(p-1)/(m+p-1) with p={p}, m={m}",
+            "measured": [r.time["idle"] / r.time["window"] for r in ranks]}
 
 
 def train_single(config: RunConfig, model: nn.Sequential, dataset: Dataset) -> list[float]:

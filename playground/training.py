@@ -19,27 +19,25 @@ from .topology import Topology
 
 @dataclass
 class Groups:
-    """This rank's process groups (None when the run has no process group)."""
+    """This rank's device mesh and process groups (None without a process group)."""
 
+    mesh: Any = None
+    """The (dp, pp, tp) DeviceMesh; its sub-meshes feed DTensor and FSDP."""
     dp: Any = None
-    """Ranks holding the same stage: gradients are all-reduced among them."""
+    """Ranks holding the same part of the model: gradients are reduced among them."""
     pp: Any = None
     """Ranks of this rank's pipeline."""
+    tp: Any = None
+    """Ranks sharing each layer (tensor parallel)."""
 
 
-def make_groups(topology: Topology) -> Groups:
-    """Create every group of the mesh (each rank must create all of them, in
-    the same order) and keep the two this rank belongs to."""
-    import torch.distributed as dist
+def make_groups(topology: Topology, device_type: str) -> Groups:
+    """The mesh, laid out as ``Topology.grid``: init_device_mesh creates one
+    process group per mesh dimension and row, on every rank alike."""
+    from torch.distributed.device_mesh import init_device_mesh
 
-    def group(ranks: list[int]):
-        if len(ranks) == topology.world_size:
-            return dist.group.WORLD
-        return dist.new_group(ranks=ranks)
-
-    dp_groups = [group([row[s] for row in topology.grid]) for s in range(topology.pp)]
-    pp_groups = [group(row) for row in topology.grid]
-    return Groups(dp=dp_groups[topology.stage], pp=pp_groups[topology.dp_rank])
+    mesh = init_device_mesh(device_type, (topology.dp, topology.pp, topology.tp), mesh_dim_names=("dp", "pp", "tp"))
+    return Groups(mesh=mesh, dp=mesh.get_group("dp"), pp=mesh.get_group("pp"), tp=mesh.get_group("tp"))
 
 
 def make_optimizer(config: RunConfig, params) -> torch.optim.Optimizer:
@@ -73,7 +71,8 @@ def train_rank(config: RunConfig, topology: Topology, model: nn.Sequential, data
     memory = memory_bytes(local, optimizer)
     memory["activations_peak"] = recorder.activations_peak
     memory["allocator_peak"] = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
-    params = {}
-    if topology.dp_rank == 0:
-        params = {name: p.detach().cpu().clone() for name, p in local.named_parameters()}
+    # Sharded parameters (DTensor) are gathered whole: a collective, so every rank takes part.
+    full = {name: (p.full_tensor() if hasattr(p, "full_tensor") else p).detach().cpu().clone()
+            for name, p in local.named_parameters()}
+    params = full if topology.dp_rank == 0 and topology.tp_rank == 0 else {}
     return {"loss_parts": loss_parts, "memory": memory, "params": params}

@@ -44,7 +44,7 @@ def run_rank(config: RunConfig, rank: int, store, device_type: str, backend: str
     timeout = timedelta(seconds=config.timeout_s)
     dist.init_process_group(backend, store=store, rank=rank, world_size=config.world_size, timeout=timeout)
     topology = Topology.for_config(config, rank)
-    groups = make_groups(topology)
+    groups = make_groups(topology, device.type)
     if custom is None:
         model, dataset = build_model(config.model, config.seed), load_dataset(config.model)
     else:

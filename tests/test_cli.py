@@ -13,7 +13,7 @@ def test_cli_run_prints_table_and_writes_json(tmp_path):
     out = tmp_path / "out.json"
     proc = subprocess.run(
         [sys.executable, "-m", "playground", "run", "--model", "mlp", "--strategy", "model", "--world-size", "2",
-         "--split-points", "4", "--steps", "5", "--json", str(out)],
+         "--split-points", "4", "--steps", "5", "--json", str(out), "--plots", str(tmp_path / "plots")],
         capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
@@ -24,6 +24,9 @@ def test_cli_run_prints_table_and_writes_json(tmp_path):
     assert d["world_size"] == 2 and d["config"]["split_points"] == [4]
     assert d["baseline"]["max_abs_param_diff"] <= 1e-5
     assert [r["rank"] for r in d["ranks"]] == [0, 1]
+    pngs = sorted(p.name for p in (tmp_path / "plots").iterdir())
+    assert pngs == ["dataflow.png", "losses.png", "memory.png", "time_breakdown.png", "timeline.png"]
+    assert all((tmp_path / "plots" / n).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for n in pngs)
 
 
 def test_cli_bad_argument_in_a_real_process():

@@ -18,6 +18,11 @@ CASES = [
     dict(model="transformer", strategy="model", world_size=2, global_batch=16),
     dict(model="mlp", strategy="pipeline", schedule="gpipe", world_size=2, micro_batches=4),
     dict(model="cnn", strategy="pipeline", schedule="1f1b", world_size=2, split_points=(2,), micro_batches=4),
+    dict(model="seed-mlp", strategy="tensor", world_size=2),
+    dict(model="mlp", strategy="tensor", world_size=2, optimizer="adam", lr=0.001),
+    dict(model="transformer", strategy="tensor", world_size=2, global_batch=16),
+    dict(model="mlp", strategy="fsdp", world_size=2, batch_partition=(3, 1), optimizer="adam", lr=0.001),
+    dict(model="transformer", strategy="fsdp", world_size=2, global_batch=16),
 ]
 
 

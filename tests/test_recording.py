@@ -120,3 +120,29 @@ def test_result_json_has_the_documented_keys(gpipe):
         assert kinds >= {"forward", "backward", "send", "recv", "optimizer"}
     assert d["throughput_samples_per_s"] > 0
     assert RunConfig.from_dict(d["config"]) == gpipe.config
+
+
+def test_tensor_parallel_cuts_each_pair_of_layers_and_counts_its_all_reduces():
+    from playground.strategies.tensor import tensor_plan
+
+    plan = tensor_plan(playground.build_model("seed-mlp"), 2)
+    assert {k: type(v).__name__ for k, v in plan.items()} == {"0": "ColwiseParallel", "1": "RowwiseParallel"}
+    result = playground.run(RunConfig(model="seed-mlp", strategy="tensor", world_size=2, steps=STEPS))
+    assert result.passed
+    for r in result.ranks:
+        reduces = _events(r, "all_reduce")
+        # y = sum_i M_i h_i: one all-reduce of the (batch x 4) output per forward.
+        assert len(reduces) == STEPS and {e["bytes"] for e in reduces} == {32 * 4 * 4}
+        assert r.memory["params"] == 4 * (16 * 8 // 2 + 16 // 2 + 4 * 16 // 2 + 4)  # shards + replicated bias
+
+
+def test_fsdp_shards_memory_and_records_gathers_and_scatters():
+    result = playground.run(RunConfig(model="mlp", strategy="fsdp", world_size=2, steps=STEPS,
+                                      optimizer="adam", lr=0.001))
+    whole = 4 * sum(b.params for b in model_block_infos("mlp"))
+    assert result.passed
+    for r in result.ranks:
+        assert whole / 2 <= r.memory["params"] < whole / 2 + 4 * 1024  # a shard, rounded up per tensor
+        assert r.memory["grads"] == r.memory["params"]
+        assert _events(r, "all_gather") and _events(r, "reduce_scatter")
+        assert r.bytes_sent > 0

@@ -11,13 +11,17 @@
 from __future__ import annotations
 
 from .data import DataParallel
+from .fsdp import FullyShardedDataParallel
 from .model import ModelParallel
 from .pipeline import Pipeline
 from .single import Single
+from .tensor import TensorParallel
 
 STRATEGY_CLASSES = {
     "single": Single,
     "data": DataParallel,
     "model": ModelParallel,
     "pipeline": Pipeline,
+    "tensor": TensorParallel,
+    "fsdp": FullyShardedDataParallel,
 }

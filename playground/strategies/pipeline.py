@@ -1,10 +1,19 @@
 """pipeline: the model cut into stages, the batch cut into m micro-batches,
-run by a torch.distributed.pipelining schedule (GPipe or 1F1B).
+run by a torch.distributed.pipelining schedule, chosen by name.
+
+  one stage per rank        gpipe, 1f1b
+  v stages per rank, looped interleaved1f1b, loopedbfs, interleavedzerobubble
+                            (rank r holds stages r, r + p, r + 2p, ...)
+  2 stages per rank, V      zbvzerobubble, dualpipev
+                            (rank r holds stages r and 2p - 1 - r)
 
 Each micro-batch's loss is a mean over its samples and the schedule scales
 gradients by 1/m, so with equal micro-batches the gradient is that of the
-mean loss over the whole batch. Idle share of a stage per step (the bubble),
-for p stages: (p - 1) / (m + p - 1).
+mean loss over the whole batch. Idle share of a rank per step (the bubble),
+for p ranks and equal stages: (p - 1) / (m + p - 1) with one stage per rank,
+(p - 1) / (v m + p - 1) with v looped stages per rank and m >= p; the
+zero-bubble schedules fill the rest with weight gradients (backward_weight),
+computed apart from the input gradients that the previous stage waits for.
 """
 
 from __future__ import annotations
@@ -14,13 +23,25 @@ import functools
 
 import torch
 from torch import nn
-from torch.distributed.pipelining import PipelineStage, ScheduleGPipe, Schedule1F1B
+from torch.distributed.pipelining import (
+    PipelineStage, Schedule1F1B, ScheduleDualPipeV, ScheduleGPipe, ScheduleInterleaved1F1B,
+    ScheduleInterleavedZeroBubble, ScheduleLoopedBFS, ScheduleZBVZeroBubble,
+)
 from torch.distributed.pipelining import schedules as pipeline_schedules
 
+from ..config import V_SCHEDULES
 from ..models import stage_ranges
 from ..recorder import Recorder
 
-SCHEDULE_CLASSES = {"gpipe": ScheduleGPipe, "1f1b": Schedule1F1B}
+SCHEDULE_CLASSES = {
+    "gpipe": ScheduleGPipe,
+    "1f1b": Schedule1F1B,
+    "interleaved1f1b": ScheduleInterleaved1F1B,
+    "loopedbfs": ScheduleLoopedBFS,
+    "interleavedzerobubble": ScheduleInterleavedZeroBubble,
+    "zbvzerobubble": ScheduleZBVZeroBubble,
+    "dualpipev": ScheduleDualPipeV,
+}
 
 
 class Pipeline:
@@ -29,27 +50,39 @@ class Pipeline:
     def __init__(self, model: nn.Sequential, topology, config, recorder: Recorder, loss_fn, groups):
         self.topology = topology
         self.recorder = recorder
-        # run() has resolved the split points before any rank started.
-        first, end = stage_ranges(config.split_points, len(model))[topology.stage]
-        # Slicing keeps the blocks' names ("4.0.weight"), so the stage's
-        # state dict speaks of the same parameters as the full model's.
-        self.module = self.local_model = model[first:end]
-        self.micro_batches = config.micro_batches
-        self.stage = PipelineStage(self.module, topology.stage, topology.pp,
-                                   next(model.parameters()).device, group=groups.pp)
-        self._record_stage(self.stage)
         self._last_forward = 0
+        self._in_setup = False
+        # run() has resolved the split points (config.stages - 1 of them)
+        # before any rank started.
+        ranges = stage_ranges(config.split_points, len(model))
+        device = next(model.parameters()).device
+        self.stages: list[PipelineStage] = []
+        slices = []
+        for index in config.rank_stages(topology.stage):
+            first, end = ranges[index]
+            # Slicing keeps the blocks' names ("4.0.weight"), so the stage's
+            # state dict speaks of the same parameters as the full model's.
+            slices.append(model[first:end])
+            stage = PipelineStage(slices[-1], index, config.stages, device, group=groups.pp)
+            self._record_stage(stage)
+            self.stages.append(stage)
+        self.module = self.local_model = slices[0] if len(slices) == 1 else _blocks_of(slices)
+        self.holds_first = any(s.is_first for s in self.stages)
+        self.holds_last = any(s.is_last for s in self.stages)
         schedule_cls = SCHEDULE_CLASSES[self.schedule_name or config.schedule]
-        self.schedule = schedule_cls(self.stage, n_microbatches=config.micro_batches,
+        if issubclass(schedule_cls, pipeline_schedules.PipelineScheduleSingle):
+            stages = self.stages[0]
+        else:
+            stages = self.stages
+        self.schedule = schedule_cls(stages, n_microbatches=config.micro_batches,
                                      loss_fn=self._recorded_loss(loss_fn))
 
     def context(self):
         return recorded_p2p(self.recorder)
 
     def train_step(self, x, y) -> float | None:
-        topo = self.topology
-        args = (x,) if topo.is_first_stage else ()
-        if topo.is_last_stage:
+        args = (x,) if self.holds_first else ()
+        if self.holds_last:
             losses: list[torch.Tensor] = []
             self.schedule.step(*args, target=y, losses=losses)
             return float(torch.stack([l.detach() for l in losses]).mean())
@@ -59,7 +92,7 @@ class Pipeline:
     # -- recording --------------------------------------------------------
 
     def _record_stage(self, stage: PipelineStage) -> None:
-        rec, index = self.recorder, self.topology.stage
+        rec, index = self.recorder, stage.stage_index
         if not rec.enabled:
             return
         forward, backward = stage.forward_one_chunk, stage.backward_one_chunk
@@ -71,6 +104,8 @@ class Pipeline:
             with rec.span("forward", stage=index, micro_batch=chunk), rec.saving_activations():
                 return forward(chunk, *args, **kwargs)
 
+        # Zero-bubble schedules call this for the input gradients only
+        # (full_backward=False) and compute the weights' in backward_weight.
         @functools.wraps(backward)
         def backward_one_chunk(chunk, *args, **kwargs):
             with rec.span("backward", stage=index, micro_batch=chunk):
@@ -94,21 +129,101 @@ class Pipeline:
                     return prepare(*args, **kwargs)
 
             stage._prepare_forward_infra = prepare_forward_infra
+        # ...and, on the last stage, one more loss and backward.
+        prepare_backward = getattr(stage, "_prepare_backward_infra", None)
+        if prepare_backward is not None:
+            @functools.wraps(prepare_backward)
+            def prepare_backward_infra(*args, **kwargs):
+                self._in_setup = True
+                try:
+                    return prepare_backward(*args, **kwargs)
+                finally:
+                    self._in_setup = False
+
+            stage._prepare_backward_infra = prepare_backward_infra
 
     def _recorded_loss(self, loss_fn):
-        rec, index = self.recorder, self.topology.stage
+        rec = self.recorder
+        last_stage = self.stages[-1].stage_index if self.holds_last else None
 
         def loss(output, target):
-            with rec.span("loss", stage=index, micro_batch=self._last_forward), rec.saving_activations():
+            if self._in_setup:
+                return loss_fn(output, target)
+            with rec.span("loss", stage=last_stage, micro_batch=self._last_forward), rec.saving_activations():
                 return loss_fn(output, target)
 
         return loss
 
 
+def _blocks_of(slices: list[nn.Sequential]) -> nn.ModuleDict:
+    """The blocks of several stages in one module, under their names in the
+    full model ("4" holds "4.0.weight"), for the optimizer and the state
+    dict. Not callable: the stages are not adjacent."""
+    return nn.ModuleDict({name: block for s in slices for name, block in s.named_children()})
+
+
+# --------------------------------------------------------------------------
+# The schedule as data
+
+
+class _PlannedStage:
+    """What a schedule's constructor reads of a stage: enough to build its
+    action table in one process, without a process group."""
+
+    submod = None
+
+    def __init__(self, index: int, num_stages: int, pp: int, rank: int):
+        self.stage_index, self.num_stages, self.group_size, self.group_rank = index, num_stages, pp, rank
+        self.is_first, self.is_last = index == 0, index == num_stages - 1
+
+
+_ACTION_KINDS = {
+    pipeline_schedules.FORWARD: "forward",
+    pipeline_schedules.FULL_BACKWARD: "backward",
+    pipeline_schedules.BACKWARD_INPUT: "backward_input",
+    pipeline_schedules.BACKWARD_WEIGHT: "backward_weight",
+}
+
+
+def schedule_table(schedule: str, pp: int, micro_batches: int, virtual: int = 1) -> dict[int, list[tuple[str, int, int]]]:
+    """Each rank's compute actions, in the order a multi-stage schedule runs
+    them: rank -> [(kind, stage, micro_batch)], kind one of forward,
+    backward (input and weight gradients together), backward_input and
+    backward_weight (the zero-bubble split). Built by the torch schedule
+    class itself, from stand-in stages; its ValueError when it refuses
+    (pp, micro_batches, virtual).
+
+    Only the multi-stage schedules run from such a table; gpipe's and
+    1f1b's executors do not (and torch 2.13's table for 1f1b misnumbers
+    the last rank's micro-batches), so they are refused here.
+    """
+    cls = SCHEDULE_CLASSES[schedule]
+    if issubclass(cls, pipeline_schedules.PipelineScheduleSingle):
+        raise ValueError(f"schedule={schedule!r}: one stage per rank; its executor runs no action table")
+    n = pp * virtual
+    # Every rank's schedule holds the whole table; rank 0's stages build it.
+    held = (0, 2 * pp - 1) if schedule in V_SCHEDULES else range(0, n, pp)
+    built = cls([_PlannedStage(i, n, pp, 0) for i in held], n_microbatches=micro_batches, loss_fn=_no_loss)
+    table = {}
+    for rank in range(pp):
+        table[rank] = []
+        for action in built.pipeline_order[rank]:
+            for a in (action.sub_actions or (action,)) if action is not None else ():
+                if a.computation_type in _ACTION_KINDS:
+                    table[rank].append((_ACTION_KINDS[a.computation_type], a.stage_index, a.microbatch_index))
+    return table
+
+
+def _no_loss(output, target):  # pragma: no cover - never called: no step runs
+    raise NotImplementedError
+
+
 @contextlib.contextmanager
 def recorded_p2p(recorder: Recorder):
-    """Time every send and receive the schedules post (they all go through
-    ``schedules._batch_p2p``)."""
+    """Time every send and receive the schedules post: the single-stage
+    schedules, PipelineScheduleMulti and the _PipelineScheduleRuntime that
+    runs the multi-stage ones all post them through ``schedules._batch_p2p``
+    and only ever ``wait()`` on the works it returns."""
     original = pipeline_schedules._batch_p2p
     if not recorder.enabled:
         yield

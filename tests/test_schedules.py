@@ -1,0 +1,208 @@
+"""Every torch.distributed.pipelining schedule, chosen by name: the stages
+each rank holds, the configs each schedule refuses (refused at construction,
+before any process starts, as torch would refuse them), the bubble of each
+schedule's own action table, and real runs that train the same model as one
+device while recording every forward, backward and weight gradient."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+from torch.distributed.pipelining import schedules as torch_schedules
+
+import playground
+from playground import ConfigError, RunConfig
+from playground.config import LOOPED_SCHEDULES, SCHEDULES, SINGLE_STAGE_SCHEDULES, V_SCHEDULES
+from playground.cost import bubble_fraction, predict, simulated_bubble
+from playground.models import model_block_infos, stage_ranges
+from playground.strategies.pipeline import SCHEDULE_CLASSES, _PlannedStage, schedule_table
+
+STEPS, M, SPLIT, BLOCKS = 3, 4, (3, 5, 8), 10  # mlp: 10 blocks, cut into 4 stages
+MULTI = LOOPED_SCHEDULES + V_SCHEDULES
+SPLIT_BACKWARD = ("interleavedzerobubble", "zbvzerobubble")  # every weight gradient on its own
+
+logging.getLogger("torch.distributed.pipelining").setLevel(logging.ERROR)  # "bubbles added" chatter
+
+
+def _config(schedule: str, **fields) -> RunConfig:
+    return RunConfig(**{"model": "mlp", "strategy": "pipeline", "world_size": 2, "schedule": schedule,
+                        "virtual_stages": 2, "micro_batches": M, "split_points": SPLIT, "steps": STEPS, **fields})
+
+
+# --------------------------------------------------------------------------
+# Names, placement, validation: no process
+
+
+def test_schedule_names_are_torchs_own():
+    assert set(SCHEDULE_CLASSES) == set(SCHEDULES)
+    for name in SCHEDULES:
+        assert SCHEDULE_CLASSES[name] is torch_schedules.get_schedule_class(name)
+
+
+@pytest.mark.parametrize("schedule, p, v, placement", [
+    ("gpipe", 2, 1, [(0,), (1,)]),
+    ("1f1b", 3, 1, [(0,), (1,), (2,)]),
+    ("loopedbfs", 2, 2, [(0, 2), (1, 3)]),
+    ("interleaved1f1b", 2, 3, [(0, 2, 4), (1, 3, 5)]),
+    ("interleavedzerobubble", 3, 2, [(0, 3), (1, 4), (2, 5)]),
+    ("zbvzerobubble", 2, 2, [(0, 3), (1, 2)]),
+    ("dualpipev", 3, 2, [(0, 5), (1, 4), (2, 3)]),
+])
+def test_each_rank_holds_the_stages_its_schedule_places_there(schedule, p, v, placement):
+    config = RunConfig(model="custom", num_blocks=12, strategy="pipeline", world_size=p, schedule=schedule,
+                       virtual_stages=v, micro_batches=2 * p, global_batch=8 * p)
+    assert config.stages == p * v and config.pp_size == p
+    assert [config.rank_stages(r) for r in range(p)] == placement
+    if schedule in MULTI:  # torch's own table places every action on the same rank
+        table = schedule_table(schedule, p, 2 * p, v)
+        assert [tuple(sorted({s for _, s, _ in table[r]})) for r in range(p)] == placement
+
+
+def _torch_accepts(schedule: str, p: int, m: int, v: int) -> bool:
+    try:
+        if schedule in SINGLE_STAGE_SCHEDULES:
+            SCHEDULE_CLASSES[schedule](_PlannedStage(0, p, p, 0), n_microbatches=m)
+        else:
+            schedule_table(schedule, p, m, v)
+    except ValueError:
+        return False
+    return True
+
+
+def _config_accepts(schedule: str, p: int, m: int, v: int) -> bool:
+    try:
+        RunConfig(model="custom", num_blocks=64, strategy="pipeline", world_size=p, schedule=schedule,
+                  virtual_stages=v, micro_batches=m, global_batch=4 * m)
+    except ConfigError as err:
+        assert err.field == "micro_batches"
+        return False
+    return True
+
+
+@pytest.mark.parametrize("schedule", SCHEDULES)
+def test_config_refuses_exactly_the_micro_batch_counts_torch_refuses(schedule):
+    v_choices = (1,) if schedule in SINGLE_STAGE_SCHEDULES else (2,) if schedule in V_SCHEDULES else (2, 3)
+    for p in (2, 3, 4):
+        for v in v_choices:
+            for m in range(1, 13):
+                assert _config_accepts(schedule, p, m, v) == _torch_accepts(schedule, p, m, v), (p, m, v)
+
+
+@pytest.mark.parametrize("fields, field, words", [
+    (dict(schedule="gpipe"), "virtual_stages", "one stage per rank"),
+    (dict(schedule="1f1b"), "virtual_stages", "interleaved1f1b, loopedbfs"),
+    (dict(schedule="loopedbfs", virtual_stages=1, split_points=(5,)), "virtual_stages", ">= 2"),
+    (dict(schedule="interleaved1f1b", virtual_stages=1, split_points=(5,)), "virtual_stages", ">= 2"),
+    (dict(schedule="zbvzerobubble", virtual_stages=3, split_points=(1, 2, 3, 4, 5)), "virtual_stages",
+     "exactly 2"),
+    (dict(schedule="dualpipev", virtual_stages=1, split_points=(5,)), "virtual_stages", "exactly 2"),
+    (dict(schedule="dualpipev", micro_batches=2), "micro_batches", "as many micro-batches as stages"),
+    (dict(schedule="1f1b", virtual_stages=1, micro_batches=1, split_points=(5,)), "micro_batches",
+     "as many micro-batches as stages"),
+    (dict(schedule="interleaved1f1b", micro_batches=5, global_batch=40), "micro_batches", "try 4 or 6"),
+    (dict(schedule="interleavedzerobubble", micro_batches=7, global_batch=56), "micro_batches", "rounds"),
+    (dict(schedule="loopedbfs", split_points=(5,)), "split_points", "world_size*virtual_stages-1=3"),
+    (dict(schedule="loopedbfs", virtual_stages=6, split_points=None), "virtual_stages",
+     "12 stages need at least 12 blocks"),
+    (dict(schedule="loopedbfs", virtual_stages=0, split_points=None), "virtual_stages", "between 1 and 64"),
+])
+def test_bad_combinations_are_refused_before_any_process_starts(fields, field, words):
+    # RunConfig itself refuses them: there is no config to run.
+    with pytest.raises(ConfigError) as info:
+        _config(**fields)
+    assert info.value.field == field
+    assert str(info.value).startswith(f"{field}=")
+    assert words in str(info.value)
+
+
+def test_other_strategies_ignore_virtual_stages_as_they_ignore_schedule():
+    assert RunConfig(strategy="data", world_size=2, virtual_stages=3).stages == 1
+    assert RunConfig(model="mlp", strategy="model", world_size=2, virtual_stages=3).stages == 2
+
+
+# --------------------------------------------------------------------------
+# The bubble of each schedule's own action table
+
+
+@pytest.mark.parametrize("schedule", ["interleaved1f1b", "loopedbfs"])
+def test_looped_tables_leave_the_looped_formulas_bubble(schedule):
+    for p in (2, 3, 4):
+        for v in (2, 3):
+            for m in range(1, 13):
+                if _torch_accepts(schedule, p, m, v):
+                    assert simulated_bubble(schedule, p, m, v) == pytest.approx(
+                        bubble_fraction(schedule, p, m, v)), (p, m, v)
+
+
+@pytest.mark.parametrize("schedule, p, m, v", [
+    ("interleavedzerobubble", 2, 4, 2), ("interleavedzerobubble", 4, 8, 3), ("zbvzerobubble", 2, 3, 2),
+    ("zbvzerobubble", 4, 12, 2), ("dualpipev", 2, 4, 2), ("dualpipev", 3, 10, 2),
+])
+def test_zero_bubble_tables_leave_a_third_of_the_looped_bubble(schedule, p, m, v):
+    assert bubble_fraction(schedule, p, m, v) == pytest.approx((p - 1) / (3 * v * m + p - 1))
+    assert bubble_fraction(schedule, p, m, v) < bubble_fraction("interleaved1f1b", p, m, v)
+
+
+# --------------------------------------------------------------------------
+# Real runs: world size 2, four stages
+
+
+@pytest.fixture(scope="module")
+def runs():
+    cache: dict[str, object] = {}
+
+    def get(schedule):
+        if schedule not in cache:
+            cache[schedule] = playground.run(_config(schedule))
+        return cache[schedule]
+
+    return get
+
+
+def _in_step(events, step_times):
+    """Each step's events, in the order they began."""
+    return [sorted((e for e in events if a <= e["start"] <= b), key=lambda e: e["start"]) for a, b in step_times]
+
+
+@pytest.mark.parametrize("schedule", MULTI)
+def test_schedule_trains_as_one_device_and_records_every_action(runs, schedule):
+    result = runs(schedule)
+    assert result.baseline["max_abs_param_diff"] <= 1e-5
+    assert result.passed and len(result.losses) == STEPS
+    config, ranges, infos = result.config, stage_ranges(SPLIT, BLOCKS), model_block_infos("mlp")
+    table = schedule_table(schedule, 2, M, 2)
+    every = sorted((step, mb) for step in range(STEPS) for mb in range(M))
+    all_blocks = []
+    for r in result.ranks:
+        held = config.rank_stages(r.rank)
+        blocks = [b for s in held for b in range(*ranges[s])]
+        all_blocks += blocks
+        compute = [e for e in r.timeline if e["kind"] in ("forward", "backward", "backward_weight")]
+        steps = _in_step(compute, r.step_times)
+        assert sum(map(len, steps)) == len(compute)
+        for s in held:
+            for kind in ("forward", "backward", "backward_weight"):
+                done = sorted((k, e["micro_batch"]) for k, events in enumerate(steps) for e in events
+                              if e["kind"] == kind and e["stage"] == s)
+                if kind != "backward_weight" or schedule in SPLIT_BACKWARD:
+                    assert done == every, (r.rank, s, kind)
+                elif schedule == "dualpipev":  # splits only some backwards
+                    assert 0 < len(done) < len(every) and set(done) <= set(every)
+                else:
+                    assert done == []
+        # The order each rank ran them in is the schedule's own table.
+        expected = [("backward" if k == "backward_input" else k, s, mb) for k, s, mb in table[r.rank]]
+        for events in steps:
+            assert [(e["kind"], e["stage"], e["micro_batch"]) for e in events] == expected
+        assert {e["stage"] for e in r.timeline if e["kind"] == "setup"} == set(held)
+        # The rank's module holds every block of its stages, named as in the full model.
+        assert r.memory["params"] == r.memory["grads"] == 4 * sum(infos[b].params for b in blocks)
+        sends = [e for e in r.timeline if e["kind"] == "send"]
+        assert {e["bytes"] for e in sends} == {config.global_batch // M * 128 * 4}
+    assert sorted(all_blocks) == list(range(BLOCKS))
+    # The cost model: bytes exactly; activations where the schedule frees them at backward.
+    for r, p in zip(result.ranks, predict(config)):
+        assert (p.params, p.bytes_sent, p.bytes_recv) == (r.memory["params"], r.bytes_sent, r.bytes_recv)
+        if schedule in ("loopedbfs", "interleaved1f1b"):
+            assert p.activations_peak == pytest.approx(r.memory["activations_peak"], rel=0.10)
