@@ -73,6 +73,15 @@ class Recorder:
         self._seq[k] = self._seq.get(k, -1) + 1
         return self._seq[k]
 
+    def forward_and_loss(self, module, loss_fn, x, y):
+        """Forward of the whole batch through ``module`` and its loss, as one
+        stage and one micro-batch, counting the activations they save."""
+        with self.saving_activations():
+            with self.span("forward", stage=0, micro_batch=0):
+                out = module(x)
+            with self.span("loss", stage=0, micro_batch=0):
+                return loss_fn(out, y)
+
     @contextmanager
     def step(self, index: int) -> Iterator[None]:
         start = self.now()

@@ -38,11 +38,7 @@ class DataParallel:
         rec = self.recorder
         x = shard(x, self.batches, self.topology.dp_rank)
         y = shard(y, self.batches, self.topology.dp_rank)
-        with rec.saving_activations():
-            with rec.span("forward", stage=0, micro_batch=0):
-                out = self.module(x)
-            with rec.span("loss", stage=0, micro_batch=0):
-                loss = self.loss_fn(out, y)
+        loss = rec.forward_and_loss(self.module, self.loss_fn, x, y)
         start = rec.now()
         (loss * self.weight).backward()
         # backward() returns only once DDP's all-reduces are done; the

@@ -19,11 +19,7 @@ class Single:
 
     def train_step(self, x, y) -> float:
         rec = self.recorder
-        with rec.saving_activations():
-            with rec.span("forward", stage=0, micro_batch=0):
-                out = self.module(x)
-            with rec.span("loss", stage=0, micro_batch=0):
-                loss = self.loss_fn(out, y)
+        loss = rec.forward_and_loss(self.module, self.loss_fn, x, y)
         with rec.span("backward", stage=0, micro_batch=0):
             loss.backward()
         return loss.item()
