@@ -40,6 +40,8 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
                    help="shares per data-parallel rank, e.g. 3,1 (default: even)")
     p.add_argument("--micro-batches", type=int, default=d.micro_batches, help="micro-batches (pipeline)")
     p.add_argument("--schedule", default=d.schedule, help=f"pipeline schedule: {', '.join(SCHEDULES)}")
+    p.add_argument("--virtual-stages", type=int, default=d.virtual_stages,
+                   help="stages per pipeline rank (interleaved, looped and V schedules)")
     p.add_argument("--steps", type=int, default=d.steps, help=f"optimizer steps (default {d.steps})")
     p.add_argument("--lr", type=float, default=d.lr, help=f"learning rate (default {d.lr})")
     p.add_argument("--optimizer", default=d.optimizer, help=f"one of {', '.join(OPTIMIZERS)}")
@@ -56,7 +58,8 @@ def config_from_args(a: argparse.Namespace) -> RunConfig:
     world = a.world_size if a.world_size is not None else (1 if a.strategy == "single" else 2)
     return RunConfig(model=a.model, strategy=a.strategy, world_size=world, split_points=a.split_points,
                      global_batch=a.global_batch, batch_partition=a.batch_partition,
-                     micro_batches=a.micro_batches, schedule=a.schedule, steps=a.steps, lr=a.lr,
+                     micro_batches=a.micro_batches, schedule=a.schedule, virtual_stages=a.virtual_stages,
+                     steps=a.steps, lr=a.lr,
                      optimizer=a.optimizer, seed=a.seed, device=a.device, backend=a.backend,
                      timeout_s=a.timeout, max_world_size=a.max_world_size)
 
