@@ -34,6 +34,8 @@ KIND_COLORS: dict[str, str] = {
     "send": "#E4572E",
     "recv": "#F3A712",
     "all_reduce": "#C0392B",
+    "all_gather": "#B5651D",
+    "reduce_scatter": "#8E3B46",
     # per-rank totals (time breakdown)
     "compute": "#3A7DC9",
     "comm": "#E4572E",
@@ -44,6 +46,7 @@ KIND_LABELS = {
     "setup": "set-up (shape inference)", "forward": "forward", "loss": "loss",
     "backward": "backward", "backward_weight": "backward (weights)", "optimizer": "optimizer step",
     "send": "send", "recv": "recv", "all_reduce": "all-reduce",
+    "all_gather": "all-gather", "reduce_scatter": "reduce-scatter",
 }
 
 MEMORY_FIELDS = ("params", "grads", "optimizer", "activations_peak")
@@ -193,7 +196,7 @@ def plot_timeline(result: RunResult, steps: int | Sequence[int] | None = 2) -> F
                     ax.text((start + end) / 2, y + h / 2, label, ha="center", va="center", fontsize=7,
                             color="white", fontweight="bold", clip_on=True)
                 continue
-            y, h = (row + 0.18, 0.24) if kind == "all_reduce" else \
+            y, h = (row + 0.18, 0.24) if kind in ("all_reduce", "all_gather", "reduce_scatter") else \
                    ((row + 0.18, 0.12) if kind == "send" else (row + 0.30, 0.12))
             # A send can finish into a buffer before its receiver posts, so 'joined' may lie past 'end'.
             joined = min(max(e.get("joined", e["start"]) * MS, start), end)
