@@ -42,6 +42,9 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--schedule", default=d.schedule, help=f"pipeline schedule: {', '.join(SCHEDULES)}")
     p.add_argument("--virtual-stages", type=int, default=d.virtual_stages,
                    help="stages per pipeline rank (interleaved, looped and V schedules)")
+    p.add_argument("--dp", type=int, default=None, help="hybrid: data-parallel size of the mesh")
+    p.add_argument("--pp", type=int, default=None, help="hybrid: pipeline ranks per replica")
+    p.add_argument("--tp", type=int, default=None, help="hybrid: tensor-parallel ranks per layer")
     p.add_argument("--steps", type=int, default=d.steps, help=f"optimizer steps (default {d.steps})")
     p.add_argument("--lr", type=float, default=d.lr, help=f"learning rate (default {d.lr})")
     p.add_argument("--optimizer", default=d.optimizer, help=f"one of {', '.join(OPTIMIZERS)}")
@@ -55,11 +58,16 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(a: argparse.Namespace) -> RunConfig:
-    world = a.world_size if a.world_size is not None else (1 if a.strategy == "single" else 2)
+    if a.world_size is not None:
+        world = a.world_size
+    elif a.strategy == "hybrid":  # the mesh decides
+        world = (a.dp or 1) * (a.pp or 1) * (a.tp or 1)
+    else:
+        world = 1 if a.strategy == "single" else 2
     return RunConfig(model=a.model, strategy=a.strategy, world_size=world, split_points=a.split_points,
                      global_batch=a.global_batch, batch_partition=a.batch_partition,
                      micro_batches=a.micro_batches, schedule=a.schedule, virtual_stages=a.virtual_stages,
-                     steps=a.steps, lr=a.lr,
+                     dp=a.dp, pp=a.pp, tp=a.tp, steps=a.steps, lr=a.lr,
                      optimizer=a.optimizer, seed=a.seed, device=a.device, backend=a.backend,
                      timeout_s=a.timeout, max_world_size=a.max_world_size)
 

@@ -14,7 +14,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-STRATEGIES = ("single", "data", "model", "pipeline", "tensor", "fsdp")
+STRATEGIES = ("single", "data", "model", "pipeline", "tensor", "fsdp", "hybrid")
 SINGLE_STAGE_SCHEDULES = ("gpipe", "1f1b")
 """One stage per rank (virtual_stages=1)."""
 LOOPED_SCHEDULES = ("interleaved1f1b", "loopedbfs", "interleavedzerobubble")
@@ -52,7 +52,8 @@ class RunConfig:
     ``custom`` when a module and dataset are passed to ``run``."""
 
     strategy: str = "single"
-    """How the work is split: single, data, model, pipeline, tensor or fsdp."""
+    """How the work is split: single, data, model, pipeline, tensor, fsdp, or
+    hybrid (a 2-D mesh given by dp, pp, tp)."""
 
     world_size: int = 1
     """Number of ranks (processes, one device each). 1 means no split."""
@@ -83,6 +84,17 @@ class RunConfig:
     rank. The model is cut into world_size * virtual_stages stages, so
     split_points then holds world_size * virtual_stages - 1 cuts. Other
     strategies ignore it, as they ignore schedule."""
+
+    dp: int | None = None
+    """Strategy 'hybrid': data-parallel size of the mesh (replicas of the
+    pipeline, or FSDP shards around each tensor-parallel group)."""
+
+    pp: int | None = None
+    """Strategy 'hybrid': pipeline ranks per replica."""
+
+    tp: int | None = None
+    """Strategy 'hybrid': tensor-parallel ranks per layer. dp * pp * tp must
+    equal world_size; pp and tp cannot both exceed 1."""
 
     steps: int = 10
     """Optimizer steps. The first is a warm-up, left out of throughput."""
@@ -117,16 +129,26 @@ class RunConfig:
     # -- derived facts -------------------------------------------------
 
     @property
+    def pipelined(self) -> bool:
+        """Run by a pipelining schedule: model, pipeline, hybrid with pp > 1."""
+        return self.pp_size > 1 or self.strategy in ("model", "pipeline")
+
+    @property
+    def scheduled(self) -> bool:
+        """The schedule, micro-batches and virtual stages are the user's to choose."""
+        return self.strategy == "pipeline" or (self.strategy == "hybrid" and self.pp_size > 1)
+
+    @property
     def stages(self) -> int:
-        """Stages the model is cut into: pp_size * virtual_stages for the
-        pipeline strategy, pp_size for the others (1 where it is not cut)."""
-        return self.pp_size * (self.virtual_stages if self.strategy == "pipeline" else 1)
+        """Stages the model is cut into: pp_size * virtual_stages when the
+        schedule is chosen, pp_size otherwise (1 where it is not cut)."""
+        return self.pp_size * (self.virtual_stages if self.scheduled else 1)
 
     def rank_stages(self, pp_rank: int) -> tuple[int, ...]:
         """Stages held by the rank at place ``pp_rank`` along the pipeline,
         ascending. Looped: r, r + p, r + 2p, ...; V: r and 2p - 1 - r."""
         p, v = self.pp_size, self.stages // self.pp_size
-        if self.strategy == "pipeline" and self.schedule in V_SCHEDULES:
+        if self.scheduled and self.schedule in V_SCHEDULES:
             return (pp_rank, 2 * p - 1 - pp_rank)
         return tuple(pp_rank + k * p for k in range(v))
 
@@ -134,16 +156,22 @@ class RunConfig:
     def dp_size(self) -> int:
         """Data-parallel ranks the global batch is shared among (fsdp's
         ranks shard the model but each trains on its own part of the batch)."""
+        if self.strategy == "hybrid":
+            return self.dp or 1
         return self.world_size if self.strategy in ("data", "fsdp") else 1
 
     @property
     def pp_size(self) -> int:
         """Ranks along the pipeline (each holds one or more stages)."""
+        if self.strategy == "hybrid":
+            return self.pp or 1
         return self.world_size if self.strategy in ("model", "pipeline") else 1
 
     @property
     def tp_size(self) -> int:
         """Ranks each layer's weights are cut among (tensor parallel)."""
+        if self.strategy == "hybrid":
+            return self.tp or 1
         return self.world_size if self.strategy == "tensor" else 1
 
     @property
@@ -219,7 +247,7 @@ def _check_schedule(c: RunConfig) -> None:
     rank)."""
     _check_int("virtual_stages", c.virtual_stages, 1, 64)
     s, v, p, m = c.schedule, c.virtual_stages, c.pp_size, c.micro_batches
-    if c.strategy != "pipeline":
+    if not c.scheduled:
         return  # like schedule, read by the pipeline strategy only
     if s in SINGLE_STAGE_SCHEDULES and v != 1:
         raise ConfigError("virtual_stages", v,
@@ -245,6 +273,30 @@ def _check_schedule(c: RunConfig) -> None:
                           f"schedule '{s}' runs micro-batches in rounds of world_size={p} or more: "
                           f"micro_batches must divide evenly into max(1, micro_batches // {p})={rounds} rounds; "
                           f"try {' or '.join(str(k) for k in sorted(near))}")
+
+
+def _check_mesh(c: RunConfig) -> None:
+    """dp, pp, tp: only for 'hybrid', where their product is the world size."""
+    sizes = {"dp": c.dp, "pp": c.pp, "tp": c.tp}
+    if c.strategy != "hybrid":
+        for name, v in sizes.items():
+            if v is not None:
+                raise ConfigError(name, v, f"mesh sizes are for strategy 'hybrid'; strategy '{c.strategy}' "
+                                           "sets its own (leave dp, pp, tp unset)")
+        return
+    for name, v in sizes.items():
+        if v is not None:
+            _check_int(name, v, 1, c.max_world_size)
+    dp, pp, tp = c.dp_size, c.pp_size, c.tp_size
+    if dp * pp * tp != c.world_size:
+        raise ConfigError("world_size", c.world_size,
+                          f"must equal the mesh size dp x pp x tp = {dp} x {pp} x {tp} = {dp * pp * tp}")
+    if pp > 1 and tp > 1:
+        raise ConfigError("tp", tp, f"a mesh with both pp={pp} and tp={tp} is not supported: "
+                                    "use dp x pp or dp x tp")
+    if pp == 1 and tp == 1:
+        raise ConfigError("pp", pp, "strategy 'hybrid' needs pp > 1 (dp x pp) or tp > 1 (dp x tp); "
+                                    "for dp alone use strategy 'data' or 'fsdp'")
 
 
 def _validate(c: RunConfig) -> None:
@@ -278,7 +330,8 @@ def _validate(c: RunConfig) -> None:
     # it checks the config again then, before any process starts.
     blocks = c.num_blocks if c.model == "custom" else model_num_blocks(c.model)
 
-    if c.strategy == "model" and c.micro_batches != 1:
+    _check_mesh(c)
+    if c.pipelined and not c.scheduled and c.micro_batches != 1:
         raise ConfigError("micro_batches", c.micro_batches,
                           "strategy 'model' runs one micro-batch; use strategy 'pipeline' for more")
     _check_schedule(c)
@@ -306,10 +359,12 @@ def _validate(c: RunConfig) -> None:
                                   f"world_size*virtual_stages-1={c.stages - 1}")
             if len(c.split_points) + 1 != c.stages:
                 n = len(c.split_points) + 1
-                what = "more stages than ranks" if n > c.world_size else "fewer stages than ranks"
+                what = "more stages than ranks" if n > c.pp_size else "fewer stages than ranks"
+                ranks = "world_size" if c.pp_size == c.world_size else "pp"
                 raise ConfigError("split_points", c.split_points,
-                                  f"{len(c.split_points)} split points make {n} stages, {what}: "
-                                  f"strategy '{c.strategy}' needs exactly world_size-1={c.world_size - 1}")
+                                  f"{len(c.split_points)} split points make {n} stages, {what} along the "
+                                  f"pipeline ({c.pp_size}): strategy '{c.strategy}' needs exactly "
+                                  f"{ranks}-1={c.pp_size - 1}")
     if blocks is not None and c.stages > blocks:
         if c.stages > c.pp_size:
             raise ConfigError("virtual_stages", c.virtual_stages,

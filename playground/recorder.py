@@ -94,7 +94,9 @@ class Recorder:
 
     def ignore_storages_of(self, tensors) -> None:
         """Parameters are saved by many ops; they are not activations."""
-        self._param_storages |= {t.untyped_storage().data_ptr() for t in tensors}
+        for t in tensors:
+            local = t.to_local() if hasattr(t, "to_local") else t  # a DTensor's shard
+            self._param_storages.add(local.untyped_storage().data_ptr())
 
     @contextmanager
     def saving_activations(self) -> Iterator[None]:
@@ -222,7 +224,8 @@ def _collective_timer_class():
                 group = _group_of(args[-1] if isinstance(args[-1], str) else kwargs.get("group_name"))
                 start = rec.now()
                 out = torch.ops._c10d_functional.wait_tensor(func(*args, **kwargs))
-                rec.add(kind, start, rec.now(), **_collective_fields(rec, kind, tensor, out, group))
+                # inline: this rank's compute stood still until it was done.
+                rec.add(kind, start, rec.now(), inline=True, **_collective_fields(rec, kind, tensor, out, group))
                 return out
             if ns == "c10d" and name in _C10D:
                 kind = _C10D[name]

@@ -3,7 +3,8 @@
 Time accounting, per rank, over the timed steps (all steps after the
 warm-up step 0; step 0 alone when there is only one):
 
-  compute  time inside forward, loss, backward, optimizer (union of spans)
+  compute  time inside forward, loss, backward, optimizer (union of spans),
+           less the collectives a span waited for inline (tensor parallel)
   comm     time moving bytes, outside compute. A transfer cannot begin
            before every party has joined it, so a receive or collective
            counts as communication only from the moment the last party
@@ -217,6 +218,10 @@ def account(ranks: list[RankReport]) -> None:
     lo, hi = timed_window(ranks)
     for r in ranks:
         compute = _union(_clip([(e["start"], e["end"]) for e in r.timeline if e["kind"] in COMPUTE_KINDS], lo, hi))
+        # A collective issued and waited for inside a compute span (tensor
+        # parallel) halts that compute: its time is not compute.
+        halted = _union(_clip([(e["start"], e["end"]) for e in r.timeline if e.get("inline")], lo, hi))
+        compute = _minus(compute, halted)
         comm = _union(_clip([(e.get("joined", e["start"]), e["end"]) for e in r.timeline
                              if e["kind"] in COMM_KINDS], lo, hi))
         comm = _minus(comm, compute)

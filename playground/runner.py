@@ -78,7 +78,7 @@ def _predictions(config: RunConfig, custom: tuple | None, data: Dataset) -> list
 
     from .cost import predict
 
-    if config.strategy not in PREDICTED_STRATEGIES or getattr(config, "virtual_stages", 1) != 1:
+    if config.strategy not in PREDICTED_STRATEGIES:
         return None
     if custom:
         preds = predict(config, model=custom[0], sample=data.train_x[0], target=data.train_y[0])
@@ -91,18 +91,21 @@ def _bubble(config: RunConfig, ranks: list[RankReport]) -> dict | None:
     """Measured idle share of each pipeline rank beside (p-1)/(m+p-1)."""
     from .cost import bubble_fraction
 
-    if config.strategy not in ("model", "pipeline") or getattr(config, "virtual_stages", 1) != 1:
+    if not config.pipelined:
         return None
     p, m = config.pp_size, config.micro_batches
-    return {"predicted": bubble_fraction(config.schedule if config.strategy == "pipeline" else "gpipe", p, m),
-            "formula": f"(p-1)/(m+p-1) with p={p}, m={m}",
+    schedule = config.schedule if config.scheduled else "gpipe"
+    v = config.virtual_stages if config.scheduled else 1
+    formula = f"(p-1)/(m+p-1) with p={p}, m={m}" if v == 1 else \
+        f"{schedule} with p={p}, v={v}, m={m}"
+    return {"predicted": bubble_fraction(schedule, p, m, v), "formula": formula,
             "measured": [r.time["idle"] / r.time["window"] for r in ranks]}
 
 
 def train_single(config: RunConfig, model: nn.Sequential, dataset: Dataset) -> list[float]:
     """The baseline: the same loop, one device, whole batch, no recording."""
     single = config.replace(strategy="single", world_size=1, split_points=None, batch_partition=None,
-                            micro_batches=1)
+                            micro_batches=1, dp=None, pp=None, tp=None)
     out = train_rank(single, Topology(0, 1, 1), model, dataset, Recorder(enabled=False), Groups(),
                      torch.device("cpu"))
     return out["loss_parts"]

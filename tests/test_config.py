@@ -38,6 +38,12 @@ from playground import __main__ as cli
     (dict(schedule="zigzag"), "schedule", "gpipe, 1f1b"),
     (dict(global_batch=2.5), "global_batch", "integer"),
     (dict(device="cpu", backend="nccl"), "backend", "nccl needs device 'cuda'"),
+    (dict(strategy="hybrid", world_size=4, dp=2, pp=3), "world_size", "dp x pp x tp = 2 x 3 x 1 = 6"),
+    (dict(strategy="hybrid", world_size=8, dp=2, pp=2, tp=2, model="mlp"), "tp", "use dp x pp or dp x tp"),
+    (dict(strategy="hybrid", world_size=2, dp=2), "pp", "needs pp > 1"),
+    (dict(strategy="data", world_size=2, dp=2), "dp", "mesh sizes are for strategy 'hybrid'"),
+    (dict(strategy="hybrid", world_size=4, dp=2, pp=2, model="mlp", split_points=(3, 6)), "split_points",
+     "more stages than ranks"),
 ])
 def test_bad_input_names_field_value_and_what_is_allowed(fields, field, words):
     with pytest.raises(ConfigError) as info:

@@ -23,6 +23,10 @@ CASES = [
     dict(model="transformer", strategy="tensor", world_size=2, global_batch=16),
     dict(model="mlp", strategy="fsdp", world_size=2, batch_partition=(3, 1), optimizer="adam", lr=0.001),
     dict(model="transformer", strategy="fsdp", world_size=2, global_batch=16),
+    dict(model="mlp", strategy="hybrid", world_size=4, dp=2, pp=2, split_points=(4,), micro_batches=4),
+    dict(model="transformer", strategy="hybrid", world_size=4, dp=2, pp=2, schedule="1f1b", micro_batches=2,
+         global_batch=16, batch_partition=(3, 1)),
+    dict(model="mlp", strategy="hybrid", world_size=4, dp=2, tp=2, batch_partition=(1, 3)),
 ]
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from .data import DataParallel
 from .fsdp import FullyShardedDataParallel
+from .hybrid import Hybrid
 from .model import ModelParallel
 from .pipeline import Pipeline
 from .single import Single
@@ -24,4 +25,5 @@ STRATEGY_CLASSES = {
     "pipeline": Pipeline,
     "tensor": TensorParallel,
     "fsdp": FullyShardedDataParallel,
+    "hybrid": Hybrid,
 }

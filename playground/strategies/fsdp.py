@@ -18,6 +18,21 @@ from ..data import shard
 from ..recorder import Recorder
 
 
+def shard_blocks(model, mesh, recorder: Recorder):
+    """FSDP2 over ``mesh``: one unit per block (each gathers its weights
+    just in time), then the root."""
+    # Blocks here return views (reshape, slicing) but never modify them in
+    # place, the case FSDP warns about.
+    warnings.filterwarnings("ignore", message="FSDP2-wrapped module .* returned a view tensor")
+    for block in model:
+        if any(p.requires_grad for p in block.parameters()):
+            fully_shard(block, mesh=mesh)
+            # Runs after FSDP's own pre-forward hook has gathered the block's
+            # weights: they are parameters, not activations.
+            block.register_forward_pre_hook(lambda m, args: recorder.ignore_storages_of(m.parameters()))
+    return fully_shard(model, mesh=mesh)
+
+
 class FullyShardedDataParallel:
     def __init__(self, model, topology, config, recorder: Recorder, loss_fn, groups):
         self.topology = topology
@@ -26,18 +41,7 @@ class FullyShardedDataParallel:
         self.batches = config.rank_batches()
         self.share = self.batches[topology.dp_rank] / config.global_batch
         self.weight = topology.dp * self.share
-        # Blocks here return views (reshape, slicing) but never modify them
-        # in place, the case FSDP warns about.
-        warnings.filterwarnings("ignore", message="FSDP2-wrapped module .* returned a view tensor")
-        mesh = groups.mesh["dp"]
-        # One FSDP unit per block (each gathers its weights just in time), then the root.
-        for block in model:
-            if any(p.requires_grad for p in block.parameters()):
-                fully_shard(block, mesh=mesh)
-                # Runs after FSDP's own pre-forward hook has gathered the
-                # block's weights: they are parameters, not activations.
-                block.register_forward_pre_hook(lambda m, args: recorder.ignore_storages_of(m.parameters()))
-        self.module = self.local_model = fully_shard(model, mesh=mesh)
+        self.module = self.local_model = shard_blocks(model, groups.mesh["dp"], recorder)
 
     def context(self):
         return self.recorder.recording_collectives()

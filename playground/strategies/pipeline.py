@@ -28,8 +28,10 @@ from torch.distributed.pipelining import (
     ScheduleInterleavedZeroBubble, ScheduleLoopedBFS, ScheduleZBVZeroBubble,
 )
 from torch.distributed.pipelining import schedules as pipeline_schedules
+from torch.nn.parallel import DistributedDataParallel as DDP
 
 from ..config import V_SCHEDULES
+from ..data import shard
 from ..models import stage_ranges
 from ..recorder import Recorder
 
@@ -56,6 +58,12 @@ class Pipeline:
         # before any rank started.
         ranges = stage_ranges(config.split_points, len(model))
         device = next(model.parameters()).device
+        # Replicas of the pipeline (a dp x pp mesh) each train on their share
+        # of the batch, weighted as in data parallel: w_r = dp * b_r / B, and
+        # DDP averages each stage's gradients over the dp replicas.
+        self.batches = config.rank_batches()
+        self.share = self.batches[topology.dp_rank] / config.global_batch
+        self.weight = topology.dp * self.share
         self.stages: list[PipelineStage] = []
         slices = []
         for index in config.rank_stages(topology.stage):
@@ -63,7 +71,15 @@ class Pipeline:
             # Slicing keeps the blocks' names ("4.0.weight"), so the stage's
             # state dict speaks of the same parameters as the full model's.
             slices.append(model[first:end])
-            stage = PipelineStage(slices[-1], index, config.stages, device, group=groups.pp)
+            submodule = slices[-1]
+            if topology.dp > 1:
+                # find_unused_parameters keeps DDP from rebuilding its buckets after
+                # the first step, which it cannot do when several micro-batches
+                # ran backward (under no_sync) in that step.
+                submodule = DDP(submodule, process_group=groups.dp, find_unused_parameters=True)
+                if recorder.enabled:
+                    submodule.register_comm_hook(None, recorder.ddp_comm_hook(groups.dp, topology.dp))
+            stage = PipelineStage(submodule, index, config.stages, device, group=groups.pp)
             self._record_stage(stage)
             self.stages.append(stage)
         self.module = self.local_model = slices[0] if len(slices) == 1 else _blocks_of(slices)
@@ -81,11 +97,15 @@ class Pipeline:
         return recorded_p2p(self.recorder)
 
     def train_step(self, x, y) -> float | None:
+        if self.topology.dp > 1:
+            x = shard(x, self.batches, self.topology.dp_rank)
+            y = shard(y, self.batches, self.topology.dp_rank)
         args = (x,) if self.holds_first else ()
         if self.holds_last:
             losses: list[torch.Tensor] = []
             self.schedule.step(*args, target=y, losses=losses)
-            return float(torch.stack([l.detach() for l in losses]).mean())
+            # The losses are weighted by w_r; this replica's part of the global loss is mean * b_r / B.
+            return float(torch.stack([l.detach() for l in losses]).mean()) / self.weight * self.share
         self.schedule.step(*args)
         return None
 
@@ -148,9 +168,9 @@ class Pipeline:
 
         def loss(output, target):
             if self._in_setup:
-                return loss_fn(output, target)
+                return loss_fn(output, target) * self.weight
             with rec.span("loss", stage=last_stage, micro_batch=self._last_forward), rec.saving_activations():
-                return loss_fn(output, target)
+                return loss_fn(output, target) * self.weight
 
         return loss
 

@@ -15,7 +15,9 @@ import contextlib
 from torch import nn
 from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
 
+from ..data import shard
 from ..models import TransformerBlock
+from .fsdp import shard_blocks
 from ..recorder import Recorder
 
 ELEMENTWISE = (nn.ReLU, nn.GELU, nn.Tanh, nn.Sigmoid, nn.Identity, nn.Dropout)
@@ -58,15 +60,26 @@ class TensorParallel:
         self.loss_fn = loss_fn
         self.topology = topology
         self.plan = tensor_plan(model, topology.tp)
-        self.module = self.local_model = parallelize_module(model, groups.mesh["tp"], self.plan)
+        model = parallelize_module(model, groups.mesh["tp"], self.plan)
+        # A dp x tp mesh: each tensor-parallel group trains on its share of
+        # the batch, and FSDP shards the parameters over the dp replicas
+        # (the 2-D layout), reducing their gradients with weights as in data parallel.
+        self.batches = config.rank_batches()
+        self.share = self.batches[topology.dp_rank] / config.global_batch
+        self.weight = topology.dp * self.share
+        if topology.dp > 1:
+            model = shard_blocks(model, groups.mesh["dp"], recorder)
+        self.module = self.local_model = model
 
     def context(self):
         return self.recorder.recording_collectives()
 
     def train_step(self, x, y) -> float | None:
-        rec = self.recorder
+        rec, topo = self.recorder, self.topology
+        if topo.dp > 1:
+            x, y = shard(x, self.batches, topo.dp_rank), shard(y, self.batches, topo.dp_rank)
         loss = rec.forward_and_loss(self.module, self.loss_fn, x, y)
         with rec.span("backward", stage=0, micro_batch=0):
-            loss.backward()
-        # Every rank computed the same (replicated) loss: count it once.
-        return loss.item() if self.topology.tp_rank == 0 else None
+            (loss * self.weight).backward()
+        # Every rank of a tensor-parallel group computed the same loss: count it once.
+        return loss.item() * self.share if topo.tp_rank == 0 else None
