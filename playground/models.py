@@ -280,6 +280,13 @@ def balance_split_points(costs: list[float], stages: int) -> tuple[int, ...]:
     return tuple(sorted(points))
 
 
+def propose_split_points(model: str | nn.Sequential, stages: int, sample: torch.Tensor | None = None) -> tuple[int, ...]:
+    """Split points that balance the stages' estimated forward FLOPs (a
+    model name, or a Sequential with one input ``sample``)."""
+    infos = model_block_infos(model) if isinstance(model, str) else block_infos(model, sample)
+    return balance_split_points([max(1, b.flops) for b in infos], stages)
+
+
 def stage_ranges(split_points: tuple[int, ...], num_blocks: int) -> list[tuple[int, int]]:
     """[(first block, end block exclusive)] per stage."""
     edges = (0, *split_points, num_blocks)

@@ -37,7 +37,7 @@ class RankReport:
     dp_rank: int
     stage: int
     blocks: tuple[int, int]
-    """[first, end) block indices this rank holds."""
+    """[first, end) block indices of this rank's first (usually only) stage."""
     timeline: list[dict[str, Any]]
     step_times: list[tuple[float, float]]
     memory: dict[str, int | None]
@@ -45,6 +45,9 @@ class RankReport:
     bytes_sent: int = 0
     bytes_recv: int = 0
     threads: int = 1
+    tp_rank: int = 0
+    stages: list[tuple[int, int, int]] = field(default_factory=list)
+    """(stage, first block, end block) of every stage this rank holds."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -52,7 +55,8 @@ class RankReport:
             "blocks": list(self.blocks), "timeline": self.timeline,
             "step_times": [list(t) for t in self.step_times], "memory": self.memory,
             "time": self.time, "bytes_sent": self.bytes_sent, "bytes_recv": self.bytes_recv,
-            "threads": self.threads,
+            "threads": self.threads, "tp_rank": self.tp_rank,
+            "stages": [list(t) for t in self.stages],
         }
 
 
@@ -74,6 +78,9 @@ class RunResult:
     """The cost model's per-rank figures (params, grads, optimizer,
     activations_peak, bytes_sent, bytes_recv), beside the measured ones;
     None for strategies it does not cover yet (tensor, fsdp)."""
+    stage_balance: list[dict[str, Any]] = field(default_factory=list)
+    """Per stage: its blocks, share of parameters and FLOPs (estimates), and
+    measured compute seconds over the timed steps (mean over replicas)."""
     bubble: dict[str, Any] | None = None
     """Pipelines: ``predicted`` by the schedule's formula, and ``measured``:
     each rank's idle share of the timed window."""
@@ -99,6 +106,7 @@ class RunResult:
             "notes": self.notes,
             "predictions": self.predictions,
             "bubble": self.bubble,
+            "stage_balance": self.stage_balance,
             "ranks": [r.to_dict() for r in self.ranks],
         }
 
@@ -239,6 +247,37 @@ def account(ranks: list[RankReport]) -> None:
                 sent += volume
                 recv += volume
         r.bytes_sent, r.bytes_recv = sent, recv
+
+
+STAGE_COMPUTE_KINDS = ("forward", "loss", "backward", "backward_weight")
+
+
+def stage_balance(ranks: list[RankReport], infos, split_points: tuple[int, ...]) -> list[dict[str, Any]]:
+    """Each stage's share of the parameters and FLOPs beside the compute
+    time measured for it: what a balanced split would even out."""
+    from .models import stage_ranges
+
+    lo, hi = timed_window(ranks)
+    ranges = stage_ranges(tuple(split_points), len(infos))
+    total_params = sum(b.params for b in infos) or 1
+    total_flops = sum(b.flops for b in infos) or 1
+    replicas = max(1, len({(r.dp_rank, r.tp_rank) for r in ranks if r.tp_rank == 0}))
+    compute = [0.0] * len(ranges)
+    for r in ranks:
+        if r.tp_rank:
+            continue  # tensor-parallel peers run the same stage side by side
+        for e in r.timeline:
+            if e["kind"] in STAGE_COMPUTE_KINDS and e.get("stage") is not None and lo <= e["start"] < hi:
+                compute[e["stage"]] += (e["end"] - e["start"]) / replicas
+    total_compute = sum(compute) or 1.0
+    out = []
+    for s, (first, end) in enumerate(ranges):
+        params = sum(b.params for b in infos[first:end])
+        flops = sum(b.flops for b in infos[first:end])
+        out.append({"stage": s, "blocks": [first, end], "params": params, "params_share": params / total_params,
+                    "flops": flops, "flops_share": flops / total_flops, "compute_s": compute[s],
+                    "compute_share": compute[s] / total_compute})
+    return out
 
 
 def throughput(ranks: list[RankReport], global_batch: int) -> float:

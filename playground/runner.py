@@ -15,7 +15,7 @@ from .data import Dataset, load_dataset
 from .launcher import launch
 from .models import MODELS, block_infos, build_model, model_block_infos, stage_ranges
 from .recorder import Recorder
-from .result import BASELINE_TOLERANCE, RankReport, RunResult, account, throughput
+from .result import BASELINE_TOLERANCE, RankReport, RunResult, account, stage_balance, throughput
 from .topology import Topology
 from .training import Groups, train_rank
 
@@ -43,9 +43,12 @@ def run(config: RunConfig, *, model: nn.Sequential | None = None, dataset: Any =
     ranges = stage_ranges(split_points, len(full_model))
     ranks = [RankReport(rank=r["rank"], dp_rank=r["dp_rank"], stage=r["stage"], blocks=ranges[r["stage"]],
                         timeline=r["timeline"], step_times=[tuple(t) for t in r["step_times"]],
-                        memory=r["memory"], threads=r["threads"]) for r in reports]
+                        memory=r["memory"], threads=r["threads"], tp_rank=r["tp_rank"],
+                        stages=[(s, *ranges[s]) for s in config.rank_stages(r["stage"])])
+             for r in reports]
     _rebase_clock(ranks)
     account(ranks)
+    balance = stage_balance(ranks, _infos(config, full_model, data), split_points)
     losses = [sum(p for p in parts if p is not None)
               for parts in zip(*(r["loss_parts"] for r in reports))]
     trained = _gather(full_model, [r["params"] for r in reports])
@@ -66,7 +69,8 @@ def run(config: RunConfig, *, model: nn.Sequential | None = None, dataset: Any =
                      losses=losses, throughput_samples_per_s=throughput(ranks, config.global_batch),
                      baseline=baseline, ranks=ranks, split_points=tuple(split_points), accuracy=accuracy,
                      wall_s=wall, notes=_notes(config, device_type), model=trained,
-                     predictions=_predictions(config, custom, data), bubble=_bubble(config, ranks))
+                     predictions=_predictions(config, custom, data), bubble=_bubble(config, ranks),
+                     stage_balance=balance)
 
 
 PREDICTED_STRATEGIES = ("single", "data", "model", "pipeline")

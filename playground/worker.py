@@ -62,6 +62,7 @@ def run_rank(config: RunConfig, rank: int, store, device_type: str, backend: str
         "rank": rank,
         "dp_rank": topology.dp_rank,
         "stage": topology.stage,
+        "tp_rank": topology.tp_rank,
         "timeline": recorder.events,
         "step_times": recorder.step_times,
         "threads": torch.get_num_threads(),

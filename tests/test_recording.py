@@ -146,3 +146,16 @@ def test_fsdp_shards_memory_and_records_gathers_and_scatters():
         assert r.memory["grads"] == r.memory["params"]
         assert _events(r, "all_gather") and _events(r, "reduce_scatter")
         assert r.bytes_sent > 0
+
+
+def test_stage_balance_reports_shares_beside_measured_compute(gpipe):
+    balance = gpipe.stage_balance
+    assert [s["blocks"] for s in balance] == [[0, 5], [5, 10]]
+    assert sum(s["flops_share"] for s in balance) == pytest.approx(1)
+    assert sum(s["params_share"] for s in balance) == pytest.approx(1)
+    assert all(s["compute_s"] > 0 for s in balance)
+    assert sum(s["compute_share"] for s in balance) == pytest.approx(1)
+    assert [r.stages for r in gpipe.ranks] == [[(0, 0, 5)], [(1, 5, 10)]]
+    # Balanced cuts even out the estimated FLOPs of the two stages.
+    assert playground.propose_split_points("mlp", 2) == (5,)
+    assert playground.propose_split_points("seed-mlp", 2) == (1,)
