@@ -3,7 +3,7 @@ real on local processes, and see what every rank did."""
 
 from .config import ConfigError, RunConfig
 from .data import Dataset, load_dataset
-from .launcher import RankDied, RankError, RunError, RunTimeout
+from .launcher import Pool, RankDied, RankError, RunCancelled, RunError, RunTimeout, default_pool
 from .models import BlockInfo, balance_split_points, build_model, model_block_infos, propose_split_points
 from .result import RankReport, RunResult
 from .runner import run
@@ -11,6 +11,6 @@ from .runner import run
 __all__ = [
     "RunConfig", "ConfigError", "run", "RunResult", "RankReport", "build_model", "model_block_infos",
     "balance_split_points", "propose_split_points", "BlockInfo", "Dataset", "load_dataset",
-    "RunError", "RankError", "RankDied", "RunTimeout",
+    "RunError", "RankError", "RankDied", "RunTimeout", "RunCancelled", "Pool", "default_pool",
 ]
 __version__ = "0.1.0"

@@ -53,6 +53,7 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", default=d.backend, help="auto, gloo or nccl")
     p.add_argument("--timeout", type=float, default=d.timeout_s, help="seconds before a run is stopped")
     p.add_argument("--max-world-size", type=int, default=d.max_world_size)
+    p.add_argument("--cold", action="store_true", help="fresh processes for this run, not the warm pool")
     p.add_argument("--json", metavar="FILE", help="write the result JSON here")
     p.add_argument("--plots", metavar="DIR", help="save the run's pictures here as PNG")
 
@@ -72,12 +73,13 @@ def config_from_args(a: argparse.Namespace) -> RunConfig:
                      timeout_s=a.timeout, max_world_size=a.max_world_size)
 
 
-def _run_and_print(config: RunConfig, json_path: str | None = None, plots_dir: str | None = None) -> int:
+def _run_and_print(config: RunConfig, json_path: str | None = None, plots_dir: str | None = None,
+                   warm: bool = True) -> int:
     from .launcher import RunError
     from .runner import run
 
     try:
-        result = run(config)
+        result = run(config, warm=warm)
     except ConfigError as e:
         print(f"playground: error: {e}", file=sys.stderr)
         return 2
@@ -120,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
             config = config_from_args(args)
         except ConfigError as e:
             parser.exit(2, f"{parser.prog}: error: {e}\n")
-        return _run_and_print(config, args.json, args.plots)
+        return _run_and_print(config, args.json, args.plots, warm=not args.cold)
     if args.command == "models":
         from .models import MODELS, model_block_infos
 

@@ -10,11 +10,13 @@ before ``launch`` returns or raises.
 
 from __future__ import annotations
 
+import atexit
 import os
 import pickle
 import re
 import subprocess
 import sys
+import threading
 import time
 from datetime import timedelta
 from multiprocessing.connection import Connection, wait
@@ -62,23 +64,38 @@ class RunTimeout(RunError):
                          f"timeout_s={timeout_s:g} s; all ranks were stopped")
 
 
-class _Rank:
-    """One rank's process and its two pipes."""
+class RunCancelled(RunError):
+    """The caller asked the run to stop (the widget's Stop button)."""
 
-    def __init__(self, rank: int, env: dict[str, str]):
+    def __init__(self):
+        super().__init__("the run was stopped; all ranks were ended")
+
+
+class _Rank:
+    """One rank's process and its pipes: jobs in, reports out, and a
+    lifeline the child watches to know the caller still lives."""
+
+    def __init__(self, rank: int, env: dict[str, str], many: bool = False):
         job_r, job_w = os.pipe()
         rep_r, rep_w = os.pipe()
+        life_r, life_w = os.pipe()
+        argv = [sys.executable, "-m", "playground.worker", "--job-fd", str(job_r), "--report-fd", str(rep_w),
+                "--lifeline-fd", str(life_r)] + (["--many"] if many else [])
         try:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "playground.worker", "--job-fd", str(job_r), "--report-fd", str(rep_w)],
-                pass_fds=(job_r, rep_w), env=env, stdin=subprocess.DEVNULL, start_new_session=True)
+            self.proc = subprocess.Popen(argv, pass_fds=(job_r, rep_w, life_r), env=env,
+                                         stdin=subprocess.DEVNULL, start_new_session=True)
+        except BaseException:
+            for fd in (job_w, rep_r, life_w):
+                os.close(fd)
+            raise
         finally:
             # The child holds its own copies; closing ours makes EOF mean "the rank is gone".
-            os.close(job_r)
-            os.close(rep_w)
+            for fd in (job_r, rep_w, life_r):
+                os.close(fd)
         self.rank = rank
         self.jobs = Connection(job_w, readable=False)
         self.reports = Connection(rep_r, writable=False)
+        self.lifeline = life_w
 
     def exitcode(self) -> int | None:
         try:
@@ -89,6 +106,9 @@ class _Rank:
     def close(self) -> None:
         for c in (self.jobs, self.reports):
             c.close()
+        if self.lifeline is not None:
+            os.close(self.lifeline)
+            self.lifeline = None
 
 
 def _child_env() -> dict[str, str]:
@@ -101,34 +121,124 @@ def _child_env() -> dict[str, str]:
     return env
 
 
-def launch(config: RunConfig, device_type: str, backend: str, custom: tuple | None = None) -> list[dict[str, Any]]:
-    """Run ``config.world_size`` ranks; return their reports in rank order."""
+def _send_jobs(ranks: list[_Rank], config: RunConfig, store_port: int, device_type: str, backend: str,
+               custom: tuple | None) -> None:
+    clock_origin = time.perf_counter()
+    for r in ranks:
+        # Plain pickle: see worker.serve.
+        r.jobs.send_bytes(pickle.dumps({"rank": r.rank, "config": config.to_dict(), "store_port": store_port,
+                                        "device_type": device_type, "backend": backend, "custom": custom,
+                                        # One machine, one monotonic clock: every rank
+                                        # measures from this same instant.
+                                        "clock_origin": clock_origin}))
+
+
+def _end(ranks: list[_Rank]) -> None:
+    stop([r.proc for r in ranks])
+    for r in ranks:
+        r.close()
+
+
+def launch(config: RunConfig, device_type: str, backend: str, custom: tuple | None = None, *,
+           pool: "Pool | None" = None, cancel=None, on_step=None) -> list[dict[str, Any]]:
+    """Run ``config.world_size`` ranks; return their reports in rank order.
+
+    ``pool``: run on its warm ranks (resized if needed) instead of starting
+    fresh ones. ``cancel``: an object with ``is_set()`` (threading.Event);
+    when set, the ranks are ended and ``RunCancelled`` raised. ``on_step``:
+    called with each finished step's index, as rank 0 reports it.
+    """
     import torch.distributed as dist
 
+    # A fresh store per run, on a port the OS picks: runs never share one.
     store = dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False,
                           timeout=timedelta(seconds=config.timeout_s))
-    ranks: list[_Rank] = []
-    env = _child_env()
-    clock_origin = time.perf_counter()
     try:
-        for rank in range(config.world_size):
-            ranks.append(_Rank(rank, env))
-        for r in ranks:
-            # Plain pickle: see worker.serve.
-            r.jobs.send_bytes(pickle.dumps({"rank": r.rank, "config": config.to_dict(), "store_port": store.port,
-                                            "device_type": device_type, "backend": backend, "custom": custom,
-                                            # One machine, one monotonic clock: every rank
-                                            # measures from this same instant.
-                                            "clock_origin": clock_origin}))
-        return _collect(ranks, config.timeout_s)
+        if pool is not None:
+            return pool.run(config, store.port, device_type, backend, custom, cancel, on_step)
+        ranks: list[_Rank] = []
+        try:
+            env = _child_env()
+            for rank in range(config.world_size):
+                ranks.append(_Rank(rank, env))
+            _send_jobs(ranks, config, store.port, device_type, backend, custom)
+            return _collect(ranks, config.timeout_s, cancel, on_step)
+        finally:
+            _end(ranks)
     finally:
-        stop([r.proc for r in ranks])
-        for r in ranks:
-            r.close()
         del store
 
 
-def _collect(ranks: list[_Rank], timeout_s: float) -> list[dict[str, Any]]:
+class Pool:
+    """Ranks kept alive between runs: a run with the same world size skips
+    starting interpreters and importing torch; another size restarts them.
+
+    The pool belongs to the process that made it. Its ranks end when it is
+    shut down (at interpreter exit for the default pool), when a run fails
+    (the next run starts fresh ones), and by themselves when this process
+    dies (their lifeline pipe closes)."""
+
+    def __init__(self):
+        self._ranks: list[_Rank] = []
+        self._lock = threading.Lock()  # one run at a time on these ranks
+
+    @property
+    def size(self) -> int:
+        return len(self._ranks)
+
+    def pids(self) -> list[int]:
+        return [r.proc.pid for r in self._ranks]
+
+    def start(self, world_size: int) -> None:
+        """Start (or resize to) ``world_size`` ranks ahead of the first run."""
+        with self._lock:
+            self._ensure(world_size)
+
+    def run(self, config: RunConfig, store_port: int, device_type: str, backend: str, custom, cancel=None,
+            on_step=None) -> list[dict[str, Any]]:
+        with self._lock:
+            self._ensure(config.world_size)
+            try:
+                _send_jobs(self._ranks, config, store_port, device_type, backend, custom)
+                return _collect(self._ranks, config.timeout_s, cancel, on_step)
+            except BaseException:
+                self._shutdown()
+                raise
+
+    def shutdown(self) -> None:
+        with self._lock:
+            self._shutdown()
+
+    def _ensure(self, world_size: int) -> None:
+        if self.size == world_size and all(r.proc.poll() is None for r in self._ranks):
+            return
+        self._shutdown()
+        env = _child_env()
+        try:
+            for rank in range(world_size):
+                self._ranks.append(_Rank(rank, env, many=True))
+        except BaseException:
+            self._shutdown()
+            raise
+
+    def _shutdown(self) -> None:
+        ranks, self._ranks = self._ranks, []
+        _end(ranks)
+
+
+_default_pool: Pool | None = None
+
+
+def default_pool() -> Pool:
+    """This process's warm pool, made on first use, shut down at exit."""
+    global _default_pool
+    if _default_pool is None:
+        _default_pool = Pool()
+        atexit.register(_default_pool.shutdown)
+    return _default_pool
+
+
+def _collect(ranks: list[_Rank], timeout_s: float, cancel=None, on_step=None) -> list[dict[str, Any]]:
     deadline = time.monotonic() + timeout_s
     reports: dict[int, dict] = {}
     errors: list[tuple[int, str, str]] = []
@@ -137,12 +247,20 @@ def _collect(ranks: list[_Rank], timeout_s: float) -> list[dict[str, Any]]:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise RunTimeout(sorted(open_conns.values()), timeout_s)
-        for conn in wait(list(open_conns), timeout=remaining):
-            rank = open_conns.pop(conn)
+        if cancel is not None and cancel.is_set():
+            raise RunCancelled()
+        poll = remaining if cancel is None else min(remaining, 0.1)
+        for conn in wait(list(open_conns), timeout=poll):
+            rank = open_conns[conn]
             try:
                 msg = pickle.loads(conn.recv_bytes())
             except (EOFError, OSError):
                 raise RankDied(rank, ranks[rank].exitcode()) from None
+            if msg[0] == "progress":
+                if on_step is not None:
+                    on_step(msg[2])
+                continue
+            del open_conns[conn]
             if msg[0] == "ok":
                 reports[rank] = msg[2]
             else:
@@ -158,11 +276,14 @@ def _root_cause(errors, open_conns) -> RankError:
     deadline = time.monotonic() + _GRACE_S
     while open_conns and time.monotonic() < deadline:
         for conn in wait(list(open_conns), timeout=max(0.0, deadline - time.monotonic())):
-            rank = open_conns.pop(conn)
             try:
                 msg = pickle.loads(conn.recv_bytes())
             except (EOFError, OSError):
+                open_conns.pop(conn)
                 continue
+            if msg[0] == "progress":
+                continue
+            rank = open_conns.pop(conn)
             if msg[0] == "error":
                 errors.append((rank, msg[2], msg[3]))
     primary = next((e for e in errors if not _SECONDARY.search(e[1])), errors[0])

@@ -12,7 +12,7 @@ from torch import nn
 
 from .config import ConfigError, RunConfig, cpu_count
 from .data import Dataset, load_dataset
-from .launcher import launch
+from .launcher import default_pool, launch
 from .models import MODELS, block_infos, build_model, model_block_infos, stage_ranges
 from .recorder import Recorder
 from .result import BASELINE_TOLERANCE, RankReport, RunResult, account, stage_balance, throughput
@@ -20,12 +20,17 @@ from .topology import Topology
 from .training import Groups, train_rank
 
 
-def run(config: RunConfig, *, model: nn.Sequential | None = None, dataset: Any = None) -> RunResult:
+def run(config: RunConfig, *, model: nn.Sequential | None = None, dataset: Any = None, warm: bool = True,
+        cancel=None, on_step=None) -> RunResult:
     """Train ``config`` on ``config.world_size`` real processes and return
     what every rank did, the trained model and the baseline check.
 
     ``model`` (an nn.Sequential of blocks) and ``dataset`` (a ``Dataset`` or
     a tuple ``(x, y[, x_test, y_test])``) replace the named model.
+    ``warm``: run on this process's pool of ranks, kept alive between runs
+    (``False``: fresh processes, ended after the run). ``cancel``: a
+    ``threading.Event``; setting it ends the run's processes and raises
+    ``RunCancelled``. ``on_step(step)``: called as each step finishes.
     """
     config, custom = _with_custom(config, model, dataset)
     device_type, backend = resolve_device(config)
@@ -36,7 +41,8 @@ def run(config: RunConfig, *, model: nn.Sequential | None = None, dataset: Any =
         config = config.replace(split_points=config.resolved_split_points(costs))
 
     started = time.perf_counter()
-    reports = launch(config, device_type, backend, custom)
+    reports = launch(config, device_type, backend, custom, pool=default_pool() if warm else None,
+                     cancel=cancel, on_step=on_step)
     wall = time.perf_counter() - started
 
     split_points = config.split_points or ()

@@ -47,7 +47,7 @@ def make_optimizer(config: RunConfig, params) -> torch.optim.Optimizer:
 
 
 def train_rank(config: RunConfig, topology: Topology, model: nn.Sequential, dataset: Dataset,
-               recorder: Recorder, groups: Groups, device: torch.device) -> dict[str, Any]:
+               recorder: Recorder, groups: Groups, device: torch.device, on_step=None) -> dict[str, Any]:
     """Train this rank's part of ``model`` for ``config.steps`` steps.
 
     Returns what the rank knows: its part of each step's loss, its memory,
@@ -67,6 +67,8 @@ def train_rank(config: RunConfig, topology: Topology, model: nn.Sequential, data
                 loss_parts.append(strategy.train_step(x, y))
                 with recorder.span("optimizer"):
                     optimizer.step()
+            if on_step is not None:
+                on_step(step)
     local = strategy.local_model
     memory = memory_bytes(local, optimizer)
     memory["activations_peak"] = recorder.activations_peak

@@ -26,7 +26,8 @@ from .topology import Topology
 
 
 def run_rank(config: RunConfig, rank: int, store, device_type: str, backend: str,
-             custom: tuple | None = None, clock_origin: float | None = None) -> dict[str, Any]:
+             custom: tuple | None = None, clock_origin: float | None = None,
+             progress=None) -> dict[str, Any]:
     """Join the process group, train, leave; return this rank's report."""
     import torch.distributed as dist
 
@@ -53,7 +54,7 @@ def run_rank(config: RunConfig, rank: int, store, device_type: str, backend: str
     recorder = Recorder()
     dist.barrier()
     recorder.start_clock(clock_origin)
-    out = train_rank(config, topology, model, dataset, recorder, groups, device)
+    out = train_rank(config, topology, model, dataset, recorder, groups, device, on_step=progress)
     # Leaving together avoids gloo's occasional abort when one rank tears
     # down its pairs while a peer still uses them.
     dist.barrier()
@@ -70,35 +71,29 @@ def run_rank(config: RunConfig, rank: int, store, device_type: str, backend: str
     }
 
 
-def serve(job_fd: int, report_fd: int) -> None:
-    """A rank started by the launcher: read one job from ``job_fd``, run it,
+def serve(job_fd: int, report_fd: int, lifeline_fd: int, many: bool = False) -> None:
+    """A rank started by the launcher: read a job from ``job_fd``, run it,
     write ("ok", rank, report) or ("error", rank, summary, traceback) to
-    ``report_fd``, and exit at once."""
+    ``report_fd`` (rank 0 also writes ("progress", 0, step) after each
+    step). With ``many`` (a warm pool's rank), wait for the next job; stop
+    at the end of the job pipe or after a failed job, whose process state
+    cannot be trusted."""
     from multiprocessing.connection import Connection
-
-    import torch.distributed as dist
 
     if os.path.isdir("/sys/class/net/lo"):
         os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")  # peers meet on loopback only
+    threading.Thread(target=_exit_when_orphaned, args=(lifeline_fd,), daemon=True).start()
     # Plain pickle, not Connection.send: torch's reducers would pass tensors
     # as shared-memory handles that die with this process.
     jobs, reports = Connection(job_fd, writable=False), Connection(report_fd, readable=False)
-    rank = -1
     try:
-        job = pickle.loads(jobs.recv_bytes())
-        rank = job["rank"]
-        threading.Thread(target=_exit_when_orphaned, args=(jobs,), daemon=True).start()
-        config = RunConfig.from_dict(job["config"])
-        store = dist.TCPStore("127.0.0.1", job["store_port"], is_master=False,
-                              timeout=timedelta(seconds=config.timeout_s))
-        report = run_rank(config, rank, store, job["device_type"], job["backend"], job["custom"],
-                          job["clock_origin"])
-        reports.send_bytes(pickle.dumps(("ok", rank, report)))
-    except BaseException as e:  # noqa: BLE001 - everything goes back to the caller
-        try:
-            reports.send_bytes(pickle.dumps(("error", rank, describe(e), traceback.format_exc())))
-        except Exception:
-            traceback.print_exc()  # the caller will report this rank as dead
+        while True:
+            try:
+                job = pickle.loads(jobs.recv_bytes())
+            except (EOFError, OSError):
+                break  # the pool was shut down
+            if not _run_job(job, reports) or not many:
+                break
     finally:
         try:
             reports.close()
@@ -108,6 +103,30 @@ def serve(job_fd: int, report_fd: int) -> None:
             # Skip interpreter teardown: gloo's destructors may abort there,
             # and nothing is left to clean up that the OS does not.
             os._exit(0)
+
+
+def _run_job(job: dict, reports) -> bool:
+    import torch.distributed as dist
+
+    rank = job.get("rank", -1)
+    try:
+        config = RunConfig.from_dict(job["config"])
+        store = dist.TCPStore("127.0.0.1", job["store_port"], is_master=False,
+                              timeout=timedelta(seconds=config.timeout_s))
+        progress = None
+        if rank == 0:
+            def progress(step: int) -> None:
+                reports.send_bytes(pickle.dumps(("progress", rank, step)))
+        report = run_rank(config, rank, store, job["device_type"], job["backend"], job["custom"],
+                          job["clock_origin"], progress)
+        reports.send_bytes(pickle.dumps(("ok", rank, report)))
+        return True
+    except BaseException as e:  # noqa: BLE001 - everything goes back to the caller
+        try:
+            reports.send_bytes(pickle.dumps(("error", rank, describe(e), traceback.format_exc())))
+        except Exception:
+            traceback.print_exc()  # the caller will report this rank as dead
+        return False
 
 
 def describe(e: BaseException) -> str:
@@ -123,13 +142,16 @@ def describe(e: BaseException) -> str:
     return text
 
 
-def _exit_when_orphaned(jobs) -> None:
-    """The caller keeps the job pipe open while it waits for us; end of file
-    means it is gone (killed, kernel restarted), so this rank must go too."""
+def _exit_when_orphaned(lifeline_fd: int) -> None:
+    """The caller holds the other end of the lifeline and never writes to
+    it: end of file means the caller is gone (killed, kernel restarted), so
+    this rank must go too."""
     try:
-        jobs.recv_bytes()
-    except (EOFError, OSError):
-        os._exit(3)
+        while os.read(lifeline_fd, 1):
+            pass
+    except OSError:
+        pass
+    os._exit(3)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -138,8 +160,10 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m playground.worker", description=__doc__)
     parser.add_argument("--job-fd", type=int, required=True, help="pipe to read the job from (set by the launcher)")
     parser.add_argument("--report-fd", type=int, required=True, help="pipe to write the report to")
+    parser.add_argument("--lifeline-fd", type=int, required=True, help="pipe whose end means the caller is gone")
+    parser.add_argument("--many", action="store_true", help="serve jobs until the job pipe closes (warm pool)")
     args = parser.parse_args(argv)
-    serve(args.job_fd, args.report_fd)
+    serve(args.job_fd, args.report_fd, args.lifeline_fd, args.many)
 
 
 if __name__ == "__main__":

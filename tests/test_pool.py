@@ -1,0 +1,112 @@
+"""The warm pool: ranks kept between runs, resized, cancelled, and never
+left behind, even when their caller is killed."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import pytest
+
+import playground
+from playground import Pool, RunCancelled, RunConfig
+from faulty import child_pids
+
+CONFIG = RunConfig(model="seed-mlp", strategy="data", world_size=2, steps=5)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.fixture
+def pool():
+    playground.default_pool().shutdown()
+    yield playground.default_pool()
+    playground.default_pool().shutdown()
+
+
+def test_warm_runs_reuse_the_same_ranks_and_resize_when_asked(pool):
+    first = playground.run(CONFIG)
+    pids = pool.pids()
+    assert len(pids) == 2 and sorted(child_pids()) == sorted(pids)
+    second = playground.run(CONFIG.replace(strategy="model", split_points=(1,)))
+    assert pool.pids() == pids  # no new interpreters
+    assert first.passed and second.passed
+    third = playground.run(CONFIG.replace(model="mlp", world_size=3, global_batch=30))
+    assert third.passed and len(pool.pids()) == 3 and not set(pool.pids()) & set(pids)
+    assert not any(_alive(p) for p in pids)
+
+
+def test_cold_run_leaves_the_pool_alone_and_nothing_behind(pool):
+    playground.run(CONFIG)
+    pids = sorted(pool.pids())
+    result = playground.run(CONFIG, warm=False)
+    assert result.passed
+    assert sorted(child_pids()) == pids
+
+
+def test_progress_is_reported_step_by_step(pool):
+    steps: list[int] = []
+    playground.run(CONFIG, on_step=steps.append)
+    assert steps == list(range(CONFIG.steps))
+
+
+def test_cancel_ends_the_run_and_its_processes(pool):
+    cancel = threading.Event()
+    seen: list[int] = []
+
+    def on_step(step: int) -> None:
+        seen.append(step)
+        if step == 2:
+            cancel.set()
+
+    with pytest.raises(RunCancelled):
+        playground.run(CONFIG.replace(model="mlp", steps=500), cancel=cancel, on_step=on_step)
+    assert seen[:3] == [0, 1, 2] and len(seen) < 500
+    assert child_pids() == [] and pool.size == 0
+    assert playground.run(CONFIG).passed  # the next run starts a fresh pool
+
+
+def test_ranks_exit_when_their_caller_is_killed(tmp_path):
+    script = tmp_path / "caller.py"
+    script.write_text(textwrap.dedent("""
+        import playground, sys
+        pool = playground.default_pool()
+        pool.start(2)
+        print(" ".join(map(str, pool.pids())), flush=True)
+        sys.stdin.read()
+    """))
+    caller = subprocess.Popen([sys.executable, str(script)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              text=True)
+    pids = [int(p) for p in caller.stdout.readline().split()]
+    assert len(pids) == 2 and all(_alive(p) for p in pids)
+    os.kill(caller.pid, signal.SIGKILL)
+    caller.wait()
+    deadline = time.monotonic() + 20
+    while any(_alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(_alive(p) for p in pids)
+
+
+def test_a_pool_of_its_own():
+    own = Pool()
+    try:
+        own.start(2)
+        assert own.size == 2
+        from playground.launcher import launch
+
+        reports = launch(CONFIG, "cpu", "gloo", pool=own)
+        assert [r["rank"] for r in reports] == [0, 1]
+    finally:
+        own.shutdown()
+    assert own.size == 0
