@@ -80,7 +80,7 @@ class _Rank:
         rep_r, rep_w = os.pipe()
         life_r, life_w = os.pipe()
         argv = [sys.executable, "-m", "playground.worker", "--job-fd", str(job_r), "--report-fd", str(rep_w),
-                "--lifeline-fd", str(life_r)] + (["--many"] if many else [])
+                "--lifeline-fd", str(life_r), "--rank", str(rank)] + (["--many"] if many else [])
         try:
             self.proc = subprocess.Popen(argv, pass_fds=(job_r, rep_w, life_r), env=env,
                                          stdin=subprocess.DEVNULL, start_new_session=True)

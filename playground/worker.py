@@ -71,7 +71,7 @@ def run_rank(config: RunConfig, rank: int, store, device_type: str, backend: str
     }
 
 
-def serve(job_fd: int, report_fd: int, lifeline_fd: int, many: bool = False) -> None:
+def serve(job_fd: int, report_fd: int, lifeline_fd: int, many: bool = False, rank: int = -1) -> None:
     """A rank started by the launcher: read a job from ``job_fd``, run it,
     write ("ok", rank, report) or ("error", rank, summary, traceback) to
     ``report_fd`` (rank 0 also writes ("progress", 0, step) after each
@@ -89,9 +89,17 @@ def serve(job_fd: int, report_fd: int, lifeline_fd: int, many: bool = False) -> 
     try:
         while True:
             try:
-                job = pickle.loads(jobs.recv_bytes())
+                raw = jobs.recv_bytes()
             except (EOFError, OSError):
                 break  # the pool was shut down
+            try:
+                job = pickle.loads(raw)
+            except Exception as e:  # e.g. a custom model's class this process cannot import
+                hint = (" (a custom model's classes must live in an importable module, not in a notebook "
+                        "cell or the __main__ script)" if isinstance(e, (AttributeError, ImportError)) else "")
+                reports.send_bytes(pickle.dumps(("error", rank, f"could not read the job: {describe(e)}{hint}",
+                                                 traceback.format_exc())))
+                break
             if not _run_job(job, reports) or not many:
                 break
     finally:
@@ -113,12 +121,10 @@ def _run_job(job: dict, reports) -> bool:
         config = RunConfig.from_dict(job["config"])
         store = dist.TCPStore("127.0.0.1", job["store_port"], is_master=False,
                               timeout=timedelta(seconds=config.timeout_s))
-        progress = None
-        if rank == 0:
-            def progress(step: int) -> None:
-                reports.send_bytes(pickle.dumps(("progress", rank, step)))
+        def progress(step: int) -> None:
+            reports.send_bytes(pickle.dumps(("progress", rank, step)))
         report = run_rank(config, rank, store, job["device_type"], job["backend"], job["custom"],
-                          job["clock_origin"], progress)
+                          job["clock_origin"], progress if rank == 0 else None)
         reports.send_bytes(pickle.dumps(("ok", rank, report)))
         return True
     except BaseException as e:  # noqa: BLE001 - everything goes back to the caller
@@ -162,8 +168,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--report-fd", type=int, required=True, help="pipe to write the report to")
     parser.add_argument("--lifeline-fd", type=int, required=True, help="pipe whose end means the caller is gone")
     parser.add_argument("--many", action="store_true", help="serve jobs until the job pipe closes (warm pool)")
+    parser.add_argument("--rank", type=int, default=-1, help="the rank this process will be")
     args = parser.parse_args(argv)
-    serve(args.job_fd, args.report_fd, args.lifeline_fd, args.many)
+    serve(args.job_fd, args.report_fd, args.lifeline_fd, args.many, args.rank)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ rank, and no process is left behind."""
 
 from __future__ import annotations
 
+import sys
 import time
 
 import pytest
@@ -56,4 +57,19 @@ def test_next_run_after_a_failure_works():
     # What is left is the warm pool's ranks, and nothing else.
     assert sorted(child_pids()) == sorted(playground.default_pool().pids())
     playground.default_pool().shutdown()
+    assert child_pids() == []
+
+
+def test_a_job_the_rank_cannot_read_is_reported_with_a_hint(monkeypatch):
+    import torch
+
+    torch.manual_seed(0)
+    # Pretend the class lives in the caller's __main__, as in a notebook cell.
+    cls = type("NotebookBlock", (torch.nn.Linear,), {"__module__": "__main__"})
+    monkeypatch.setattr(sys.modules["__main__"], "NotebookBlock", cls, raising=False)
+    model = torch.nn.Sequential(cls(8, 4))
+    with pytest.raises(RankError) as info:
+        playground.run(RunConfig(model="custom", strategy="data", world_size=2, steps=3, global_batch=16),
+                       model=model, dataset=regression_data())
+    assert "could not read the job" in str(info.value) and "importable module" in str(info.value)
     assert child_pids() == []

@@ -10,8 +10,6 @@ are replicated: every rank computes them alike.
 
 from __future__ import annotations
 
-import contextlib
-
 from torch import nn
 from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
 

@@ -1,0 +1,120 @@
+"""Bare PyTorch, no playground: the yardsticks the benchmarks compare with.
+
+Run as a script it trains a model with a plain DDP loop on ``world`` spawned
+processes and prints JSON: wall time from start to finish, and throughput
+over the steps after the first. Or it times gloo all-reduces.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import statistics
+import sys
+import time
+
+import torch
+
+
+class Blob(torch.nn.Module):
+    """One parameter of ``nbytes`` whose gradient DDP all-reduces."""
+
+    def __init__(self, nbytes: int):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(nbytes // 4))
+
+    def forward(self, x):
+        return x * self.w[:1]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _train(rank: int, world: int, port: int, model_name: str, batch: int, steps: int, lr: float, out) -> None:
+    import torch
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from playground.data import load_dataset, loss_fn
+    from playground.models import build_model
+
+    os.environ["GLOO_SOCKET_IFNAME"] = "lo"
+    torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // world))
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    model = DDP(build_model(model_name, 0))
+    data = load_dataset(model_name)
+    loss_of = loss_fn(data.task)
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
+    per_rank = batch // world
+    ends = []
+    for step in range(steps):
+        x, y = data.batch(step, batch, 0)
+        x, y = x[rank * per_rank:(rank + 1) * per_rank], y[rank * per_rank:(rank + 1) * per_rank]
+        opt.zero_grad(set_to_none=True)
+        loss_of(model(x), y).backward()
+        opt.step()
+        ends.append(time.perf_counter())
+    dist.barrier()
+    dist.destroy_process_group()
+    if rank == 0:
+        out.put({"throughput": batch * (steps - 1) / (ends[-1] - ends[0])})
+
+
+def ddp_training(model: str, world: int, batch: int, steps: int, lr: float = 0.05) -> dict:
+    """Spawn ``world`` processes that import torch and train: the bare
+    equivalent of a cold playground run (without baseline or recording)."""
+    import torch.multiprocessing as mp
+
+    start = time.perf_counter()
+    ctx = mp.get_context("spawn")
+    out = ctx.Queue()
+    mp.start_processes(_train, args=(world, _free_port(), model, batch, steps, lr, out), nprocs=world,
+                       start_method="spawn")
+    result = out.get(timeout=60)
+    result["wall_s"] = time.perf_counter() - start
+    return result
+
+
+def _all_reduce(rank: int, world: int, port: int, nbytes: int, repeats: int, out) -> None:
+    import torch
+    import torch.distributed as dist
+
+    os.environ["GLOO_SOCKET_IFNAME"] = "lo"
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    t = torch.ones(nbytes // 4)
+    times = []
+    for _ in range(repeats):
+        dist.barrier()
+        start = time.perf_counter()
+        dist.all_reduce(t)
+        times.append(time.perf_counter() - start)
+    dist.barrier()
+    dist.destroy_process_group()
+    if rank == 0:
+        out.put({"median_s": statistics.median(times[1:])})
+
+
+def all_reduce_time(nbytes: int, world: int = 2, repeats: int = 21) -> float:
+    """Median seconds of a bare gloo all-reduce of ``nbytes`` (after a barrier)."""
+    import torch.multiprocessing as mp
+
+    out = mp.get_context("spawn").Queue()
+    mp.start_processes(_all_reduce, args=(world, _free_port(), nbytes, repeats, out), nprocs=world,
+                       start_method="spawn")
+    return out.get(timeout=60)["median_s"]
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--model", default="seed-mlp")
+    parser.add_argument("--world", type=int, default=2)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--steps", type=int, default=20)
+    a = parser.parse_args()
+    print(json.dumps(ddp_training(a.model, a.world, a.batch, a.steps)))

@@ -1,0 +1,156 @@
+"""Benchmarks: the playground against bare PyTorch, side by side in one run.
+
+    .venv/bin/python bench/run.py            # all, writes bench/results.md
+    .venv/bin/python bench/run.py warm comm  # some
+
+Each benchmark prints its figures and a verdict against its target. Every
+target is a ratio (or a relative error) of two things measured here, in
+this run, on this machine: absolute times on a shared 2-core machine mean
+little.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+import bare  # noqa: E402
+import playground as pg  # noqa: E402
+from playground.cost import bubble_fraction  # noqa: E402
+
+ROWS: list[dict] = []
+
+
+def report(name: str, figures: str, target: str, ok: bool, note: str = "") -> None:
+    row = {"benchmark": name, "figures": figures, "target": target, "met": "yes" if ok else "no", "note": note}
+    ROWS.append(row)
+    print(f"[{row['met']:>3}] {name}: {figures} (target {target}) {note}", flush=True)
+
+
+def warm() -> None:
+    """Warm re-run latency, and a cold run against a bare torch spawn doing
+    the same training (seed-mlp, 2 ranks, 20 steps)."""
+    config = pg.RunConfig(model="seed-mlp", strategy="data", world_size=2, steps=20)
+    pool = pg.default_pool()
+    pool.shutdown()
+    pg.run(config)  # starts the pool
+    warm_times = []
+    for _ in range(7):
+        t = time.perf_counter()
+        pg.run(config)
+        warm_times.append(time.perf_counter() - t)
+    pool.shutdown()
+    cold, bare_wall = [], []
+    for _ in range(3):
+        t = time.perf_counter()
+        pg.run(config, warm=False)
+        cold.append(time.perf_counter() - t)
+        bare_wall.append(bare.ddp_training("seed-mlp", 2, 32, 20)["wall_s"])
+    w, c, b = statistics.median(warm_times), statistics.median(cold), statistics.median(bare_wall)
+    report("warm re-run latency", f"median {w:.2f} s over 7 runs", "<= 0.5 s", w <= 0.5)
+    report("cold run vs bare torch spawn", f"{c:.2f} s vs {b:.2f} s = {c / b:.2f}x (medians of 3, interleaved)",
+           "<= 1.2x", c / b <= 1.2)
+
+
+def recording() -> None:
+    """Throughput of the data strategy, recording on, against a plain DDP
+    loop (mlp, 2 ranks, 64 per rank, 100 steps)."""
+    config = pg.RunConfig(model="mlp", strategy="data", world_size=2, global_batch=128, steps=100)
+    ours, plain = [], []
+    for _ in range(3):
+        ours.append(pg.run(config).throughput_samples_per_s)
+        plain.append(bare.ddp_training("mlp", 2, 128, 100)["throughput"])
+    o, p = statistics.median(ours), statistics.median(plain)
+    report("recording overhead", f"{o:.0f} vs {p:.0f} samples/s = {o / p:.2f}x (medians of 3, interleaved)",
+           ">= 0.95x", o / p >= 0.95)
+
+
+def comm() -> None:
+    """Recorded all-reduce time of B bytes against a bare gloo all-reduce."""
+    for nbytes in (1 << 20, 16 << 20):
+        model = nn.Sequential(bare.Blob(nbytes))
+        data = (torch.randn(64, 1), torch.randn(64, 1))
+        config = pg.RunConfig(model="custom", strategy="data", world_size=2, steps=21, global_batch=16)
+        result = pg.run(config, model=model, dataset=data)
+        recorded = statistics.median(
+            e["end"] - e["joined"] for e in result.ranks[0].timeline
+            if e["kind"] == "all_reduce" and e["bytes"] == nbytes)
+        bare_s = bare.all_reduce_time(nbytes)
+        ratio = recorded / bare_s
+        report(f"all-reduce fidelity, {nbytes >> 20} MiB", f"recorded {1e3 * recorded:.2f} ms vs bare "
+               f"{1e3 * bare_s:.2f} ms = {ratio:.2f}x", "<= 1.25x", ratio <= 1.25)
+
+
+def bubble() -> None:
+    """Measured bubble of GPipe and 1F1B at 2 even stages against
+    (p-1)/(m+p-1), m = 2, 4, 8."""
+    for schedule in ("gpipe", "1f1b"):
+        for m in (2, 4, 8):
+            config = pg.RunConfig(model="mlp", strategy="pipeline", schedule=schedule, world_size=2,
+                                  split_points=(5,), micro_batches=m, global_batch=64 * m, steps=12)
+            result = pg.run(config)
+            measured = statistics.mean(result.bubble["measured"])
+            predicted = bubble_fraction(schedule, 2, m)
+            err = (measured - predicted) / predicted
+            report(f"bubble {schedule} m={m}", f"measured {measured:.3f} vs formula {predicted:.3f} "
+                   f"({err:+.0%})", "within ±25%", abs(err) <= 0.25)
+
+
+def scale() -> None:
+    """A sweep over world sizes 1, 2, 4, 8 (mlp, data, 10 steps), plotted."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    t0 = time.perf_counter()
+    sizes, throughput = [1, 2, 4, 8], []
+    for n in sizes:
+        strategy = "single" if n == 1 else "data"
+        result = pg.run(pg.RunConfig(model="mlp", strategy=strategy, world_size=n, global_batch=256, steps=10))
+        assert result.passed
+        throughput.append(result.throughput_samples_per_s)
+    wall = time.perf_counter() - t0
+    fig = Figure(figsize=(6, 3.5))
+    ax = fig.add_subplot()
+    ax.plot(sizes, throughput, marker="o", label="measured")
+    ax.plot(sizes, [throughput[0] * n for n in sizes], linestyle="--", color="grey", label="linear speed-up")
+    ax.set_xlabel("ranks (world size)")
+    ax.set_ylabel("samples / s")
+    ax.set_title(f"mlp, data parallel, batch 256, on {pg.config.cpu_count()} cores")
+    ax.legend()
+    path = os.path.join(os.path.dirname(__file__), "scale.png")
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    figures = ", ".join(f"{n}: {t:.0f}" for n, t in zip(sizes, throughput))
+    report("scale sweep 1-2-4-8 ranks", f"samples/s {figures}; sweep wall {wall:.1f} s", "completes and plots",
+           True, "ranks above 2 share the 2 cores")
+
+
+BENCHMARKS = {"warm": warm, "recording": recording, "comm": comm, "bubble": bubble, "scale": scale}
+
+
+def main(names: list[str]) -> None:
+    for name in names or list(BENCHMARKS):
+        BENCHMARKS[name]()
+    pg.default_pool().shutdown()
+    here = os.path.dirname(os.path.abspath(__file__))
+    with open(os.path.join(here, "results.json"), "w") as f:
+        json.dump(ROWS, f, indent=1)
+    lines = ["| benchmark | measured | target | met |", "|---|---|---|---|"]
+    lines += [f"| {r['benchmark']} | {r['figures']} | {r['target']} | {r['met']} |" for r in ROWS]
+    with open(os.path.join(here, "results.md"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
