@@ -96,7 +96,7 @@ def bubble() -> None:
     for schedule in ("gpipe", "1f1b"):
         for m in (2, 4, 8):
             config = pg.RunConfig(model="mlp", strategy="pipeline", schedule=schedule, world_size=2,
-                                  split_points=(5,), micro_batches=m, global_batch=64 * m, steps=12)
+                                  split_points=(5,), micro_batches=m, global_batch=256 * m, steps=8)
             result = pg.run(config)
             measured = statistics.mean(result.bubble["measured"])
             predicted = bubble_fraction(schedule, 2, m)

@@ -6,10 +6,10 @@ from .data import Dataset, load_dataset
 from .launcher import Pool, RankDied, RankError, RunCancelled, RunError, RunTimeout, default_pool
 from .models import BlockInfo, balance_split_points, build_model, model_block_infos, propose_split_points
 from .result import RankReport, RunResult
-from .runner import run
+from .runner import load_result, run
 
 __all__ = [
-    "RunConfig", "ConfigError", "run", "RunResult", "RankReport", "build_model", "model_block_infos",
+    "RunConfig", "ConfigError", "run", "load_result", "RunResult", "RankReport", "build_model", "model_block_infos",
     "balance_split_points", "propose_split_points", "BlockInfo", "Dataset", "load_dataset",
     "RunError", "RankError", "RankDied", "RunTimeout", "RunCancelled", "Pool", "default_pool",
 ]

@@ -113,6 +113,11 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     run_p = sub.add_parser("run", help="train one configuration and print what each rank did")
     _add_run_flags(run_p)
+    config_p = sub.add_parser("config", help="print a RunConfig as JSON (for torchrun ... --config FILE)")
+    _add_run_flags(config_p)
+    load_p = sub.add_parser("load", help="merge the reports torchrun's ranks wrote to DIR and print the table")
+    load_p.add_argument("directory")
+    load_p.add_argument("--json", metavar="FILE", help="write the result JSON here")
     sub.add_parser("demo", help="a few illustrative runs")
     sub.add_parser("models", help="list the models and their blocks")
     args = parser.parse_args(argv)
@@ -123,6 +128,24 @@ def main(argv: list[str] | None = None) -> int:
         except ConfigError as e:
             parser.exit(2, f"{parser.prog}: error: {e}\n")
         return _run_and_print(config, args.json, args.plots, warm=not args.cold)
+    if args.command == "config":
+        try:
+            print(config_from_args(args).to_json())
+        except ConfigError as e:
+            parser.exit(2, f"{parser.prog}: error: {e}\n")
+        return 0
+    if args.command == "load":
+        from .runner import load_result
+
+        try:
+            result = load_result(args.directory)
+        except (OSError, ValueError) as e:
+            parser.exit(2, f"{parser.prog}: error: {e}\n")
+        print(result.summary())
+        if args.json:
+            with open(args.json, "w") as f:
+                f.write(result.to_json(indent=1))
+        return 0 if result.passed else 1
     if args.command == "models":
         from .models import MODELS, model_block_infos
 

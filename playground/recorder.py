@@ -166,9 +166,10 @@ class Recorder:
 
         def hook(_state, bucket):
             buf = bucket.buffer()
-            start = self.last_bucket_ready = self.now()
+            self.last_bucket_ready = self.now()
             seq = self.next_seq("all_reduce", "dp")
             buf.div_(group_size)
+            start = self.now()
             fut = dist.all_reduce(buf, group=group, async_op=True).get_future()
 
             def done(f):

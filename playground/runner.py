@@ -34,17 +34,55 @@ def run(config: RunConfig, *, model: nn.Sequential | None = None, dataset: Any =
     """
     config, custom = _with_custom(config, model, dataset)
     device_type, backend = resolve_device(config)
-    full_model = copy.deepcopy(custom[0]) if custom else build_model(config.model, config.seed)
-    data = custom[1] if custom else load_dataset(config.model)
-    if config.stages > 1 and config.split_points is None:
-        costs = [max(1, b.flops) for b in _infos(config, full_model, data)]
-        config = config.replace(split_points=config.resolved_split_points(costs))
-
+    config = resolve_split_points(config, custom)
     started = time.perf_counter()
     reports = launch(config, device_type, backend, custom, pool=default_pool() if warm else None,
                      cancel=cancel, on_step=on_step)
-    wall = time.perf_counter() - started
+    return assemble(config, reports, custom, device_type, backend, time.perf_counter() - started)
 
+
+def load_result(directory: str) -> RunResult:
+    """Merge the reports that ranks started by torchrun wrote to
+    ``directory`` into the same RunResult ``run`` returns (baseline check
+    included, run here). Parameters are read with ``weights_only``."""
+    import json
+    import os
+
+    with open(os.path.join(directory, "run.json")) as f:
+        meta = json.load(f)
+    config = RunConfig.from_dict(meta["config"])
+    reports = []
+    for rank in range(config.world_size):
+        path = os.path.join(directory, f"rank-{rank}.json")
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"{path}: rank {rank} of {config.world_size} wrote no report")
+        with open(path) as f:
+            report = json.load(f)
+        pt = os.path.join(directory, f"rank-{rank}.pt")
+        report["params"] = torch.load(pt, weights_only=True) if os.path.exists(pt) else {}
+        reports.append(report)
+    return assemble(config, reports, None, meta["device"], meta["backend"], meta["wall_s"], local=False)
+
+
+def resolve_split_points(config: RunConfig, custom: tuple | None = None) -> RunConfig:
+    """The config with its split points chosen (balancing the blocks'
+    FLOPs) when it cuts the model and none were given."""
+    if config.stages == 1 or config.split_points is not None:
+        return config
+    model = custom[0] if custom else build_model(config.model, config.seed)
+    data = custom[1] if custom else load_dataset(config.model)
+    costs = [max(1, b.flops) for b in _infos(config, model, data)]
+    return config.replace(split_points=config.resolved_split_points(costs))
+
+
+def assemble(config: RunConfig, reports: list[dict], custom: tuple | None, device_type: str, backend: str,
+             wall: float, local: bool = True) -> RunResult:
+    """Merge the ranks' reports into a RunResult and check the trained
+    model against the same training on one device, run here. ``local``:
+    the ranks ran on this machine (so its core count says whether they
+    shared cores)."""
+    full_model = copy.deepcopy(custom[0]) if custom else build_model(config.model, config.seed)
+    data = custom[1] if custom else load_dataset(config.model)
     split_points = config.split_points or ()
     ranges = stage_ranges(split_points, len(full_model))
     ranks = [RankReport(rank=r["rank"], dp_rank=r["dp_rank"], stage=r["stage"], blocks=ranges[r["stage"]],
@@ -74,7 +112,7 @@ def run(config: RunConfig, *, model: nn.Sequential | None = None, dataset: Any =
     return RunResult(config=config, device=device_type, backend=backend, world_size=config.world_size,
                      losses=losses, throughput_samples_per_s=throughput(ranks, config.global_batch),
                      baseline=baseline, ranks=ranks, split_points=tuple(split_points), accuracy=accuracy,
-                     wall_s=wall, notes=_notes(config, device_type), model=trained,
+                     wall_s=wall, notes=_notes(config, device_type) if local else [], model=trained,
                      predictions=_predictions(config, custom, data), bubble=_bubble(config, ranks),
                      stage_balance=balance)
 

@@ -1,5 +1,8 @@
 """One rank's entry point: ``python -m playground.worker``.
 
+Under torchrun: ``torchrun ... -m playground.worker --config exp.json --out
+DIR`` (see ``run_under_torchrun``). Otherwise:
+
 The launcher starts it with two pipes: it reads its job from one, joins the
 process group through the caller's rendezvous store, trains, and writes its
 report (or its traceback) to the other. Running as its own module, the rank
@@ -14,6 +17,7 @@ import os
 import pickle
 import sys
 import threading
+import time
 import traceback
 from datetime import timedelta
 from typing import Any
@@ -36,14 +40,18 @@ def run_rank(config: RunConfig, rank: int, store, device_type: str, backend: str
     from .training import make_groups, train_rank
 
     if device_type == "cuda":
-        device = torch.device("cuda", rank % torch.cuda.device_count())
+        local_rank = int(os.environ.get("LOCAL_RANK", rank % torch.cuda.device_count()))
+        device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
     else:
         device = torch.device("cpu")
         # Share the cores among the ranks rather than have each grab all.
         torch.set_num_threads(max(1, cpu_count() // config.world_size))
     timeout = timedelta(seconds=config.timeout_s)
-    dist.init_process_group(backend, store=store, rank=rank, world_size=config.world_size, timeout=timeout)
+    if store is None:  # under torchrun: its rendezvous set MASTER_ADDR and MASTER_PORT
+        dist.init_process_group(backend, rank=rank, world_size=config.world_size, timeout=timeout)
+    else:
+        dist.init_process_group(backend, store=store, rank=rank, world_size=config.world_size, timeout=timeout)
     topology = Topology.for_config(config, rank)
     groups = make_groups(topology, device.type)
     if custom is None:
@@ -160,17 +168,59 @@ def _exit_when_orphaned(lifeline_fd: int) -> None:
     os._exit(3)
 
 
+def run_under_torchrun(config_path: str, out_dir: str) -> None:
+    """One rank started by torchrun (any number of nodes): train the config
+    in ``config_path`` and write this rank's report to ``out_dir``
+    (``rank-R.json``, and ``rank-R.pt`` with its trained parameters); rank 0
+    also writes ``run.json``. ``playground.load_result(out_dir)`` merges them."""
+    import json
+
+    from .runner import resolve_split_points
+
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    with open(config_path) as f:
+        config = resolve_split_points(RunConfig.from_dict(json.load(f)))
+    if world != config.world_size:
+        raise SystemExit(f"playground.worker: error: torchrun started {world} ranks; {config_path} says "
+                         f"world_size={config.world_size}")
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    device_type = config.device if config.device != "auto" else ("cuda" if gpus else "cpu")
+    backend = config.backend if config.backend != "auto" else ("nccl" if device_type == "cuda" else "gloo")
+    started = time.time()
+    report = run_rank(config, rank, None, device_type, backend)
+    os.makedirs(out_dir, exist_ok=True)
+    params = report.pop("params")
+    if params:
+        torch.save(params, os.path.join(out_dir, f"rank-{rank}.pt"))
+    with open(os.path.join(out_dir, f"rank-{rank}.json"), "w") as f:
+        json.dump(report, f)
+    if rank == 0:
+        with open(os.path.join(out_dir, "run.json"), "w") as f:
+            json.dump({"config": config.to_dict(), "device": device_type, "backend": backend,
+                       "wall_s": time.time() - started}, f)
+
+
 def main(argv: list[str] | None = None) -> None:
     import argparse
 
     parser = argparse.ArgumentParser(prog="python -m playground.worker", description=__doc__)
-    parser.add_argument("--job-fd", type=int, required=True, help="pipe to read the job from (set by the launcher)")
-    parser.add_argument("--report-fd", type=int, required=True, help="pipe to write the report to")
-    parser.add_argument("--lifeline-fd", type=int, required=True, help="pipe whose end means the caller is gone")
+    parser.add_argument("--config", help="under torchrun: a RunConfig as JSON (python -m playground config ...)")
+    parser.add_argument("--out", help="under torchrun: the folder each rank writes its report to")
+    parser.add_argument("--job-fd", type=int, help="pipe to read the job from (set by the launcher)")
+    parser.add_argument("--report-fd", type=int, help="pipe to write the report to")
+    parser.add_argument("--lifeline-fd", type=int, help="pipe whose end means the caller is gone")
     parser.add_argument("--many", action="store_true", help="serve jobs until the job pipe closes (warm pool)")
     parser.add_argument("--rank", type=int, default=-1, help="the rank this process will be")
     args = parser.parse_args(argv)
-    serve(args.job_fd, args.report_fd, args.lifeline_fd, args.many, args.rank)
+    if args.config is not None:
+        if args.out is None:
+            parser.error("--config needs --out DIR")
+        run_under_torchrun(args.config, args.out)
+    elif None in (args.job_fd, args.report_fd, args.lifeline_fd):
+        parser.error("give --config FILE --out DIR (under torchrun), or the launcher's --job-fd, --report-fd, "
+                     "--lifeline-fd")
+    else:
+        serve(args.job_fd, args.report_fd, args.lifeline_fd, args.many, args.rank)
 
 
 if __name__ == "__main__":
