@@ -14,6 +14,7 @@ import atexit
 import os
 import pickle
 import re
+import socket
 import subprocess
 import sys
 import threading
@@ -151,8 +152,15 @@ def launch(config: RunConfig, device_type: str, backend: str, custom: tuple | No
     import torch.distributed as dist
 
     # A fresh store per run, on a port the OS picks: runs never share one.
-    store = dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False,
-                          timeout=timedelta(seconds=config.timeout_s))
+    # TCPStore would listen on every interface; hand it a socket bound to
+    # loopback instead, so nothing off this machine can reach it.
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(128)
+        store = dist.TCPStore("127.0.0.1", listener.getsockname()[1], is_master=True, wait_for_workers=False,
+                              timeout=timedelta(seconds=config.timeout_s), master_listen_fd=listener.fileno(),
+                              use_libuv=True)
+        listener.detach()  # the store owns the socket now, and closes it
     try:
         if pool is not None:
             return pool.run(config, store.port, device_type, backend, custom, cancel, on_step)
