@@ -24,6 +24,7 @@ from multiprocessing.connection import Connection, wait
 from typing import Any
 
 from .config import RunConfig
+from .recorder import StatusSlot
 
 # Errors a rank reports only because a peer went away first.
 _SECONDARY = re.compile(r"Connection (closed|reset) by peer|Broken pipe|Socket Timeout|"
@@ -58,11 +59,13 @@ class RankDied(RunError):
 class RunTimeout(RunError):
     """Ranks did not finish within the config's timeout."""
 
-    def __init__(self, pending: list[int], timeout_s: float):
+    def __init__(self, pending: list[int], timeout_s: float, doing: dict[int, str] | None = None):
         self.pending = pending
+        self.doing = doing or {}
         names = ", ".join(map(str, pending))
+        where = "".join(f"\n  rank {r}: {self.doing[r] or 'not started'}" for r in sorted(self.doing))
         super().__init__(f"rank{'s' if len(pending) > 1 else ''} {names} did not finish within "
-                         f"timeout_s={timeout_s:g} s; all ranks were stopped")
+                         f"timeout_s={timeout_s:g} s; all ranks were stopped. Each rank was in:{where}")
 
 
 class RunCancelled(RunError):
@@ -80,13 +83,15 @@ class _Rank:
         job_r, job_w = os.pipe()
         rep_r, rep_w = os.pipe()
         life_r, life_w = os.pipe()
+        self.status_fd = StatusSlot.create()
         argv = [sys.executable, "-m", "playground.worker", "--job-fd", str(job_r), "--report-fd", str(rep_w),
-                "--lifeline-fd", str(life_r), "--rank", str(rank)] + (["--many"] if many else [])
+                "--lifeline-fd", str(life_r), "--rank", str(rank), "--status-fd", str(self.status_fd)]
         try:
-            self.proc = subprocess.Popen(argv, pass_fds=(job_r, rep_w, life_r), env=env,
+            self.proc = subprocess.Popen(argv + (["--many"] if many else []),
+                                         pass_fds=(job_r, rep_w, life_r, self.status_fd), env=env,
                                          stdin=subprocess.DEVNULL, start_new_session=True)
         except BaseException:
-            for fd in (job_w, rep_r, life_w):
+            for fd in (job_w, rep_r, life_w, self.status_fd):
                 os.close(fd)
             raise
         finally:
@@ -107,9 +112,15 @@ class _Rank:
     def close(self) -> None:
         for c in (self.jobs, self.reports):
             c.close()
-        if self.lifeline is not None:
-            os.close(self.lifeline)
-            self.lifeline = None
+        for name in ("lifeline", "status_fd"):
+            fd = getattr(self, name)
+            if fd is not None:
+                os.close(fd)
+                setattr(self, name, None)
+
+    def doing(self) -> str:
+        """What the rank last said it was doing."""
+        return StatusSlot.read(self.status_fd) if self.status_fd is not None else ""
 
 
 def _child_env() -> dict[str, str]:
@@ -254,7 +265,7 @@ def _collect(ranks: list[_Rank], timeout_s: float, cancel=None, on_step=None) ->
     while open_conns:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
-            raise RunTimeout(sorted(open_conns.values()), timeout_s)
+            raise RunTimeout(sorted(open_conns.values()), timeout_s, {r.rank: r.doing() for r in ranks})
         if cancel is not None and cancel.is_set():
             raise RunCancelled()
         poll = remaining if cancel is None else min(remaining, 0.1)

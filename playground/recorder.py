@@ -12,6 +12,7 @@ Event kinds:
 
 from __future__ import annotations
 
+import os
 import time
 from contextlib import contextmanager
 from typing import Any, Iterator
@@ -23,8 +24,12 @@ COMM_KINDS = ("send", "recv", "all_reduce", "all_gather", "reduce_scatter")
 
 
 class Recorder:
-    def __init__(self, enabled: bool = True):
+    def __init__(self, enabled: bool = True, status=None):
         self.enabled = enabled
+        self.status = status
+        """Where to say what this rank is doing now (a ``StatusSlot``), so
+        that the caller can tell, if the rank hangs, in which operation."""
+        self._step = -1
         self.events: list[dict[str, Any]] = []
         self.step_times: list[tuple[float, float]] = []
         self._t0 = time.perf_counter()
@@ -60,11 +65,19 @@ class Recorder:
             yield
             return
         self._poll_sends()
+        self.say(kind, **fields)
         start = self.now()
         try:
             yield
         finally:
             self.add(kind, start, self.now(), **fields)
+
+    def say(self, what: str, **fields: Any) -> None:
+        """Tell the status slot (if any) what this rank is doing now."""
+        if self.status is not None:
+            where = "".join(f" {k.replace('_', '-')} {v}" for k, v in fields.items()
+                            if k in ("stage", "micro_batch") and v is not None)
+            self.status.write(f"{what}{where}" + (f" (step {self._step})" if self._step >= 0 else ""))
 
     def next_seq(self, kind: str, key: int | str) -> int:
         """Order of this event among events of ``kind`` with the same peer or
@@ -84,6 +97,7 @@ class Recorder:
 
     @contextmanager
     def step(self, index: int) -> Iterator[None]:
+        self._step = index
         start = self.now()
         try:
             yield
@@ -169,6 +183,7 @@ class Recorder:
             self.last_bucket_ready = self.now()
             seq = self.next_seq("all_reduce", "dp")
             buf.div_(group_size)
+            self.say("all_reduce of gradients")
             start = self.now()
             fut = dist.all_reduce(buf, group=group, async_op=True).get_future()
 
@@ -222,6 +237,7 @@ def _collective_timer_class():
             rec = self.recorder
             if ns == "_c10d_functional" and name in _FUNCTIONAL:
                 kind, tensor = _FUNCTIONAL[name], args[0]
+                rec.say(kind)
                 group = _group_of(args[-1] if isinstance(args[-1], str) else kwargs.get("group_name"))
                 start = rec.now()
                 out = torch.ops._c10d_functional.wait_tensor(func(*args, **kwargs))
@@ -230,6 +246,7 @@ def _collective_timer_class():
                 return out
             if ns == "c10d" and name in _C10D:
                 kind = _C10D[name]
+                rec.say(kind)
                 start = rec.now()
                 out = func(*args, **kwargs)
                 tensors = [a for a in args if isinstance(a, torch.Tensor)]
@@ -302,6 +319,35 @@ class _CollectiveTimer:
         return self._mode.__exit__(*exc)
 
 
+class StatusSlot:
+    """A few bytes of shared memory where a rank writes what it is doing;
+    its caller reads them if the rank stops answering (a hang in a
+    collective leaves no other way to ask)."""
+
+    SIZE = 256
+
+    def __init__(self, fd: int):
+        import mmap
+
+        self.fd = fd
+        self._map = mmap.mmap(fd, self.SIZE)
+
+    @classmethod
+    def create(cls) -> int:
+        """A new slot's file descriptor (to pass to the rank)."""
+        fd = os.memfd_create("playground-rank-status")
+        os.ftruncate(fd, cls.SIZE)
+        return fd
+
+    def write(self, text: str) -> None:
+        data = text.encode()[: self.SIZE - 1]
+        self._map[: len(data) + 1] = data + b"\0"
+
+    @staticmethod
+    def read(fd: int) -> str:
+        return os.pread(fd, StatusSlot.SIZE, 0).split(b"\0", 1)[0].decode(errors="replace")
+
+
 class _Saved:
     __slots__ = ("tensor", "key", "recorder")
 
@@ -332,6 +378,7 @@ class _TimedWork:
             recorder._pending_sends.append(self)
 
     def wait(self, *args, **kwargs):
+        self.recorder.say(f"waiting for a {self.kind} {'to' if self.kind == 'send' else 'from'} rank {self.peer}")
         result = self.work.wait(*args, **kwargs)
         end = self.recorder.now()
         if self.done_at is not None:

@@ -25,13 +25,13 @@ from typing import Any
 import torch
 
 from .config import RunConfig, cpu_count
-from .recorder import Recorder
+from .recorder import Recorder, StatusSlot
 from .topology import Topology
 
 
 def run_rank(config: RunConfig, rank: int, store, device_type: str, backend: str,
              custom: tuple | None = None, clock_origin: float | None = None,
-             progress=None) -> dict[str, Any]:
+             progress=None, status=None) -> dict[str, Any]:
     """Join the process group, train, leave; return this rank's report."""
     import torch.distributed as dist
 
@@ -48,6 +48,8 @@ def run_rank(config: RunConfig, rank: int, store, device_type: str, backend: str
         # Share the cores among the ranks rather than have each grab all.
         torch.set_num_threads(max(1, cpu_count() // config.world_size))
     timeout = timedelta(seconds=config.timeout_s)
+    recorder = Recorder(status=status)
+    recorder.say("joining the process group")
     if store is None:  # under torchrun: its rendezvous set MASTER_ADDR and MASTER_PORT
         dist.init_process_group(backend, rank=rank, world_size=config.world_size, timeout=timeout)
     else:
@@ -59,12 +61,13 @@ def run_rank(config: RunConfig, rank: int, store, device_type: str, backend: str
     else:
         model, dataset = copy.deepcopy(custom[0]), custom[1]
     model = model.to(device)
-    recorder = Recorder()
+    recorder.say("waiting for the other ranks to start")
     dist.barrier()
     recorder.start_clock(clock_origin)
     out = train_rank(config, topology, model, dataset, recorder, groups, device, on_step=progress)
     # Leaving together avoids gloo's occasional abort when one rank tears
     # down its pairs while a peer still uses them.
+    recorder.say("waiting for the other ranks to finish")
     dist.barrier()
     dist.destroy_process_group()
     return {
@@ -79,7 +82,8 @@ def run_rank(config: RunConfig, rank: int, store, device_type: str, backend: str
     }
 
 
-def serve(job_fd: int, report_fd: int, lifeline_fd: int, many: bool = False, rank: int = -1) -> None:
+def serve(job_fd: int, report_fd: int, lifeline_fd: int, many: bool = False, rank: int = -1,
+          status_fd: int | None = None) -> None:
     """A rank started by the launcher: read a job from ``job_fd``, run it,
     write ("ok", rank, report) or ("error", rank, summary, traceback) to
     ``report_fd`` (rank 0 also writes ("progress", 0, step) after each
@@ -94,6 +98,7 @@ def serve(job_fd: int, report_fd: int, lifeline_fd: int, many: bool = False, ran
     # Plain pickle, not Connection.send: torch's reducers would pass tensors
     # as shared-memory handles that die with this process.
     jobs, reports = Connection(job_fd, writable=False), Connection(report_fd, readable=False)
+    status = StatusSlot(status_fd) if status_fd is not None else None
     try:
         while True:
             try:
@@ -108,7 +113,7 @@ def serve(job_fd: int, report_fd: int, lifeline_fd: int, many: bool = False, ran
                 reports.send_bytes(pickle.dumps(("error", rank, f"could not read the job: {describe(e)}{hint}",
                                                  traceback.format_exc())))
                 break
-            if not _run_job(job, reports) or not many:
+            if not _run_job(job, reports, status) or not many:
                 break
     finally:
         try:
@@ -121,7 +126,7 @@ def serve(job_fd: int, report_fd: int, lifeline_fd: int, many: bool = False, ran
             os._exit(0)
 
 
-def _run_job(job: dict, reports) -> bool:
+def _run_job(job: dict, reports, status=None) -> bool:
     import torch.distributed as dist
 
     rank = job.get("rank", -1)
@@ -132,7 +137,7 @@ def _run_job(job: dict, reports) -> bool:
         def progress(step: int) -> None:
             reports.send_bytes(pickle.dumps(("progress", rank, step)))
         report = run_rank(config, rank, store, job["device_type"], job["backend"], job["custom"],
-                          job["clock_origin"], progress if rank == 0 else None)
+                          job["clock_origin"], progress if rank == 0 else None, status)
         reports.send_bytes(pickle.dumps(("ok", rank, report)))
         return True
     except BaseException as e:  # noqa: BLE001 - everything goes back to the caller
@@ -211,6 +216,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--lifeline-fd", type=int, help="pipe whose end means the caller is gone")
     parser.add_argument("--many", action="store_true", help="serve jobs until the job pipe closes (warm pool)")
     parser.add_argument("--rank", type=int, default=-1, help="the rank this process will be")
+    parser.add_argument("--status-fd", type=int, help="shared memory to say what the rank is doing")
     args = parser.parse_args(argv)
     if args.config is not None:
         if args.out is None:
@@ -220,7 +226,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("give --config FILE --out DIR (under torchrun), or the launcher's --job-fd, --report-fd, "
                      "--lifeline-fd")
     else:
-        serve(args.job_fd, args.report_fd, args.lifeline_fd, args.many, args.rank)
+        serve(args.job_fd, args.report_fd, args.lifeline_fd, args.many, args.rank, args.status_fd)
 
 
 if __name__ == "__main__":

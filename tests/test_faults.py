@@ -46,6 +46,10 @@ def test_rank_that_hangs_is_stopped_at_the_timeout():
         _run("data", "hang", timeout_s=12)
     assert "did not finish within timeout_s=12 s" in str(info.value)
     assert 1 in info.value.pending
+    # Rank 1 hangs inside its forward; rank 0 waits for it in the gradient all-reduce.
+    assert info.value.doing[1].startswith("forward"), info.value.doing
+    assert info.value.doing[0].startswith("all_reduce"), info.value.doing
+    assert "rank 1: forward" in str(info.value)
     assert child_pids() == []
 
 
