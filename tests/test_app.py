@@ -1,0 +1,258 @@
+"""The Playground widget without a browser: set traits, click buttons, read
+what the widgets show. One real run (a module fixture); the rest replace
+``run`` with stand-ins, or forbid the launcher outright."""
+
+from __future__ import annotations
+
+import html
+import json
+import threading
+import time
+
+import pytest
+
+
+import playground.runner as runner  # noqa: E402
+from faulty import child_pids  # noqa: E402
+from playground.app import Playground, mesh_options, plot_sweep, run_accepts, sweep_config  # noqa: E402
+from playground.config import RunConfig  # noqa: E402
+from playground.launcher import RunCancelled, default_pool  # noqa: E402
+
+PNG = b"\x89PNG"
+SMALL = RunConfig(model="mlp", strategy="pipeline", world_size=2, micro_batches=2, steps=3)
+
+
+@pytest.fixture
+def no_launch(monkeypatch):
+    def launch(*args, **kwargs):
+        raise AssertionError("no process may start for an invalid config")
+    monkeypatch.setattr(runner, "launch", launch)
+
+
+@pytest.fixture(scope="module")
+def finished():
+    """A Playground after one real run: mlp, pipeline, 2 ranks, 3 steps."""
+    app = Playground(config=SMALL)
+    app.run_button.click()
+    assert app.running
+    assert app.wait(timeout=180), "the run did not finish within 180 s"
+    yield app
+    default_pool().shutdown()  # run() keeps its ranks warm between runs
+
+
+def test_invalid_choices_show_the_field_disable_run_and_spawn_nothing(no_launch):
+    before = set(child_pids())
+    app = Playground(config=SMALL)
+    assert app.error is None and not app.run_button.disabled
+    settings = [
+        ({"schedule": "1f1b", "micro_batches": 1}, "micro_batches"),
+        ({"strategy": "data", "shares": "3,1", "global_batch": 30}, "global_batch"),
+        ({"strategy": "data", "shares": "3,x"}, "batch_partition"),
+        ({"lr": -1.0}, "lr"),
+    ]
+    for changes, field in settings:
+        app.load(SMALL)
+        for name, value in changes.items():
+            getattr(app, name).value = value
+        assert app.error is not None and app.error.field == field, (changes, app.error)
+        assert f"<b>{field}</b>" in app.message.value and html.escape(app.error.allowed) in app.message.value
+        assert app.run_button.disabled and app.sweep_button.disabled
+        app.run_button.click()
+        app.start_run()  # the method behind the button refuses too
+        assert not app.running and app.history.runs == []
+    assert set(child_pids()) == before
+
+
+def test_a_cut_too_many_is_refused_and_balance_repairs_it(no_launch):
+    app = Playground(config=SMALL)
+    balanced = app.strip.cuts
+    assert len(balanced) == 1 and app.config.split_points is None  # None: run() balances the same way
+    free = next(t for i, t in enumerate(app.strip.toggles) if i + 1 not in balanced)
+    free.value = True
+    assert app.error.field == "split_points" and app.run_button.disabled
+    assert app.strip.shares.value.count("stage ") == 3
+    app.strip.balance.click()
+    assert app.strip.cuts == balanced and app.error is None
+    app.strip.toggles[0].value, app.strip.toggles[balanced[0] - 1].value = True, False
+    assert app.config.split_points == (1,) and "stage 0: blocks 0–0" in app.strip.shares.value
+    app.world.value = 4  # three cuts now: start again from balanced ones
+    assert len(app.strip.cuts) == 3 and app.error is None
+    app.strategy.value = "data"
+    assert all(t.disabled for t in app.strip.toggles) and app.config.split_points is None
+
+
+def test_strategy_single_means_one_rank_and_hybrid_keeps_the_mesh_product(no_launch):
+    app = Playground(config=SMALL)
+    app.strategy.value = "single"
+    assert app.world.value == 1 and app.error is None
+    app.strategy.value = "hybrid"
+    for n in (2, 4, 6, 8):
+        app.world.value = n
+        assert app.mesh.value in [v for _, v in mesh_options(n)]
+        dp, pp, tp = app.mesh.value
+        assert dp * pp * tp == n
+        if app.config is not None:
+            assert (app.config.dp, app.config.pp, app.config.tp) == app.mesh.value
+    app.world.value = 4
+    app.mesh.value = (1, 2, 2)  # pp and tp together: the config explains
+    assert app.error.field == "tp"
+    assert app.world.max >= 2
+
+
+def test_layout_fits_the_page_and_hides_only_the_mesh(no_launch):
+    app = Playground(config=SMALL)
+    assert app.layout.max_width == "1260px"
+    controls = [app.model, app.strategy, app.world, app.global_batch, app.shares, app.micro_batches,
+                app.schedule, app.virtual_stages, app.steps, app.lr, app.optimizer, app.seed]
+    assert app.mesh.layout.display == "none" and all(w.layout.display != "none" for w in controls)
+    assert len({id(w.layout) for w in controls + [app.mesh]}) == len(controls) + 1
+    app.strategy.value = "hybrid"
+    assert app.mesh.layout.display == ""
+    strip = sum(int(w.layout.width.rstrip("px")) for w in app.strip.row.children)
+    assert strip <= 1260, f"the split strip of '{app.model.value}' is {strip} px wide"
+
+
+def test_json_round_trip_restores_the_same_state(no_launch):
+    app = Playground()
+    app.model.value = "cnn"
+    app.strategy.value = "pipeline"
+    app.world.value = 2
+    app.schedule.value = "1f1b"
+    app.micro_batches.value = 4
+    app.strip.toggles[0].value = True
+    app.strip.toggles[[i + 1 for i, t in enumerate(app.strip.toggles) if t.value][-1] - 1].value = False
+    app.steps.value, app.lr.value, app.optimizer.value, app.seed.value = 7, 0.01, "adam", 3
+    app.sweep_over.value, app.sweep_counts.value = "micro_batches", "2,4,8"
+    assert app.config is not None and app.config.split_points == (1,)
+    state = app.to_json()
+    again = Playground(config=state)
+    assert again.config == app.config and again.to_json() == state
+    assert (again.sweep_over.value, again.sweep_counts.value) == ("micro_batches", "2,4,8")
+    assert Playground(config=app.config).config == app.config
+    assert Playground(config=json.loads(state)["config"]).config == app.config
+    app.export_button.click()
+    assert json.loads(app.share.value) == json.loads(state)
+
+    app.micro_batches.value = 3  # an invalid state round-trips too, error and all
+    assert app.error.field == "micro_batches"
+    broken = Playground(config=app.to_json())
+    assert broken.error is not None and broken.error.field == "micro_batches" and broken.run_button.disabled
+    broken.share.value = "{not json"
+    broken.load_button.click()
+    assert "cannot load" in broken.status.value
+
+
+def test_a_real_run_draws_every_result_and_passes_the_check(finished):
+    app = finished
+    r = app.result
+    assert r is not None and r.passed and r.world_size == 2
+    assert "baseline check passed (max |Δparam| = " in app.status.value
+    assert app.progress.bar_style == "success" and app.progress.value == app.progress.max
+    assert app.results.titles == ("timeline", "compute / comm / idle", "memory", "loss and check", "data flow")
+    for pane in app.results.children:
+        caption, img = pane.children
+        assert bytes(img.value).startswith(PNG) and caption.value
+    assert "formula (p-1)/(m+p-1)" in app.results.children[1].children[0].value
+    assert "stage balance: stage 0: " in app.results.children[1].children[0].value
+    assert "prediction" in app.results.children[2].children[0].value
+    assert set(app.figures) == set(app.results.titles)
+    assert len(app.history.runs) == 1 and "passed" in app.history.table.value
+    assert set(child_pids()) <= set(default_pool().pids())  # nothing but the warm ranks
+    assert not app.run_button.disabled and app.stop_button.disabled
+
+
+def test_sweep_fills_history_and_compare(finished, monkeypatch):
+    seen = []
+
+    def fake_run(config, **kwargs):
+        seen.append(config.micro_batches)
+        return finished.result
+    monkeypatch.setattr(runner, "run", fake_run)
+    app = Playground(config=SMALL)
+    app.sweep_over.value, app.sweep_counts.value = "micro_batches", "1,2,3"
+    app.sweep_button.click()
+    assert app.wait(timeout=60)
+    assert seen == [1, 2]  # 3 does not divide the batch of 32: skipped, and said so
+    assert "skipped 3" in app.status.value and "2 of 3" in app.status.value
+    assert bytes(app.sweep_plot.children[0].value).startswith(PNG)
+    assert len(app.history.runs) == 2
+    assert (app.history.a.value, app.history.b.value) == (1, 2)
+    assert len(app.history.side.children) == 2
+    assert all(bytes(p.children[1].value).startswith(PNG) for p in app.history.side.children)
+
+
+def test_sweep_helpers():
+    c = RunConfig(model="mlp", strategy="pipeline", world_size=2, split_points=(3,), micro_batches=4)
+    assert sweep_config(c, "world_size", 4).split_points is None
+    h = RunConfig(model="mlp", strategy="hybrid", world_size=4, dp=2, pp=2)
+    assert (sweep_config(h, "world_size", 8).dp, sweep_config(h, "world_size", 8).pp) == (4, 2)
+    for n in range(1, 9):
+        assert {dp * pp * tp for _, (dp, pp, tp) in mesh_options(n)} == {n}
+
+
+def test_plot_sweep_draws_four_panels(finished):
+    fig = plot_sweep("world_size", [(1, finished.result), (2, finished.result)])
+    assert len(fig.axes) == 4
+
+
+def test_stop_with_a_cancel_hook_reports_stopped(monkeypatch):
+    started = threading.Event()
+
+    def fake_run(config, *, cancel=None):
+        started.set()
+        assert cancel.wait(30), "Stop did not set the cancel event"
+        raise RunCancelled()
+    monkeypatch.setattr(runner, "run", fake_run)
+    app = Playground(config=SMALL)
+    app.run_button.click()
+    assert started.wait(10) and not app.stop_button.disabled
+    app.stop_button.click()
+    assert app.wait(timeout=30)
+    assert app.status.value.startswith("stopped") and app.history.runs[-1]["error"] == "stopped"
+    assert not app.run_button.disabled
+
+
+def test_stop_without_a_cancel_hook_drops_the_result(finished, monkeypatch):
+    release = threading.Event()
+
+    def fake_run(config):
+        assert release.wait(30)
+        return finished.result
+    monkeypatch.setattr(runner, "run", fake_run)
+    app = Playground(config=SMALL)
+    app.run_button.click()
+    app.stop_button.click()
+    assert "no cancel hook" in app.status.value and app.stop_button.disabled
+    release.set()
+    assert app.wait(timeout=30)
+    assert app.result is None and app.history.runs[-1]["error"] == "stopped"
+
+
+def test_progress_follows_on_step_when_run_offers_it(finished, monkeypatch):
+    def fake_run(config, *, on_step=None):
+        for step in range(config.steps):  # as rank 0 finishes each step, from 0
+            on_step(step)
+        return finished.result
+    monkeypatch.setattr(runner, "run", fake_run)
+    app = Playground(config=SMALL)
+    steps = []
+    app.progress.observe(lambda ch: steps.append(ch["new"]), names="value")
+    app.run_button.click()
+    assert app.wait(timeout=60)
+    assert steps == list(range(1, SMALL.steps + 1))
+    assert app.progress.value == app.progress.max == SMALL.steps
+
+
+def test_stop_ends_a_real_run_and_its_processes():
+    assert run_accepts("cancel") and run_accepts("on_step")
+    app = Playground(config=SMALL.replace(steps=100_000, timeout_s=300))
+    app.run_button.click()
+    deadline = time.monotonic() + 60
+    while app.progress.value < 2 and time.monotonic() < deadline:  # into training: steps are finishing
+        time.sleep(0.1)
+    assert app.running and app.progress.value >= 2 and len(child_pids()) >= 2
+    app.stop_button.click()
+    assert app.wait(timeout=30), "Stop did not end the run within 30 s"
+    assert app.status.value.startswith("stopped")
+    assert child_pids() == []
+    assert app.result is None and app.history.runs[-1]["error"] == "stopped"
