@@ -22,6 +22,8 @@ LOOPED_SCHEDULES = ("interleaved1f1b", "loopedbfs", "interleavedzerobubble")
 V_SCHEDULES = ("zbvzerobubble", "dualpipev")
 """Exactly 2 stages per rank, V-shaped: rank r holds r and 2p-1-r."""
 SCHEDULES = SINGLE_STAGE_SCHEDULES + LOOPED_SCHEDULES + V_SCHEDULES
+SPLIT_BACKWARD_SCHEDULES = ("interleavedzerobubble", "zbvzerobubble", "dualpipev")
+"""Compute input and weight gradients in separate passes."""
 ROUNDED_SCHEDULES = ("interleaved1f1b", "interleavedzerobubble")
 """Run micro-batches in rounds: m must be a multiple of max(1, m // p)."""
 OPTIMIZERS = ("sgd", "adam")
@@ -294,6 +296,11 @@ def _check_mesh(c: RunConfig) -> None:
     if pp > 1 and tp > 1:
         raise ConfigError("tp", tp, f"a mesh with both pp={pp} and tp={tp} is not supported: "
                                     "use dp x pp or dp x tp")
+    if pp > 1 and dp > 1 and c.schedule in SPLIT_BACKWARD_SCHEDULES:
+        raise ConfigError("schedule", c.schedule,
+                          f"with dp={dp} replicas of the pipeline, use a schedule that computes weight "
+                          f"gradients in one backward ({', '.join(s for s in SCHEDULES if s not in SPLIT_BACKWARD_SCHEDULES)}):"
+                          " DDP does not see the zero-bubble schedules' separate weight-gradient pass")
     if pp == 1 and tp == 1:
         raise ConfigError("pp", pp, "strategy 'hybrid' needs pp > 1 (dp x pp) or tp > 1 (dp x tp); "
                                     "for dp alone use strategy 'data' or 'fsdp'")

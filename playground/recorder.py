@@ -106,6 +106,13 @@ class Recorder:
 
     # -- activations saved for backward ---------------------------------
 
+    def ignore_only_storages_of(self, tensors) -> None:
+        """Forget the storages ignored so far (freed memory is reused: an
+        activation may later live where a gathered weight was) and ignore
+        those of ``tensors``."""
+        self._param_storages = set()
+        self.ignore_storages_of(tensors)
+
     def ignore_storages_of(self, tensors) -> None:
         """Parameters are saved by many ops; they are not activations."""
         for t in tensors:
@@ -125,6 +132,7 @@ class Recorder:
         if isinstance(t, torch.nn.Parameter):
             return t
         local = t.to_local() if hasattr(t, "to_local") else t  # a DTensor's shard
+        local = getattr(local, "elem", local)  # an AsyncCollectiveTensor's result
         try:
             storage = local.untyped_storage()
             key = storage.data_ptr()
@@ -139,7 +147,10 @@ class Recorder:
             self.activations_peak = max(self.activations_peak, self.activation_bytes)
         else:
             entry[0] += 1
-        return _Saved(t, key, self)
+        # Detached: a tensor saved as its own node's output would otherwise
+        # form a cycle with that node (tensor -> grad_fn -> saved -> tensor)
+        # that outlives backward when a zero-bubble schedule keeps the graph.
+        return _Saved(t.detach(), key, self)
 
     def _release(self, key: int) -> None:
         entry = self._live.get(key)

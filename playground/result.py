@@ -76,8 +76,7 @@ class RunResult:
     notes: list[str] = field(default_factory=list)
     predictions: list[dict[str, Any]] | None = None
     """The cost model's per-rank figures (params, grads, optimizer,
-    activations_peak, bytes_sent, bytes_recv), beside the measured ones;
-    None for strategies it does not cover yet (tensor, fsdp)."""
+    activations_peak, bytes_sent, bytes_recv), beside the measured ones."""
     stage_balance: list[dict[str, Any]] = field(default_factory=list)
     """Per stage: its blocks, share of parameters and FLOPs (estimates), and
     measured compute seconds over the timed steps (mean over replicas)."""

@@ -117,17 +117,12 @@ def assemble(config: RunConfig, reports: list[dict], custom: tuple | None, devic
                      stage_balance=balance)
 
 
-PREDICTED_STRATEGIES = ("single", "data", "model", "pipeline")
-
-
-def _predictions(config: RunConfig, custom: tuple | None, data: Dataset) -> list[dict] | None:
-    """The cost model's figures for each rank, for the strategies it covers."""
+def _predictions(config: RunConfig, custom: tuple | None, data: Dataset) -> list[dict]:
+    """The cost model's figures for each rank."""
     from dataclasses import asdict
 
     from .cost import predict
 
-    if config.strategy not in PREDICTED_STRATEGIES:
-        return None
     if custom:
         preds = predict(config, model=custom[0], sample=data.train_x[0], target=data.train_y[0])
     else:

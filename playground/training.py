@@ -62,6 +62,7 @@ def train_rank(config: RunConfig, topology: Topology, model: nn.Sequential, data
         for step in range(config.steps):
             x, y = dataset.batch(step, config.global_batch, config.seed)
             x, y = x.to(device), y.to(device)
+            recorder.ignore_only_storages_of(strategy.module.parameters())
             with recorder.step(step):
                 optimizer.zero_grad(set_to_none=True)
                 loss_parts.append(strategy.train_step(x, y))

@@ -59,6 +59,7 @@ class TensorParallel:
         self.topology = topology
         self.plan = tensor_plan(model, topology.tp)
         model = parallelize_module(model, groups.mesh["tp"], self.plan)
+        recorder.ignore_storages_of(model.parameters())  # the shards are weights, not activations
         # A dp x tp mesh: each tensor-parallel group trains on its share of
         # the batch, and FSDP shards the parameters over the dp replicas
         # (the 2-D layout), reducing their gradients with weights as in data parallel.
