@@ -56,6 +56,7 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cold", action="store_true", help="fresh processes for this run, not the warm pool")
     p.add_argument("--json", metavar="FILE", help="write the result JSON here")
     p.add_argument("--plots", metavar="DIR", help="save the run's pictures here as PNG")
+    p.add_argument("--trace", metavar="FILE", help="save the timeline as a Chrome trace (Perfetto, chrome://tracing)")
 
 
 def config_from_args(a: argparse.Namespace) -> RunConfig:
@@ -74,7 +75,7 @@ def config_from_args(a: argparse.Namespace) -> RunConfig:
 
 
 def _run_and_print(config: RunConfig, json_path: str | None = None, plots_dir: str | None = None,
-                   warm: bool = True) -> int:
+                   warm: bool = True, trace_path: str | None = None) -> int:
     from .launcher import RunError
     from .runner import run
 
@@ -91,6 +92,8 @@ def _run_and_print(config: RunConfig, json_path: str | None = None, plots_dir: s
         with open(json_path, "w") as f:
             f.write(result.to_json(indent=1))
         print(f"result written to {json_path}")
+    if trace_path:
+        print(f"trace written to {result.save_chrome_trace(trace_path)}")
     if plots_dir:
         for path in result.save_plots(plots_dir):
             print(f"picture written to {path}")
@@ -127,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
             config = config_from_args(args)
         except ConfigError as e:
             parser.exit(2, f"{parser.prog}: error: {e}\n")
-        return _run_and_print(config, args.json, args.plots, warm=not args.cold)
+        return _run_and_print(config, args.json, args.plots, warm=not args.cold, trace_path=args.trace)
     if args.command == "config":
         try:
             print(config_from_args(args).to_json())

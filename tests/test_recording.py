@@ -159,3 +159,23 @@ def test_stage_balance_reports_shares_beside_measured_compute(gpipe):
     # Balanced cuts even out the estimated FLOPs of the two stages.
     assert playground.propose_split_points("mlp", 2) == (5,)
     assert playground.propose_split_points("seed-mlp", 2) == (1,)
+
+
+def test_chrome_trace_has_a_process_per_rank_and_every_event(gpipe, tmp_path):
+    path = gpipe.save_chrome_trace(str(tmp_path / "trace.json"))
+    with open(path) as f:
+        trace = json.load(f)
+    events = trace["traceEvents"]
+    names = {e["pid"]: e["args"]["name"] for e in events if e["name"] == "process_name"}
+    assert names == {0: "rank 0 · stage 0 · dp 0", 1: "rank 1 · stage 1 · dp 0"}
+    threads = {(e["pid"], e["args"]["name"]) for e in events if e["name"] == "thread_name"}
+    assert threads == {(p, s) for p in (0, 1) for s in ("compute", "p2p", "collective")}
+    for r in gpipe.ranks:
+        spans = [e for e in events if e["ph"] == "X" and e["pid"] == r.rank]
+        assert len(spans) == len(r.timeline)
+        for kind in ("forward", "backward", "send", "recv", "optimizer"):
+            assert sum(e["cat"] == kind for e in spans) == len(_events(r, kind))
+        sends = [e for e in spans if e["cat"] == "send"]
+        assert {e["tid"] for e in sends} == {1} and all(e["args"]["bytes"] > 0 for e in sends)
+        first = min(r.timeline, key=lambda e: e["start"])
+        assert min(e["ts"] for e in spans) == pytest.approx(first["start"] * 1e6)
