@@ -10,6 +10,8 @@ import time
 import torch
 from torch import nn
 
+from playground.health import child_pids  # noqa: F401 - the fault tests import it from here
+
 
 def _rank() -> int:
     import torch.distributed as dist
@@ -44,19 +46,3 @@ def faulty_model(rank: int, what: str) -> nn.Sequential:
 def regression_data(n: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(0)
     return torch.randn(n, 8, generator=g), torch.randn(n, 4, generator=g)
-
-
-def child_pids() -> list[int]:
-    """Live (not zombie) processes whose parent is this process."""
-    me, out = os.getpid(), []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == me and fields[0] != "Z":
-            out.append(int(entry))
-    return out
