@@ -10,7 +10,9 @@ import time
 import torch
 from torch import nn
 
-from playground.health import child_pids  # noqa: F401 - the fault tests import it from here
+from playground.health import child_pids
+
+__all__ = ["Fault", "faulty_model", "regression_data", "child_pids"]
 
 
 def _rank() -> int:
