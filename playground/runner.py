@@ -97,8 +97,7 @@ def assemble(config: RunConfig, reports: list[dict], custom: tuple | None, devic
               for parts in zip(*(r["loss_parts"] for r in reports))]
     trained = _gather(full_model, [r["params"] for r in reports])
 
-    baseline_model = copy.deepcopy(custom[0]) if custom else build_model(config.model, config.seed)
-    baseline_losses = train_single(config, baseline_model, data)
+    baseline_model, baseline_losses = single_device_run(config, custom, data)
     diff = max_abs_param_diff(trained, baseline_model)
     accuracy = evaluate(trained, data)
     baseline = {
@@ -143,6 +142,31 @@ def _bubble(config: RunConfig, ranks: list[RankReport]) -> dict | None:
         f"{schedule} with p={p}, v={v}, m={m}"
     return {"predicted": bubble_fraction(schedule, p, m, v), "formula": formula,
             "measured": [r.time["idle"] / r.time["window"] for r in ranks]}
+
+
+_BASELINES: dict[tuple, tuple[dict, list[float]]] = {}
+_BASELINES_KEPT = 16
+
+
+def single_device_run(config: RunConfig, custom: tuple | None, data: Dataset) -> tuple[nn.Sequential, list[float]]:
+    """The single-device run of ``config``: the trained model and its losses.
+
+    For a named model it depends only on (model, global batch, steps, lr,
+    optimizer, seed), not on how the run was split, so the last few are
+    kept: re-running a config with another split or schedule skips it."""
+    model = copy.deepcopy(custom[0]) if custom else build_model(config.model, config.seed)
+    key = None if custom else (config.model, config.global_batch, config.steps, config.lr, config.optimizer,
+                               config.seed)
+    if key in _BASELINES:
+        state, losses = _BASELINES[key]
+        model.load_state_dict(state)
+        return model, list(losses)
+    losses = train_single(config, model, data)
+    if key is not None:
+        if len(_BASELINES) >= _BASELINES_KEPT:
+            _BASELINES.pop(next(iter(_BASELINES)))
+        _BASELINES[key] = ({k: v.clone() for k, v in model.state_dict().items()}, list(losses))
+    return model, losses
 
 
 def train_single(config: RunConfig, model: nn.Sequential, dataset: Dataset) -> list[float]:
