@@ -110,3 +110,37 @@ def test_a_pool_of_its_own():
     finally:
         own.shutdown()
     assert own.size == 0
+
+
+def test_keyboard_interrupt_ends_the_ranks_and_the_next_run_works(pool):
+    """What a notebook's interrupt does: KeyboardInterrupt in the thread
+    waiting for the ranks."""
+    import _thread
+
+    def interrupt(step: int) -> None:
+        if step == 2:
+            _thread.interrupt_main()
+
+    with pytest.raises(KeyboardInterrupt):
+        playground.run(CONFIG.replace(model="mlp", steps=500), on_step=interrupt)
+    assert child_pids() == [] and pool.size == 0
+    assert playground.run(CONFIG).passed
+
+
+def test_runs_started_together_do_not_mix(pool):
+    """Two threads start runs at once: they take turns on the pool, each
+    gets its own result."""
+    configs = [CONFIG, CONFIG.replace(model="mlp", strategy="pipeline", micro_batches=2, seed=3)]
+    results: dict[int, object] = {}
+
+    def go(i: int) -> None:
+        results[i] = playground.run(configs[i])
+
+    threads = [threading.Thread(target=go, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    assert [results[i].config.model for i in range(2)] == ["seed-mlp", "mlp"]
+    assert all(results[i].passed for i in range(2))
+    assert results[1].config.seed == 3 and results[1].config.strategy == "pipeline"
