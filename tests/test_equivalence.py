@@ -63,3 +63,8 @@ def test_custom_sequential_and_dataset():
     assert result.accuracy is not None
     # The caller's module is left as it was.
     assert all(torch.equal(a, b) for a, b in zip(before, seq.parameters()))
+
+
+def test_one_rank_pipeline_has_no_cut():
+    result = playground.run(RunConfig(model="seed-mlp", strategy="model", world_size=1, steps=3))
+    assert result.passed and result.split_points == () and result.ranks[0].blocks == (0, 2)

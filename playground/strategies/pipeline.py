@@ -56,7 +56,7 @@ class Pipeline:
         self._in_setup = False
         # run() has resolved the split points (config.stages - 1 of them)
         # before any rank started.
-        ranges = stage_ranges(config.split_points, len(model))
+        ranges = stage_ranges(config.split_points or (), len(model))
         device = next(model.parameters()).device
         # Replicas of the pipeline (a dp x pp mesh) each train on their share
         # of the batch, weighted as in data parallel: w_r = dp * b_r / B, and
