@@ -69,7 +69,6 @@ runnable = st.fixed_dictionaries({
           phases=[Phase.explicit, Phase.reuse, Phase.generate])
 @given(runnable)
 def test_every_accepted_config_runs_and_matches_one_device(fields):
-    # (A one-rank 'model' or 'pipeline' run, found by this test, once crashed on its empty cut list.)
     try:
         config = RunConfig(**fields)
     except ConfigError:
