@@ -4,6 +4,7 @@ same loop in the caller's process, with recording off and no process group.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -75,6 +76,7 @@ def train_rank(config: RunConfig, topology: Topology, model: nn.Sequential, data
     memory["activations_peak"] = recorder.activations_peak
     memory["allocator_peak"] = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
     # Sharded parameters (DTensor) are gathered whole: a collective, so every rank takes part.
+    warnings.filterwarnings("ignore", message=".*sequential all_gather.*")  # a 2-D mesh gathers dim by dim
     full = {name: (p.full_tensor() if hasattr(p, "full_tensor") else p).detach().cpu().clone()
             for name, p in local.named_parameters()}
     params = full if topology.dp_rank == 0 and topology.tp_rank == 0 else {}

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import warnings
 
 import torch
 from torch import nn
@@ -76,6 +77,7 @@ class Pipeline:
                 # find_unused_parameters keeps DDP from rebuilding its buckets after
                 # the first step, which it cannot do when several micro-batches
                 # ran backward (under no_sync) in that step.
+                warnings.filterwarnings("ignore", message=".*find_unused_parameters=True was specified.*")
                 submodule = DDP(submodule, process_group=groups.dp, find_unused_parameters=True)
                 if recorder.enabled:
                     submodule.register_comm_hook(None, recorder.ddp_comm_hook(groups.dp, topology.dp))
