@@ -15,6 +15,7 @@ drops the result and the bar shows elapsed time.
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import html
 import inspect
@@ -45,6 +46,10 @@ CONTROLLED = ("model", "strategy", "world_size", "dp", "pp", "tp", "split_points
 SCHEDULE_FIELDS = ("schedule", "virtual_stages", "micro_batches")
 """Read by pipelining schedules only: set where the config is scheduled, else left at their defaults."""
 GREEN, RED, GREY = "#1A7F37", "#B00020", "#555"
+CSS = ("<style>.jupyter-widgets.jupyter-widget-tab.playground-results > .lm-TabBar .lm-TabBar-tab "
+       "{ flex: 0 0 auto; }</style>")
+"""Tabs as wide as their titles (ipywidgets gives each 144 px and cuts longer titles)."""
+SCREEN_READER_ONLY = "position:absolute;width:1px;height:1px;overflow:hidden;clip:rect(0 0 0 0);white-space:nowrap"
 
 
 # --------------------------------------------------------------------------
@@ -214,6 +219,19 @@ def balance_html(result: RunResult) -> str:
         for s in stages))
 
 
+def trace_link_html(result: RunResult) -> str:
+    """A link that saves the run's Chrome trace (``RunResult.to_chrome_trace``).
+    The JSON travels in a data URI, so it works alike in JupyterLab and Voila
+    and writes no file on the server."""
+    c = result.config
+    name = f"trace-{c.model}-{c.strategy}-{result.world_size}ranks.json"
+    data = json.dumps(result.to_chrome_trace()).encode()
+    href = "data:application/json;base64," + base64.b64encode(data).decode("ascii")
+    return (f"<a class='playground-trace' download='{esc(name)}' href='{href}' style='color:#0969DA'>"
+            f"⬇ save {esc(name)}</a> <span style='color:{GREY}'>({plots.human_bytes(len(data))}; "
+            f"open it in ui.perfetto.dev or chrome://tracing)</span>")
+
+
 def key_numbers(n: int, result: RunResult) -> str:
     c = result.config
     t = {k: sum(r.time[k] for r in result.ranks) / len(result.ranks) * 1e3 for k in ("compute", "comm", "idle")}
@@ -258,7 +276,7 @@ class SplitStrip(W.VBox):
         infos = block_infos(model)
         self.cells = [W.HTML(layout=W.Layout(width="86px")) for _ in infos]
         self.toggles = [W.ToggleButton(description="✂", tooltip=f"cut between block {i - 1} and block {i}",
-                                       layout=W.Layout(width="30px")) for i in range(1, len(infos))]
+                                       layout=W.Layout(width="30px", padding="0")) for i in range(1, len(infos))]
         parts: list[W.Widget] = [self.cells[0]]
         for toggle, cell in zip(self.toggles, self.cells[1:]):
             parts += [toggle, cell]
@@ -312,6 +330,7 @@ class ResultsView(W.Tab):
 
     def __init__(self):
         super().__init__(children=[W.HTML("no run yet")], layout=W.Layout(width="100%"))
+        self.add_class("playground-results")
         self.titles = ("results",)
 
     def show(self, result: RunResult) -> dict[str, bytes]:
@@ -328,9 +347,15 @@ class ResultsView(W.Tab):
                  (result.plot_memory(), esc(memory)),
                  (result.plot_losses(), check_html(result)),
                  (result.plot_dataflow(), esc("bytes per step across each cut and between replicas, as measured"))]
+        # The timeline's rows as drawn, in words: its alt text, for screen readers (and the browser tests).
+        rows = [t.get_text() for t in panes[0][0].axes[0].get_yticklabels()]
+        alt = f"timeline picture: {len(rows)} rows, one per rank: " + "; ".join(rows)
+        panes[0] = (panes[0][0], panes[0][1] + f"<span class='playground-timeline-rows' style='{SCREEN_READER_ONLY}'>"
+                                               f"{esc(alt)}</span>")
         pngs = [png(fig) for fig, _ in panes]
         self.children = [W.VBox([W.HTML(caption), W.Image(value=p, format="png", layout=fit())])
                          for (_, caption), p in zip(panes, pngs)]
+        self.children[0].children[1].add_class("playground-timeline")
         self.titles = self.TITLES
         return dict(zip(self.TITLES, pngs))
 
@@ -439,6 +464,7 @@ class Playground(W.VBox):
         self.run_button.on_click(lambda _: self.start_run())
         self.stop_button.on_click(lambda _: self.stop())
         self.sweep_button.on_click(lambda _: self.start_sweep())
+        self.trace_button.on_click(lambda _: self.offer_trace())
         self.export_button.on_click(lambda _: setattr(self.share, "value", self.to_json()))
         self.load_button.on_click(self._on_load)
         self.load(config if config is not None else START)
@@ -454,7 +480,7 @@ class Playground(W.VBox):
         self.model = make(W.Dropdown, "model", options=list(MODELS))
         self.strategy = make(W.Dropdown, "strategy", options=list(STRATEGIES))
         self.world = make(W.IntSlider, "devices", min=1, max=self.cap, continuous_update=False)
-        self.mesh = make(W.Dropdown, "mesh dp × pp × tp", options=[])
+        self.mesh = make(W.Dropdown, "mesh", options=[])  # the options say "dp 2 × pp 2 × tp 1"
         self.global_batch = make(W.IntText, "global batch")
         self.shares = make(W.Text, "batch shares", placeholder="even; e.g. 3,1")
         self.micro_batches = make(W.BoundedIntText, "micro-batches", min=1, max=1024)
@@ -463,13 +489,20 @@ class Playground(W.VBox):
         self.steps = make(W.BoundedIntText, "steps", min=1, max=100_000)
         self.lr = make(W.FloatText, "learning rate")
         self.optimizer = make(W.ToggleButtons, "optimizer", options=list(OPTIMIZERS))
-        self.optimizer.style.button_width = "70px"
+        self.optimizer.style.button_width = "60px"
+        self.optimizer.add_class("widget-inline-hbox")  # label and buttons on one line, as in the other controls
         self.seed = make(W.IntText, "seed")
         self.message = W.HTML()
         self.run_button = W.Button(description="Run", button_style="primary", icon="play")
         self.stop_button = W.Button(description="Stop", icon="stop", disabled=True)
         self.progress = W.IntProgress(description="idle", min=0, max=1, style=style, layout=W.Layout(width="320px"))
         self.status = W.HTML()
+        self.status.add_class("playground-status")
+        self.trace_button = W.Button(description="Chrome trace", icon="download", disabled=True,
+                                     tooltip="the last run's timeline as a Chrome trace (JSON), for "
+                                             "ui.perfetto.dev or chrome://tracing",
+                                     layout=W.Layout(width="130px", flex="0 0 auto"))
+        self.trace_link = W.HTML()
         self.sweep_over = W.Dropdown(description="sweep over", options=[("device count", "world_size"),
                                                                          ("micro-batches", "micro_batches")])
         self.sweep_counts = W.Text(value="1,2,4", description="counts", layout=W.Layout(width="260px"))
@@ -492,10 +525,11 @@ class Playground(W.VBox):
             W.VBox([W.HBox([self.sweep_over, self.sweep_counts, self.sweep_button]), self.sweep_plot]),
             W.VBox([self.share, W.HBox([self.export_button, self.load_button])])],
             titles=("history and compare", "sweep", "share"), layout=W.Layout(width="100%"))
-        return [W.HTML("<h3 style='margin:4px 0'>Model and data parallelism playground</h3>"), controls,
+        return [W.HTML(CSS + "<h3 style='margin:4px 0'>Model and data parallelism playground</h3>"), controls,
                 self.strip, self.message,
-                W.HBox([self.run_button, self.stop_button, self.progress], layout=W.Layout(align_items="center")),
-                self.status, self.results, extras]
+                W.HBox([self.run_button, self.stop_button, self.progress, self.trace_button],
+                       layout=W.Layout(align_items="center")),
+                self.status, self.trace_link, self.results, extras]
 
     @contextmanager
     def _hold(self):
@@ -586,7 +620,9 @@ class Playground(W.VBox):
         options = mesh_options(n)
         values = [v for _, v in options]
         keep = [v for v in values if old and v[1:] == tuple(old)[1:]]
-        fallback = (n // 2, 2, 1) if n % 2 == 0 and n > 1 else values[0]
+        # A pipeline of the fewest stages, as hybrid needs a second axis: (n/2, 2, 1), or (1, 3, 1) for 3.
+        piped = [v for v in values if v[1] > 1 and v[2] == 1]
+        fallback = max(piped) if piped else values[0]
         if [v for _, v in self.mesh.options] != values:
             self.mesh.options = options
         self.mesh.value = tuple(old) if old and tuple(old) in values else (keep or [fallback])[0]
@@ -645,6 +681,7 @@ class Playground(W.VBox):
         self.run_button.disabled = self.config is None or self._busy
         self.sweep_button.disabled = self.config is None or self._busy
         self.stop_button.disabled = not self._busy or self._cancel.is_set()
+        self.trace_button.disabled = self.result is None
 
     # -- running, in a background thread ---------------------------------
 
@@ -672,6 +709,11 @@ class Playground(W.VBox):
         if self.config is not None and not self._busy:
             self._start(self._sweep_job, self.config, self.sweep_over.value, counts, total=len(counts))
 
+    def offer_trace(self) -> None:
+        """Show a link that saves the last run's Chrome trace (what the Chrome trace button does)."""
+        if self.result is not None:
+            self.trace_link.value = trace_link_html(self.result)
+
     def stop(self) -> None:
         """End the current run: every rank with run()'s cancel hook; without it, drop the result."""
         self._cancel.set()
@@ -694,13 +736,15 @@ class Playground(W.VBox):
         def tick():  # run() reports nothing until it returns: show that time passes
             while not done.wait(0.5):
                 self.progress.description = f"running {time.monotonic() - started:.0f} s"
-        threading.Thread(target=tick, daemon=True).start()
+        ticker = threading.Thread(target=tick, daemon=True)
+        ticker.start()
         try:
             job(*args)
         except Exception as e:  # a fault of the view itself; show it rather than lose it in the thread
             self.status.value = f"<span style='color:{RED}'>playground error: {esc(type(e).__name__)}: {esc(e)}</span>"
         finally:
             done.set()
+            ticker.join()  # else its last "running ... s" could land after the final time below
             self.progress.description = f"{time.monotonic() - started:.0f} s"
             self._busy = False
             self._sync_buttons()
@@ -720,6 +764,9 @@ class Playground(W.VBox):
         self.progress.bar_style = "warning" if stopped else "danger"
         self.status.value = ("stopped: every rank was ended" if stopped else
                              f"<span style='color:{RED}'>run failed: {esc(what)}</span>")
+        if self.result is not None:  # the tabs below still hold it: say so, lest they pass for this run's
+            self.status.value += (f" <span style='color:{GREY}'>· the pictures below are from the last run "
+                                  f"that finished ({esc(plots.run_title(self.result))})</span>")
 
     def _run_job(self, config: RunConfig) -> None:
         self.status.value = f"running {esc(config.strategy)} on {config.world_size} rank(s)…"
@@ -732,6 +779,7 @@ class Playground(W.VBox):
         self.status.value = "drawing…"
         self.figures = self.results.show(result)
         self.result = result
+        self.trace_link.value = ""  # it held the previous run's trace
         self.history.add(config, result, timeline=self.figures["timeline"])
         self.progress.value, self.progress.bar_style = self.progress.max, "success" if result.passed else "danger"
         self.status.value = check_html(result)

@@ -4,6 +4,7 @@ what the widgets show. One real run (a module fixture); the rest replace
 
 from __future__ import annotations
 
+import base64
 import html
 import json
 import threading
@@ -159,6 +160,23 @@ def test_a_real_run_draws_every_result_and_passes_the_check(finished):
     assert len(app.history.runs) == 1 and "passed" in app.history.table.value
     assert set(child_pids()) <= set(default_pool().pids())  # nothing but the warm ranks
     assert not app.run_button.disabled and app.stop_button.disabled
+
+
+def test_chrome_trace_button_offers_the_last_runs_trace_as_a_download(finished, no_launch):
+    assert Playground(config=SMALL).trace_button.disabled  # no run yet, nothing to save
+    app = finished
+    assert not app.trace_button.disabled and app.trace_link.value == ""
+    app.trace_button.click()
+    link = app.trace_link.value
+    assert "download='trace-mlp-pipeline-2ranks.json'" in link
+    href = link.split("href='", 1)[1].split("'", 1)[0]
+    assert href.startswith("data:application/json;base64,")
+    trace = json.loads(base64.b64decode(href.split(",", 1)[1]))
+    assert trace == json.loads(json.dumps(app.result.to_chrome_trace()))
+    names = {e["pid"]: e["args"]["name"] for e in trace["traceEvents"] if e["name"] == "process_name"}
+    assert sorted(names) == [0, 1] and names[1].startswith("rank 1 · stage 1")
+    caption = app.results.children[0].children[0].value  # the timeline's alt text, its rows as drawn
+    assert "timeline picture: 2 rows, one per rank: rank 0 · stage 0; rank 1 · stage 1" in caption
 
 
 def test_sweep_fills_history_and_compare(finished, monkeypatch):

@@ -1,0 +1,254 @@
+"""What the browser tests drive: a Jupyter server (JupyterLab or Voila) on
+127.0.0.1 that ends with everything it started, and the Playground as a
+person sees it in the page (ipywidgets 8's DOM, found by the labels a person
+reads)."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+NOTEBOOK = REPO / "notebooks" / "00_playground.ipynb"
+ARTIFACTS = REPO / "artifacts" / "browser"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run", "--disable-quic"]
+VIEWPORT = {"width": 1280, "height": 800}
+WORKER = "playground.worker"
+"""What a rank's command line holds (``python -m playground.worker``)."""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# --------------------------------------------------------------------------
+# Processes, read from /proc
+
+
+def _stat(pid: int) -> tuple[str, int, int] | None:
+    """(state, parent pid, start time in clock ticks), or None once it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return fields[0], int(fields[1]), int(fields[19])
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def descendants(root: int) -> dict[int, int]:
+    """Every live process below ``root``: pid -> start time (to tell a reused pid apart)."""
+    parent, start = {}, {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and (st := _stat(int(entry))) and st[0] != "Z":
+            parent[int(entry)], start[int(entry)] = st[1], st[2]
+    found, frontier = {}, [root]
+    while frontier:
+        p = frontier.pop()
+        for child, pp in parent.items():
+            if pp == p and child not in found:
+                found[child] = start[child]
+                frontier.append(child)
+    return found
+
+
+def alive(pid: int, started: int) -> bool:
+    st = _stat(pid)
+    return st is not None and st[0] != "Z" and st[2] == started
+
+
+# --------------------------------------------------------------------------
+# Servers
+
+
+class Server:
+    """A Jupyter server started by a test, and what it starts in turn (the
+    kernel, and the kernel's ranks). ``stop`` ends them all."""
+
+    def __init__(self, name: str, argv: list[str], home: Path, port: int):
+        self.name, self.port = name, port
+        self.url = f"http://127.0.0.1:{port}"
+        self.log_path = ARTIFACTS / f"{name}-server.log"
+        env = {**os.environ,
+               "JUPYTER_CONFIG_DIR": str(home / "config"), "JUPYTER_RUNTIME_DIR": str(home / "runtime"),
+               "JUPYTER_DATA_DIR": str(home / "data"), "IPYTHONDIR": str(home / "ipython"), "MPLBACKEND": "agg",
+               "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+        self.seen: dict[int, int] = {}
+        with open(self.log_path, "w") as log:
+            self.proc = subprocess.Popen(argv, cwd=home, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                         stdin=subprocess.DEVNULL, start_new_session=True)
+
+    def log_tail(self, lines: int = 40) -> str:
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    def ready(self, path: str, timeout: float = 90) -> "Server":
+        """Wait until the server answers on ``path``; stop it if it never does."""
+        try:
+            self._wait(path, timeout)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _wait(self, path: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {self.proc.returncode}:\n{self.log_tail()}")
+            try:
+                urllib.request.urlopen(self.url + path, timeout=5).close()
+                return
+            except urllib.error.HTTPError:  # it answers, if not with this page
+                return
+            except OSError:
+                pass
+            time.sleep(0.3)
+        raise TimeoutError(f"{self.name} did not answer on {self.url}{path} in {timeout:.0f} s:\n{self.log_tail()}")
+
+    def processes(self) -> dict[int, int]:
+        """Everything below the server now, remembered for ``stop``."""
+        found = descendants(self.proc.pid)
+        self.seen.update(found)
+        return found
+
+    def workers(self) -> dict[int, int]:
+        """The ranks (``playground.worker`` processes) the server's kernels have running now: pid -> start time."""
+        return {p: s for p, s in self.processes().items() if WORKER in _cmdline(p)}
+
+    def stop(self, grace: float = 15) -> None:
+        """Ask the server to shut down (it shuts its kernels down, and a
+        kernel that exits ends its warm ranks); then kill what is left of
+        everything it started."""
+        if self.proc.poll() is None:
+            self.processes()
+            self.proc.terminate()  # Jupyter and Voila stop on SIGTERM, shutting their kernels down
+            try:
+                self.proc.wait(grace)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        deadline = time.monotonic() + 5
+        while any(alive(p, s) for p, s in self.seen.items()) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        for pid, started in self.seen.items():
+            if alive(pid, started):
+                os.kill(pid, signal.SIGKILL)
+
+
+def start_lab(root: Path, home: Path) -> Server:
+    """JupyterLab on 127.0.0.1, a free port, no token; ``window.jupyterapp`` exposed."""
+    settings = home / "lab-settings"
+    quiet = {"@jupyterlab/apputils-extension/notification.jupyterlab-settings":
+             '{"fetchNews": "false", "checkForUpdates": false}',
+             "@jupyterlab/docmanager-extension/plugin.jupyterlab-settings": '{"autosave": false}'}
+    for name, text in quiet.items():  # no news pop-up; never write the executed notebook back
+        (settings / name).parent.mkdir(parents=True, exist_ok=True)
+        (settings / name).write_text(text)
+    port = free_port()
+    argv = [sys.executable, "-m", "jupyter", "lab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
+            "--ServerApp.port_retries=0", "--IdentityProvider.token=", f"--ServerApp.root_dir={root}",
+            "--LabApp.expose_app_in_browser=True", "--LabApp.extension_manager=readonly",
+            f"--LabApp.user_settings_dir={settings}", f"--LabApp.workspaces_dir={home / 'workspaces'}"]
+    if os.geteuid() == 0:  # containers often run as root; Jupyter refuses it unless told
+        argv.append("--allow-root")
+    return Server("lab", argv, home, port).ready("/api/status")
+
+
+def start_voila(notebook: Path, home: Path) -> Server:
+    """``voila NOTEBOOK`` (the app view, no code cells) on 127.0.0.1 and a free port."""
+    port = free_port()
+    argv = [sys.executable, "-m", "voila", str(notebook), "--no-browser", "--Voila.ip=127.0.0.1",
+            f"--port={port}", "--Voila.port_retries=0", "--show_tracebacks=True"]
+    return Server("voila", argv, home, port).ready("/api/status")  # not "/": that would run the notebook
+
+
+# --------------------------------------------------------------------------
+# The Playground in the page
+
+
+class PlaygroundPage:
+    """The Playground widget as rendered by ipywidgets 8 in a page."""
+
+    def __init__(self, page, server: Server, prefix: str):
+        self.page, self.server, self.prefix = page, server, prefix
+        self.shots = 0
+
+    def shot(self, what: str, full_page: bool = False) -> Path:
+        self.shots += 1
+        path = ARTIFACTS / f"{self.prefix}-{self.shots:02d}-{what}.png"
+        self.page.screenshot(path=str(path), full_page=full_page)
+        return path
+
+    def show(self, locator) -> None:
+        """Scroll ``locator`` to the top of its scrolling area (for the screenshots)."""
+        locator.evaluate("el => el.scrollIntoView({block: 'start'})")
+
+    @property
+    def root(self):
+        return self.page.locator(".widget-vbox", has=self.page.locator("h3", has_text="parallelism playground")).last
+
+    def control(self, label: str):
+        """The input of the control whose description reads ``label``."""
+        box = self.page.locator(".widget-inline-hbox", has=self.page.locator(f"label.widget-label:text-is('{label}')"))
+        return box.locator("select, input").first
+
+    def choose(self, label: str, value: str) -> None:
+        self.control(label).select_option(value)
+
+    def type_number(self, label: str, value: int) -> None:
+        field = self.control(label)
+        field.fill(str(value))
+        field.press("Enter")  # text controls send their value on Enter or when they lose focus
+
+    def button(self, name: str):
+        return self.page.locator("button.jupyter-button", has_text=re.compile(rf"^\s*{re.escape(name)}\s*$"))
+
+    @property
+    def status(self):
+        return self.page.locator(".playground-status")
+
+    def watch_status(self) -> None:
+        """Record every text the status line shows from now on (a quick run
+        passes 'running' in a blink, and the previous run's verdict may
+        still be there)."""
+        self.status.evaluate("""el => {
+            window.playgroundStatus = [];
+            if (window.playgroundStatusObserver) window.playgroundStatusObserver.disconnect();
+            window.playgroundStatusObserver = new MutationObserver(
+                () => window.playgroundStatus.push(el.innerText));
+            window.playgroundStatusObserver.observe(el, {subtree: true, childList: true, characterData: true});
+        }""")
+
+    def wait_status(self, pattern: str, timeout: float) -> str:
+        """The first status text since ``watch_status`` that matches ``pattern``."""
+        found = self.page.wait_for_function(
+            "re => (window.playgroundStatus || []).find(t => new RegExp(re).test(t))",
+            arg=pattern, timeout=timeout * 1000)
+        return found.json_value()
+
+    def errors(self) -> list[str]:
+        """Error output anywhere in the page: tracebacks, stderr, widgets that failed to render."""
+        found = self.page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr'],"
+                                  " .jp-OutputArea-output[data-mime-type='application/vnd.jupyter.error']")
+        texts = [found.nth(i).inner_text() for i in range(found.count())]
+        broken = self.page.get_by_text(re.compile("Error displaying widget|Failed to render|model not found"))
+        texts += [broken.nth(i).inner_text() for i in range(broken.count())]
+        return texts
