@@ -22,6 +22,20 @@ def child_pids(pid: int | None = None) -> list[int]:
     return sorted(out)
 
 
+def worker_pids(pid: int | None = None) -> list[int]:
+    """Children of ``pid`` (default: this process) that are ranks
+    (``python -m playground.worker``): what a run must not leave behind."""
+    out = []
+    for child in child_pids(pid):
+        try:
+            with open(f"/proc/{child}/cmdline", "rb") as f:
+                if b"playground.worker" in f.read():
+                    out.append(child)
+        except OSError:
+            continue
+    return out
+
+
 def open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
 
@@ -55,5 +69,5 @@ def rss_bytes() -> int:
 
 
 def snapshot() -> dict[str, int]:
-    return {"children": len(child_pids()), "listening": listening_sockets(), "fds": open_fds(),
+    return {"children": len(child_pids()), "ranks": len(worker_pids()), "listening": listening_sockets(), "fds": open_fds(),
             "rss_mb": rss_bytes() // 2**20}

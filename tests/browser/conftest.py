@@ -31,7 +31,7 @@ def artifacts():
     return ARTIFACTS
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser(artifacts):
     # Both come with the set-up (scripts/setup.sh); their absence is a failure, not a skip.
     from playwright.sync_api import sync_playwright
@@ -76,7 +76,7 @@ def voila(artifacts, notebook_copy, tmp_path_factory):
 def _page(browser, server, prefix):
     context = browser.new_context(viewport=VIEWPORT)
     page = context.new_page()
-    page.set_default_timeout(30_000)
+    page.set_default_timeout(90_000)  # a loaded 2-core machine is slow to render
     try:
         yield PlaygroundPage(page, server, prefix)
     finally:

@@ -11,7 +11,7 @@ import pytest
 
 from harness import NOTEBOOK, alive
 
-expect = pytest.importorskip("playwright.sync_api", reason="the browser tests need Playwright").expect
+from playwright.sync_api import expect  # noqa: E402 - installed by the set-up
 
 RUN_TIMEOUT = 240  # seconds: a cold start of the ranks on a busy 2-core machine, then the baseline
 pytestmark = pytest.mark.timeout(600)  # the first test also starts JupyterLab and runs the notebook
@@ -30,7 +30,7 @@ def still_running(ranks: dict[int, int], lab) -> list[int]:
 def notebook(lab, lab_page):
     """The notebook open in JupyterLab with every cell run."""
     ui, page = lab_page, lab_page.page
-    page.goto(f"{lab.url}/lab/tree/{NOTEBOOK.name}")
+    page.goto(f"{lab.url}/lab/tree/{NOTEBOOK.name}", timeout=120_000)
     page.wait_for_function("() => window.jupyterapp !== undefined", timeout=90_000)
     page.evaluate("() => window.jupyterapp.started.then(() => true)")
     idle = page.locator(".jp-StatusBar-TextItem", has_text=re.compile(r"\|\s*Idle\s*$"))

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-expect = pytest.importorskip("playwright.sync_api", reason="the browser tests need Playwright").expect
+from playwright.sync_api import expect  # noqa: E402 - installed by the set-up
 
 RUN_TIMEOUT = 240  # seconds, as in test_lab
 pytestmark = pytest.mark.timeout(600)  # it also starts Voila, which runs the whole notebook
@@ -17,7 +17,7 @@ pytestmark = pytest.mark.timeout(600)  # it also starts Voila, which runs the wh
 
 def test_voila_shows_the_playground_without_code_and_runs_a_training(voila, voila_page):
     ui, page = voila_page, voila_page.page
-    page.goto(voila.url + "/")
+    page.goto(voila.url + "/", timeout=RUN_TIMEOUT * 1000)  # Voila answers once the notebook has run
     ui.button("Run").wait_for(timeout=RUN_TIMEOUT * 1000)  # Voila runs every cell, then shows the page
     page.get_by_text("The same, from code").wait_for()
     ui.shot("opened")  # the top of the page: the notebook's text
