@@ -43,6 +43,35 @@ def loss_fn(task: str):
     return cross_entropy
 
 
+@dataclass(frozen=True)
+class BatchShare:
+    """One data-parallel rank's part of the global batch of B samples.
+
+    The rank trains on its b_r samples, and its loss (a mean over them) is
+    weighted by ``weight`` = dp * b_r / B before backward: the gradient
+    reduction averages over the dp ranks, so the sum is sum_r (b_r / B) *
+    grad(mean_r) = the gradient of the mean over the whole batch, even when
+    the shares are uneven. Its part of the global loss is mean_r * ``share``.
+    """
+
+    batches: tuple[int, ...]
+    dp_rank: int
+
+    @property
+    def share(self) -> float:
+        """b_r / B."""
+        return self.batches[self.dp_rank] / sum(self.batches)
+
+    @property
+    def weight(self) -> float:
+        """dp * b_r / B."""
+        return len(self.batches) * self.share
+
+    def take(self, x: torch.Tensor) -> torch.Tensor:
+        """This rank's rows of a global batch tensor."""
+        return shard(x, self.batches, self.dp_rank)
+
+
 def shard(x: torch.Tensor, sizes: tuple[int, ...], index: int) -> torch.Tensor:
     """The ``index``-th contiguous slice of ``x`` when cut into ``sizes``."""
     start = sum(sizes[:index])

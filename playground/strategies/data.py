@@ -14,7 +14,7 @@ import contextlib
 
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from ..data import shard
+from ..data import BatchShare
 from ..recorder import Recorder
 
 
@@ -23,9 +23,7 @@ class DataParallel:
         self.topology = topology
         self.recorder = recorder
         self.loss_fn = loss_fn
-        self.batches = config.rank_batches()
-        self.share = self.batches[topology.dp_rank] / config.global_batch
-        self.weight = topology.dp * self.share
+        self.part = BatchShare(config.rank_batches(), topology.dp_rank)
         self.local_model = model
         self.module = DDP(model, process_group=groups.dp)
         if recorder.enabled:
@@ -36,13 +34,12 @@ class DataParallel:
 
     def train_step(self, x, y) -> float:
         rec = self.recorder
-        x = shard(x, self.batches, self.topology.dp_rank)
-        y = shard(y, self.batches, self.topology.dp_rank)
+        x, y = self.part.take(x), self.part.take(y)
         loss = rec.forward_and_loss(self.module, self.loss_fn, x, y)
         start = rec.now()
-        (loss * self.weight).backward()
+        (loss * self.part.weight).backward()
         # backward() returns only once DDP's all-reduces are done; the
         # gradients were all computed when the last bucket became ready.
         ready = rec.last_bucket_ready if rec.last_bucket_ready is not None and rec.last_bucket_ready >= start else rec.now()
         rec.add("backward", start, ready, stage=0, micro_batch=0)
-        return loss.item() * self.share
+        return loss.item() * self.part.share

@@ -14,7 +14,7 @@ import warnings
 
 from torch.distributed.fsdp import fully_shard
 
-from ..data import shard
+from ..data import BatchShare
 from ..recorder import Recorder
 
 
@@ -38,9 +38,7 @@ class FullyShardedDataParallel:
         self.topology = topology
         self.recorder = recorder
         self.loss_fn = loss_fn
-        self.batches = config.rank_batches()
-        self.share = self.batches[topology.dp_rank] / config.global_batch
-        self.weight = topology.dp * self.share
+        self.part = BatchShare(config.rank_batches(), topology.dp_rank)
         self.module = self.local_model = shard_blocks(model, groups.mesh["dp"], recorder)
 
     def context(self):
@@ -48,9 +46,8 @@ class FullyShardedDataParallel:
 
     def train_step(self, x, y) -> float:
         rec = self.recorder
-        x = shard(x, self.batches, self.topology.dp_rank)
-        y = shard(y, self.batches, self.topology.dp_rank)
+        x, y = self.part.take(x), self.part.take(y)
         loss = rec.forward_and_loss(self.module, self.loss_fn, x, y)
         with rec.span("backward", stage=0, micro_batch=0):
-            (loss * self.weight).backward()
-        return loss.item() * self.share
+            (loss * self.part.weight).backward()
+        return loss.item() * self.part.share

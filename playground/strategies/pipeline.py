@@ -32,7 +32,7 @@ from torch.distributed.pipelining import schedules as pipeline_schedules
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from ..config import V_SCHEDULES
-from ..data import shard
+from ..data import BatchShare
 from ..models import stage_ranges
 from ..recorder import Recorder
 
@@ -62,9 +62,7 @@ class Pipeline:
         # Replicas of the pipeline (a dp x pp mesh) each train on their share
         # of the batch, weighted as in data parallel: w_r = dp * b_r / B, and
         # DDP averages each stage's gradients over the dp replicas.
-        self.batches = config.rank_batches()
-        self.share = self.batches[topology.dp_rank] / config.global_batch
-        self.weight = topology.dp * self.share
+        self.part = BatchShare(config.rank_batches(), topology.dp_rank)
         self.stages: list[PipelineStage] = []
         slices = []
         for index in config.rank_stages(topology.stage):
@@ -100,14 +98,13 @@ class Pipeline:
 
     def train_step(self, x, y) -> float | None:
         if self.topology.dp > 1:
-            x = shard(x, self.batches, self.topology.dp_rank)
-            y = shard(y, self.batches, self.topology.dp_rank)
+            x, y = self.part.take(x), self.part.take(y)
         args = (x,) if self.holds_first else ()
         if self.holds_last:
             losses: list[torch.Tensor] = []
             self.schedule.step(*args, target=y, losses=losses)
             # The losses are weighted by w_r; this replica's part of the global loss is mean * b_r / B.
-            return float(torch.stack([l.detach() for l in losses]).mean()) / self.weight * self.share
+            return float(torch.stack([l.detach() for l in losses]).mean()) / self.part.weight * self.part.share
         self.schedule.step(*args)
         return None
 
@@ -170,9 +167,9 @@ class Pipeline:
 
         def loss(output, target):
             if self._in_setup:
-                return loss_fn(output, target) * self.weight
+                return loss_fn(output, target) * self.part.weight
             with rec.span("loss", stage=last_stage, micro_batch=self._last_forward), rec.saving_activations():
-                return loss_fn(output, target) * self.weight
+                return loss_fn(output, target) * self.part.weight
 
         return loss
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 from torch import nn
 from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
 
-from ..data import shard
+from ..data import BatchShare
 from ..models import TransformerBlock
 from .fsdp import shard_blocks
 from ..recorder import Recorder
@@ -63,9 +63,7 @@ class TensorParallel:
         # A dp x tp mesh: each tensor-parallel group trains on its share of
         # the batch, and FSDP shards the parameters over the dp replicas
         # (the 2-D layout), reducing their gradients with weights as in data parallel.
-        self.batches = config.rank_batches()
-        self.share = self.batches[topology.dp_rank] / config.global_batch
-        self.weight = topology.dp * self.share
+        self.part = BatchShare(config.rank_batches(), topology.dp_rank)
         if topology.dp > 1:
             model = shard_blocks(model, groups.mesh["dp"], recorder)
         self.module = self.local_model = model
@@ -76,9 +74,9 @@ class TensorParallel:
     def train_step(self, x, y) -> float | None:
         rec, topo = self.recorder, self.topology
         if topo.dp > 1:
-            x, y = shard(x, self.batches, topo.dp_rank), shard(y, self.batches, topo.dp_rank)
+            x, y = self.part.take(x), self.part.take(y)
         loss = rec.forward_and_loss(self.module, self.loss_fn, x, y)
         with rec.span("backward", stage=0, micro_batch=0):
-            (loss * self.weight).backward()
+            (loss * self.part.weight).backward()
         # Every rank of a tensor-parallel group computed the same loss: count it once.
-        return loss.item() * self.share if topo.tp_rank == 0 else None
+        return loss.item() * self.part.share if topo.tp_rank == 0 else None
