@@ -7,7 +7,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from playground import RunConfig, run
+from measured import compare_bytes, runs_once
+from playground import RunConfig
 from playground.cost import (
     chunk_rows, ddp_initial_buckets, fsdp_gather_bytes, fsdp_shard_bytes, fsdp_units, pipeline_ddp_bytes, predict,
     tensor_all_reduces, tensor_local_model,
@@ -116,26 +117,14 @@ REAL_RUNS = {
 
 @pytest.fixture(scope="module")
 def measured():
-    cache: dict[str, object] = {}
-
-    def get(name):
-        if name not in cache:
-            cache[name] = run(REAL_RUNS[name])
-        return cache[name]
-
-    return get
+    return runs_once(REAL_RUNS)
 
 
-def _compare_bytes(result, predictions):
-    assert [(p.rank, p.stage, p.dp_rank) for p in predictions] == [(r.rank, r.stage, r.dp_rank) for r in result.ranks]
-    for r, p in zip(result.ranks, predictions):
-        assert (r.memory["params"], r.memory["grads"], r.memory["optimizer"]) == (p.params, p.grads, p.optimizer)
-        assert (r.bytes_sent, r.bytes_recv) == (p.bytes_sent, p.bytes_recv)
 
 
 @pytest.mark.parametrize("name", list(REAL_RUNS))
 def test_sharded_bytes_match_a_real_run(measured, name):
-    _compare_bytes(measured(name), predict(REAL_RUNS[name]))
+    compare_bytes(measured(name), predict(REAL_RUNS[name]))
 
 
 @pytest.mark.parametrize("name", ["zbv", "hybrid-dp-pp"])
