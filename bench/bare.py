@@ -110,6 +110,41 @@ def all_reduce_time(nbytes: int, world: int = 2, repeats: int = 21) -> float:
     return out.get(timeout=60)["median_s"]
 
 
+def _p2p(rank: int, world: int, port: int, nbytes: int, repeats: int, out) -> None:
+    import torch
+    import torch.distributed as dist
+
+    os.environ["GLOO_SOCKET_IFNAME"] = "lo"
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    t = torch.ones(nbytes // 4)
+    peer = 1 - rank
+    times = []
+    for _ in range(repeats):
+        dist.barrier()
+        start = time.perf_counter()
+        # A ping-pong with the same calls the pipeline schedules post.
+        for op in ((dist.isend, dist.irecv) if rank == 0 else (dist.irecv, dist.isend)):
+            for w in dist.batch_isend_irecv([dist.P2POp(op, t, peer)]):
+                w.wait()
+        times.append((time.perf_counter() - start) / 2)
+    dist.barrier()
+    dist.destroy_process_group()
+    if rank == 0:
+        out.put({"median_s": statistics.median(times[1:]), "mean_s": statistics.mean(times[1:])})
+
+
+def p2p_time(nbytes: int, repeats: int = 201) -> dict:
+    """One-way time of a bare gloo isend/irecv of ``nbytes`` between two
+    spawned processes with one thread each: half a ping-pong's round trip
+    (median and mean, seconds)."""
+    import torch.multiprocessing as mp
+
+    out = mp.get_context("spawn").Queue()
+    mp.start_processes(_p2p, args=(2, _free_port(), nbytes, repeats, out), nprocs=2, start_method="spawn")
+    return out.get(timeout=60)
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", default="seed-mlp")

@@ -99,6 +99,39 @@ def comm() -> None:
                f"{1e3 * bare_s:.2f} ms = {ratio:.2f}x", "<= 1.25x", ratio <= 1.25)
 
 
+def p2p() -> None:
+    """Recorded point-to-point time per message of a 1F1B pipeline (mlp, 2
+    ranks, 4 micro-batches of 16: 8 KiB activations and gradients), from the
+    moment both sides had posted it (``joined``) to its completion, against
+    a bare gloo isend/irecv of the same bytes (half a ping-pong)."""
+    config = pg.RunConfig(model="mlp", strategy="pipeline", schedule="1f1b", world_size=2, split_points=(5,),
+                          micro_batches=4, global_batch=64, steps=30)
+    result = pg.run(config)
+    messages = [max(0.0, e["end"] - e["joined"]) for r in result.ranks for e in r.timeline
+                if e["kind"] in ("send", "recv") and e["start"] >= r.step_times[1][0]]
+    nbytes = {e["bytes"] for r in result.ranks for e in r.timeline if e["kind"] == "recv"}
+    bare_s = bare.p2p_time(max(nbytes))
+    recorded = statistics.mean(messages)
+    ratio = recorded / bare_s["mean_s"]
+    report("point-to-point fidelity, 1F1B", f"recorded {1e3 * recorded:.3f} ms per message (mean of "
+           f"{len(messages)}; median {1e3 * statistics.median(messages):.3f}) vs bare isend/irecv of "
+           f"{max(nbytes) >> 10} KiB {1e3 * bare_s['mean_s']:.3f} ms (median {1e3 * bare_s['median_s']:.3f}) "
+           f"= {ratio:.2f}x", "<= 1.5x", ratio <= 1.5)
+
+
+def fair() -> None:
+    """Data parallelism of the cnn at global batch 1024 on 2 ranks against
+    the single-device run, both at one thread per device (threads_per_rank=1)."""
+    base = dict(model="cnn", global_batch=1024, steps=8, threads_per_rank=1)
+    single, data = [], []
+    for _ in range(3):
+        single.append(pg.run(pg.RunConfig(strategy="single", world_size=1, **base)).throughput_samples_per_s)
+        data.append(pg.run(pg.RunConfig(strategy="data", world_size=2, **base)).throughput_samples_per_s)
+    s, d = statistics.median(single), statistics.median(data)
+    report("data parallel speed-up, cnn, 2 ranks", f"{d:.0f} vs {s:.0f} samples/s single-device = {d / s:.2f}x "
+           "(medians of 3, interleaved; 1 thread per device)", ">= 1.6x", d / s >= 1.6)
+
+
 def bubble() -> None:
     """Measured bubble of GPipe and 1F1B at 2 even stages against
     (p-1)/(m+p-1), m = 2, 4, 8."""
@@ -144,7 +177,8 @@ def scale() -> None:
            True, "ranks above 2 share the 2 cores")
 
 
-BENCHMARKS = {"warm": warm, "recording": recording, "comm": comm, "bubble": bubble, "scale": scale}
+BENCHMARKS = {"warm": warm, "recording": recording, "comm": comm, "p2p": p2p, "fair": fair, "bubble": bubble,
+              "scale": scale}
 
 
 def main(names: list[str]) -> None:

@@ -51,6 +51,8 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--device", default=d.device, help="auto, cpu or cuda")
     p.add_argument("--backend", default=d.backend, help="auto, gloo or nccl")
+    p.add_argument("--threads-per-rank", type=int, default=d.threads_per_rank,
+                   help=f"CPU threads per rank and for the single-device reference (default {d.threads_per_rank})")
     p.add_argument("--timeout", type=float, default=d.timeout_s, help="seconds before a run is stopped")
     p.add_argument("--max-world-size", type=int, default=d.max_world_size)
     p.add_argument("--cold", action="store_true", help="fresh processes for this run, not the warm pool")
@@ -71,7 +73,8 @@ def config_from_args(a: argparse.Namespace) -> RunConfig:
                      micro_batches=a.micro_batches, schedule=a.schedule, virtual_stages=a.virtual_stages,
                      dp=a.dp, pp=a.pp, tp=a.tp, steps=a.steps, lr=a.lr,
                      optimizer=a.optimizer, seed=a.seed, device=a.device, backend=a.backend,
-                     timeout_s=a.timeout, max_world_size=a.max_world_size)
+                     timeout_s=a.timeout, max_world_size=a.max_world_size,
+                     threads_per_rank=a.threads_per_rank)
 
 
 def _run_and_print(config: RunConfig, json_path: str | None = None, plots_dir: str | None = None,

@@ -41,7 +41,8 @@ PAGE_WIDTH = "1260px"  # fits a 1280 px window
 STAGE_COLORS = ["#9ECAE1", "#FDAE6B", "#A1D99B", "#BCBDDC", "#FC9272", "#C7E9C0", "#FDD0A2", "#DADAEB"]
 START = RunConfig(model="mlp", strategy="pipeline", world_size=2, micro_batches=4)
 CONTROLLED = ("model", "strategy", "world_size", "dp", "pp", "tp", "split_points", "global_batch", "batch_partition",
-              "micro_batches", "schedule", "virtual_stages", "steps", "lr", "optimizer", "seed")
+              "micro_batches", "schedule", "virtual_stages", "steps", "lr", "optimizer", "seed",
+              "threads_per_rank")
 """RunConfig fields the controls set; the others (device, timeout_s, ...) are kept as loaded."""
 SCHEDULE_FIELDS = ("schedule", "virtual_stages", "micro_batches")
 """Read by pipelining schedules only: set where the config is scheduled, else left at their defaults."""
@@ -119,9 +120,11 @@ def run_notes(config: RunConfig, cores: int) -> list[str]:
     device, backend = runner.resolve_device(config)
     if device == "cuda":
         return [f"GPUs used: {config.world_size} rank(s), one CUDA GPU each ({backend})"]
-    if config.world_size > cores:
-        return [f"{config.world_size} ranks share {cores} CPU cores: timings include contention "
-                "(the results stay exact)"]
+    threads = config.world_size * config.threads_per_rank
+    if threads > cores:
+        return [f"{config.world_size} ranks × {config.threads_per_rank} thread"
+                f"{'s' if config.threads_per_rank > 1 else ''} share {cores} CPU cores: timings include "
+                "contention (the results stay exact)"]
     return []
 
 
@@ -234,10 +237,13 @@ def trace_link_html(result: RunResult) -> str:
 
 def key_numbers(n: int, result: RunResult) -> str:
     c = result.config
-    t = {k: sum(r.time[k] for r in result.ranks) / len(result.ranks) * 1e3 for k in ("compute", "comm", "idle")}
+    t = {k: sum(r.time.get(k, 0.0) for r in result.ranks) / len(result.ranks) * 1e3
+         for k in ("compute", "comm", "wait", "overhead", "overlapped")}
     rows = [("run", f"#{n} {plots.run_title(result)}"), ("split", list(result.split_points) or "-"),
             ("samples/s", f"{result.throughput_samples_per_s:.0f}"), ("wall", f"{result.wall_s:.1f} s"),
-            ("per rank (mean)", f"compute {t['compute']:.1f} ms · comm {t['comm']:.1f} ms · idle {t['idle']:.1f} ms"),
+            ("per rank (mean)", f"compute {t['compute']:.1f} ms · comm {t['comm']:.1f} ms · waiting for peers "
+                                f"{t['wait']:.1f} ms · runtime overhead {t['overhead']:.1f} ms "
+                                f"(comm hidden under compute {t['overlapped']:.1f} ms)"),
             ("sent (all ranks)", plots.human_bytes(sum(r.bytes_sent for r in result.ranks))),
             ("max |Δparam|", f"{result.baseline['max_abs_param_diff']:.2e} "
                              f"({'passed' if result.passed else 'FAILED'})")]
@@ -492,6 +498,9 @@ class Playground(W.VBox):
         self.optimizer.style.button_width = "60px"
         self.optimizer.add_class("widget-inline-hbox")  # label and buttons on one line, as in the other controls
         self.seed = make(W.IntText, "seed")
+        self.threads_per_rank = make(W.BoundedIntText, "threads / device", min=1, max=256,
+                                     tooltip="CPU threads of each rank and of the single-device reference: "
+                                             "one device is a fixed compute budget")
         self.message = W.HTML()
         self.run_button = W.Button(description="Run", button_style="primary", icon="play")
         self.stop_button = W.Button(description="Stop", icon="stop", disabled=True)
@@ -514,11 +523,12 @@ class Playground(W.VBox):
         self.inputs = {"model": self.model, "strategy": self.strategy, "world_size": self.world,
                        "global_batch": self.global_batch, "micro_batches": self.micro_batches,
                        "schedule": self.schedule, "virtual_stages": self.virtual_stages, "steps": self.steps,
-                       "lr": self.lr, "optimizer": self.optimizer, "seed": self.seed}
+                       "lr": self.lr, "optimizer": self.optimizer, "seed": self.seed,
+                       "threads_per_rank": self.threads_per_rank}
         """The controls that hold one RunConfig field each, by field."""
         columns = ([self.model, self.strategy, self.world, self.mesh],
                    [self.global_batch, self.shares, self.micro_batches, self.schedule, self.virtual_stages],
-                   [self.steps, self.lr, self.optimizer, self.seed])
+                   [self.steps, self.lr, self.optimizer, self.seed, self.threads_per_rank])
         controls = W.HBox([W.VBox(c, layout=W.Layout(width="33%", padding="0 8px 0 0")) for c in columns])
         extras = W.Accordion(children=[
             self.history,

@@ -119,6 +119,14 @@ class RunConfig:
     timeout_s: float = 120.0
     """Seconds a run may take before its ranks are stopped."""
 
+    threads_per_rank: int = 1
+    """CPU threads each rank computes with (``torch.set_num_threads``): a
+    CPU device is a fixed compute budget. The single-device reference, the
+    ``single`` strategy and a sweep's one-rank point get the same budget, so
+    speed-up and efficiency compare equal devices. Ignored on CUDA. When
+    world_size * threads_per_rank exceeds the cores, ranks share cores and
+    the result says timings include contention."""
+
     max_world_size: int = DEFAULT_MAX_WORLD_SIZE
     """Upper limit on world_size for CPU runs (each rank is a process)."""
 
@@ -328,6 +336,7 @@ def _validate(c: RunConfig) -> None:
     _check_int("micro_batches", c.micro_batches, 1, 1024)
     _check_int("steps", c.steps, 1, 100_000)
     _check_int("seed", c.seed, 0, 2**31 - 1)
+    _check_int("threads_per_rank", c.threads_per_rank, 1, 256)
     if isinstance(c.lr, bool) or not isinstance(c.lr, (int, float)) or not math.isfinite(c.lr) or c.lr <= 0:
         raise ConfigError("lr", c.lr, "must be a finite number > 0")
     if isinstance(c.timeout_s, bool) or not isinstance(c.timeout_s, (int, float)) or not (0 < c.timeout_s <= 86400):

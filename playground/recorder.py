@@ -8,11 +8,28 @@ Event kinds:
   compute:        forward, loss, backward, backward_weight, optimizer, setup
   communication:  send, recv (point to point), all_reduce, all_gather,
                   reduce_scatter (collectives)
+
+Besides the events, ``blocked`` lists the intervals in which the rank's
+own thread stood still inside a ``wait()`` on a transfer (a pipeline
+receive, an FSDP all-gather, a reduce-scatter): time that is neither
+compute nor the rank's own host work.
+
+A transfer ends when it completed, not when the rank next looked: a
+collective's future runs a callback at completion; a point-to-point work of
+gloo has no future, so a watcher thread per channel (kind, peer) waits on it
+and stamps the moment it returns (messages of one channel complete in the
+order they were posted).
+
+On CUDA, compute spans are timed by CUDA events recorded around them on the
+current stream and resolved at the end of each step, so a span measures the
+device's work, not the host's launch of it.
 """
 
 from __future__ import annotations
 
 import os
+import queue
+import threading
 import time
 from contextlib import contextmanager
 from typing import Any, Iterator
@@ -24,8 +41,9 @@ COMM_KINDS = ("send", "recv", "all_reduce", "all_gather", "reduce_scatter")
 
 
 class Recorder:
-    def __init__(self, enabled: bool = True, status=None):
+    def __init__(self, enabled: bool = True, status=None, device_type: str = "cpu"):
         self.enabled = enabled
+        self.device_type = device_type
         self.status = status
         """Where to say what this rank is doing now (a ``StatusSlot``), so
         that the caller can tell, if the rank hangs, in which operation."""
@@ -34,7 +52,11 @@ class Recorder:
         self.step_times: list[tuple[float, float]] = []
         self._t0 = time.perf_counter()
         self._seq: dict[tuple[str, int | str], int] = {}
-        self._pending_sends: list["_TimedWork"] = []
+        self.blocked: list[tuple[float, float]] = []
+        """(start, end): the rank's thread waited on a transfer."""
+        self._main_thread = threading.get_ident()
+        self._watcher = _CompletionWatcher(self)
+        self._cuda = _CudaSpans(self) if enabled and device_type == "cuda" else None
         self.last_bucket_ready: float | None = None
         # Saved-for-backward activation bytes, live and peak, per storage.
         self._live: dict[int, list[int]] = {}
@@ -64,13 +86,37 @@ class Recorder:
         if not self.enabled:
             yield
             return
-        self._poll_sends()
         self.say(kind, **fields)
+        if self._cuda is not None and kind in COMPUTE_KINDS:
+            with self._cuda.span(kind, fields):
+                yield
+            return
         start = self.now()
         try:
             yield
         finally:
             self.add(kind, start, self.now(), **fields)
+
+    @contextmanager
+    def backward_span(self, **fields: Any) -> Iterator[None]:
+        """A backward pass. When DDP reduces gradients in it, backward()
+        returns only once its all-reduces are done, though every gradient
+        was computed when the last bucket became ready: the span ends there
+        and the rest is the rank blocked on the all-reduces."""
+        if not self.enabled:
+            yield
+            return
+        self.say("backward", **fields)
+        start = self.now()
+        try:
+            yield
+        finally:
+            end, ready = self.now(), self.last_bucket_ready
+            if ready is not None and start <= ready <= end:
+                self.add("backward", start, ready, **fields)
+                self.add_blocked(ready, end)
+            else:
+                self.add("backward", start, end, **fields)
 
     def say(self, what: str, **fields: Any) -> None:
         """Tell the status slot (if any) what this rank is doing now."""
@@ -98,11 +144,33 @@ class Recorder:
     @contextmanager
     def step(self, index: int) -> Iterator[None]:
         self._step = index
+        if self._cuda is not None:
+            self._cuda.begin_step()
         start = self.now()
         try:
             yield
         finally:
+            if self._cuda is not None:
+                self._cuda.end_step()
             self.step_times.append((start, self.now()))
+
+    def add_blocked(self, start: float, end: float) -> None:
+        if self.enabled and end > start:
+            self.blocked.append((start, end))
+
+    @contextmanager
+    def timing_waits(self) -> Iterator[None]:
+        """Record as ``blocked`` every ``Work.wait()`` this rank's thread
+        makes (FSDP waits on its all-gathers and reduce-scatters there), and
+        stop the completion watcher's threads afterwards."""
+        if not self.enabled:
+            yield
+            return
+        try:
+            with _waits_recorded(self):
+                yield
+        finally:
+            self._watcher.close()
 
     # -- activations saved for backward ---------------------------------
 
@@ -163,21 +231,10 @@ class Recorder:
 
     # -- communication ---------------------------------------------------
 
-    def _poll_sends(self) -> None:
-        """A deferred send's end is when it was first seen complete."""
-        if self._pending_sends:
-            t = self.now()
-            still = []
-            for w in self._pending_sends:
-                if w.work.is_completed():
-                    w.done_at = t
-                else:
-                    still.append(w)
-            self._pending_sends = still
-
     def wrap_p2p(self, ops, works, start: float) -> list:
         """Time each point-to-point op from ``start`` (just before it was
-        posted: posting a small send may already complete it) to completion."""
+        posted: posting a small send may already complete it) to the moment
+        it completed."""
         if not self.enabled:
             return works
         if len(works) != len(ops):  # a coalesced batch: one work for all ops
@@ -374,33 +431,175 @@ def _unpack(x):
 
 
 class _TimedWork:
-    """A point-to-point ``Work`` that records itself when waited on."""
+    """A point-to-point ``Work`` whose completion is stamped as it happens
+    (by ``_CompletionWatcher``) and recorded when the rank waits on it; the
+    rank's wait itself is recorded as ``blocked``."""
 
     def __init__(self, recorder: Recorder, work, ops, start: float):
         import torch.distributed as dist
 
         self.recorder, self.work, self.start = recorder, work, start
-        self.done_at: float | None = None
         self.kind = "send" if ops[0].op in (dist.isend, dist.send) else "recv"
         self.peer = ops[0].peer
         self.bytes = sum(op.tensor.numel() * op.tensor.element_size() for op in ops)
         self.seq = recorder.next_seq(self.kind, self.peer)
-        if self.kind == "send":
-            recorder._pending_sends.append(self)
+        self._done = recorder._watcher.watch(work, (self.kind, self.peer))
+        self._recorded = False
 
     def wait(self, *args, **kwargs):
-        self.recorder.say(f"waiting for a {self.kind} {'to' if self.kind == 'send' else 'from'} rank {self.peer}")
-        result = self.work.wait(*args, **kwargs)
-        end = self.recorder.now()
-        if self.done_at is not None:
-            end = min(end, self.done_at)
-        else:
-            self.recorder._pending_sends = [w for w in self.recorder._pending_sends if w is not self]
-        self.recorder.add(self.kind, self.start, end, bytes=self.bytes, peer=self.peer, seq=self.seq)
-        return result
+        rec = self.recorder
+        rec.say(f"waiting for a {self.kind} {'to' if self.kind == 'send' else 'from'} rank {self.peer}")
+        waited_from = rec.now()
+        self._done.wait()
+        rec.add_blocked(waited_from, rec.now())
+        if not self._recorded:
+            self._recorded = True
+            rec.add(self.kind, self.start, max(self.start, self._done.at), bytes=self.bytes, peer=self.peer,
+                    seq=self.seq)
+        if self._done.error is not None:
+            raise self._done.error
+        return True
+
+    def is_completed(self) -> bool:
+        return self._done.is_set()
 
     def __getattr__(self, name: str):
         return getattr(self.work, name)
+
+
+class _Done(threading.Event):
+    """Set when a watched work completed; ``at`` is when, on the rank's clock."""
+
+    def __init__(self):
+        super().__init__()
+        self.at = 0.0
+        self.error: BaseException | None = None
+
+
+class _CompletionWatcher:
+    """Stamps the completion of point-to-point works as it happens.
+
+    gloo's send and receive works have no future to attach a callback to,
+    and waiting on one twice blocks for ever, so one daemon thread per
+    channel (kind, peer) is the only caller of ``wait()`` on that channel's
+    works, in the order they were posted; the rank's thread waits on the
+    thread's ``_Done`` instead. Works that do have a future (NCCL) are
+    stamped by a callback on it."""
+
+    def __init__(self, recorder: Recorder):
+        self.recorder = recorder
+        self._channels: dict[tuple, queue.SimpleQueue] = {}
+        self._threads: list[threading.Thread] = []
+
+    def watch(self, work, channel: tuple) -> _Done:
+        done = _Done()
+        try:
+            fut = work.get_future()
+        except RuntimeError:  # gloo point to point: "Work::getFuture not implemented"
+            fut = None
+        if fut is not None:
+            def stamp(f, done=done):
+                done.at = self.recorder.now()
+                try:
+                    f.wait()
+                except BaseException as e:  # noqa: BLE001 - raised on the rank's thread
+                    done.error = e
+                done.set()
+            fut.then(stamp)
+            return done
+        q = self._channels.get(channel)
+        if q is None:
+            q = self._channels[channel] = queue.SimpleQueue()
+            t = threading.Thread(target=self._serve, args=(q,), daemon=True, name=f"watch-{channel}")
+            t.start()
+            self._threads.append(t)
+        q.put((work, done))
+        return done
+
+    def _serve(self, q: queue.SimpleQueue) -> None:
+        while True:
+            item = q.get()
+            if item is None:
+                return
+            work, done = item
+            try:
+                work.wait()  # the patched wait lets other threads than the rank's through
+            except BaseException as e:  # noqa: BLE001 - raised on the rank's thread
+                done.error = e
+            done.at = self.recorder.now()
+            done.set()
+
+    def close(self) -> None:
+        for q in self._channels.values():
+            q.put(None)
+        for t in self._threads:
+            t.join(timeout=5)
+        self._channels, self._threads = {}, []
+
+
+@contextmanager
+def _waits_recorded(recorder: Recorder) -> Iterator[None]:
+    """Patch ``Work.wait`` (torch's pybind class) so that a wait made by the
+    rank's own thread is recorded as blocked; other threads pass through."""
+    import torch.distributed as dist
+
+    work_cls = dist.distributed_c10d.Work
+    original = work_cls.wait
+    main = recorder._main_thread
+
+    def wait(self, *args, **kwargs):
+        if threading.get_ident() != main:
+            return original(self, *args, **kwargs)
+        start = recorder.now()
+        try:
+            return original(self, *args, **kwargs)
+        finally:
+            recorder.add_blocked(start, recorder.now())
+
+    work_cls.wait = wait
+    try:
+        yield
+    finally:
+        work_cls.wait = original
+
+
+class _CudaSpans:
+    """Compute spans timed on the GPU: a pair of CUDA events per span,
+    converted to the rank's clock at the end of the step through a
+    reference event recorded at the step's start (after a synchronize, so
+    that the reference and the host clock agree)."""
+
+    def __init__(self, recorder: Recorder):
+        self.recorder = recorder
+        self._pending: list[tuple[Any, Any, str, dict]] = []
+        self._ref = None
+        self._ref_t = 0.0
+
+    def begin_step(self) -> None:
+        torch.cuda.synchronize()
+        self._ref = torch.cuda.Event(enable_timing=True)
+        self._ref.record()
+        self._ref_t = self.recorder.now()
+
+    @contextmanager
+    def span(self, kind: str, fields: dict) -> Iterator[None]:
+        if self._ref is None:
+            self.begin_step()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        try:
+            yield
+        finally:
+            end.record()
+            self._pending.append((start, end, kind, fields))
+
+    def end_step(self) -> None:
+        torch.cuda.synchronize()
+        for start, end, kind, fields in self._pending:
+            a = self._ref_t + self._ref.elapsed_time(start) / 1e3
+            b = self._ref_t + self._ref.elapsed_time(end) / 1e3
+            self.recorder.add(kind, a, b, device_timed=True, **fields)
+        self._pending = []
 
 
 def local_bytes(t: torch.Tensor) -> int:

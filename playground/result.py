@@ -1,15 +1,27 @@
 """What a run produced: each rank's report, merged into one RunResult.
 
-Time accounting, per rank, over the timed steps (all steps after the
-warm-up step 0; step 0 alone when there is only one):
+Time accounting, per rank, over the timed window (all steps after the
+warm-up step 0; step 0 alone when there is only one). The parts below
+add up to the window:
 
-  compute  time inside forward, loss, backward, optimizer (union of spans),
-           less the collectives a span waited for inline (tensor parallel)
-  comm     time moving bytes, outside compute. A transfer cannot begin
-           before every party has joined it, so a receive or collective
-           counts as communication only from the moment the last party
-           posted it; waiting for a slower peer before that is idle.
-  idle     the rest of the window: waiting for peers, the pipeline bubble.
+  compute   time inside forward, loss, backward, optimizer spans (their
+            union), less the time the rank's thread was blocked inside
+            them on a transfer (an FSDP all-gather, a tensor-parallel
+            all-reduce): that is not compute.
+  comm      time a transfer of this rank was moving bytes while the rank
+            did not compute. A transfer cannot begin before every party has
+            joined it, so it counts from the moment the last party posted it
+            (``joined``) to its completion.
+  wait      time the rank was blocked on a transfer that had not begun:
+            waiting for a peer (a receive whose sender is still busy, a
+            collective a slower rank has not joined). The pipeline bubble
+            shows up here.
+  overhead  the rest: the runtime's own host work between recorded actions
+            (splitting micro-batches, posting messages, scaling gradients,
+            reading the loss), while no peer is awaited.
+
+``idle`` is wait + overhead. ``overlapped`` is transfer time that ran while
+the rank computed: hidden communication, outside the sum.
 
 Bytes, per rank: a send or receive counts its tensor's bytes; collectives
 count what the ring algorithm moves among n ranks, sent and as many
@@ -48,6 +60,8 @@ class RankReport:
     tp_rank: int = 0
     stages: list[tuple[int, int, int]] = field(default_factory=list)
     """(stage, first block, end block) of every stage this rank holds."""
+    blocked: list[tuple[float, float]] = field(default_factory=list)
+    """(start, end) seconds in which the rank's thread waited on a transfer."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -57,6 +71,7 @@ class RankReport:
             "time": self.time, "bytes_sent": self.bytes_sent, "bytes_recv": self.bytes_recv,
             "threads": self.threads, "tp_rank": self.tp_rank,
             "stages": [list(t) for t in self.stages],
+            "blocked": [list(t) for t in self.blocked],
         }
 
 
@@ -230,21 +245,32 @@ def timed_window(ranks: list[RankReport]) -> tuple[float, float]:
     return (min(r.step_times[first][0] for r in ranks), max(r.step_times[-1][1] for r in ranks))
 
 
+def _intersect_length(a, b) -> float:
+    """Length of the intersection of two disjoint, sorted interval lists."""
+    return _length(a) - _length(_minus(a, b))
+
+
 def account(ranks: list[RankReport]) -> None:
-    """Fill each rank's ``time`` (compute, comm, idle) and byte totals."""
+    """Fill each rank's ``time`` (compute, comm, wait, overhead, idle,
+    overlapped, window; seconds, see the module's docstring) and its byte
+    totals."""
     mark_waits(ranks)
     lo, hi = timed_window(ranks)
     for r in ranks:
-        compute = _union(_clip([(e["start"], e["end"]) for e in r.timeline if e["kind"] in COMPUTE_KINDS], lo, hi))
+        spans = _union(_clip([(e["start"], e["end"]) for e in r.timeline if e["kind"] in COMPUTE_KINDS], lo, hi))
         # A collective issued and waited for inside a compute span (tensor
-        # parallel) halts that compute: its time is not compute.
-        halted = _union(_clip([(e["start"], e["end"]) for e in r.timeline if e.get("inline")], lo, hi))
-        compute = _minus(compute, halted)
-        comm = _union(_clip([(e.get("joined", e["start"]), e["end"]) for e in r.timeline
-                             if e["kind"] in COMM_KINDS], lo, hi))
-        comm = _minus(comm, compute)
-        c, m = _length(compute), _length(comm)
-        r.time = {"compute": c, "comm": m, "idle": max(0.0, (hi - lo) - c - m), "window": hi - lo}
+        # parallel) halts the rank just as an explicit wait does.
+        blocked = _union(_clip(list(r.blocked) + [(e["start"], e["end"]) for e in r.timeline if e.get("inline")],
+                               lo, hi))
+        compute = _minus(spans, blocked)
+        active = _union(_clip([(e.get("joined", e["start"]), e["end"]) for e in r.timeline
+                               if e["kind"] in COMM_KINDS], lo, hi))
+        comm = _minus(active, compute)
+        wait = _minus(blocked, active)
+        c, m, w = _length(compute), _length(comm), _length(wait)
+        overhead = max(0.0, (hi - lo) - c - m - w)
+        r.time = {"compute": c, "comm": m, "wait": w, "overhead": overhead, "idle": w + overhead,
+                  "overlapped": _intersect_length(active, compute), "window": hi - lo}
         sent = recv = 0
         for e in r.timeline:
             if e["kind"] == "send":

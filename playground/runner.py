@@ -88,6 +88,7 @@ def assemble(config: RunConfig, reports: list[dict], custom: tuple | None, devic
     ranks = [RankReport(rank=r["rank"], dp_rank=r["dp_rank"], stage=r["stage"], blocks=ranges[r["stage"]],
                         timeline=r["timeline"], step_times=[tuple(t) for t in r["step_times"]],
                         memory=r["memory"], threads=r["threads"], tp_rank=r["tp_rank"],
+                        blocked=[tuple(b) for b in r.get("blocked", [])],
                         stages=[(s, *ranges[s]) for s in config.rank_stages(r["stage"])])
              for r in reports]
     _rebase_clock(ranks)
@@ -173,8 +174,13 @@ def train_single(config: RunConfig, model: nn.Sequential, dataset: Dataset) -> l
     """The baseline: the same loop, one device, whole batch, no recording."""
     single = config.replace(strategy="single", world_size=1, split_points=None, batch_partition=None,
                             micro_batches=1, dp=None, pp=None, tp=None)
-    out = train_rank(single, Topology(0, 1, 1), model, dataset, Recorder(enabled=False), Groups(),
-                     torch.device("cpu"))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(config.threads_per_rank)  # the same compute budget as one rank
+    try:
+        out = train_rank(single, Topology(0, 1, 1), model, dataset, Recorder(enabled=False), Groups(),
+                         torch.device("cpu"))
+    finally:
+        torch.set_num_threads(threads)
     return out["loss_parts"]
 
 
@@ -207,8 +213,11 @@ def resolve_device(config: RunConfig) -> tuple[str, str]:
 def _notes(config: RunConfig, device: str) -> list[str]:
     notes = []
     cores = cpu_count()
-    if device == "cpu" and config.world_size > cores:
-        notes.append(f"{config.world_size} ranks share {cores} CPU cores: timings include contention")
+    threads = config.world_size * config.threads_per_rank
+    if device == "cpu" and threads > cores:
+        notes.append(f"{config.world_size} ranks × {config.threads_per_rank} thread"
+                     f"{'s' if config.threads_per_rank > 1 else ''} share {cores} CPU cores: "
+                     "timings include contention")
     if device == "cuda":
         notes.append(f"ran on {config.world_size} CUDA GPUs")
     return notes
@@ -225,6 +234,7 @@ def _rebase_clock(ranks: list[RankReport]) -> None:
     t0 = min(r.step_times[0][0] for r in ranks)
     for r in ranks:
         r.step_times = [(a - t0, b - t0) for a, b in r.step_times]
+        r.blocked = [(a - t0, b - t0) for a, b in r.blocked]
         for e in r.timeline:
             e["start"] -= t0
             e["end"] -= t0

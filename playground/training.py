@@ -59,7 +59,7 @@ def train_rank(config: RunConfig, topology: Topology, model: nn.Sequential, data
     strategy = STRATEGY_CLASSES[config.strategy](model, topology, config, recorder, loss_fn(dataset.task), groups)
     optimizer = make_optimizer(config, strategy.module.parameters())
     loss_parts: list[float | None] = []
-    with strategy.context():
+    with strategy.context(), recorder.timing_waits():
         for step in range(config.steps):
             x, y = dataset.batch(step, config.global_batch, config.seed)
             x, y = x.to(device), y.to(device)

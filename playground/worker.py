@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from .config import RunConfig, cpu_count
+from .config import RunConfig
 from .recorder import Recorder, StatusSlot
 from .topology import Topology
 
@@ -45,10 +45,11 @@ def run_rank(config: RunConfig, rank: int, store, device_type: str, backend: str
         torch.cuda.set_device(device)
     else:
         device = torch.device("cpu")
-        # Share the cores among the ranks rather than have each grab all.
-        torch.set_num_threads(max(1, cpu_count() // config.world_size))
+        # A CPU device is a fixed compute budget: the same number of threads
+        # for every rank and for the single-device reference.
+        torch.set_num_threads(config.threads_per_rank)
     timeout = timedelta(seconds=config.timeout_s)
-    recorder = Recorder(status=status)
+    recorder = Recorder(status=status, device_type=device.type)
     recorder.say("joining the process group")
     if store is None:  # under torchrun: its rendezvous set MASTER_ADDR and MASTER_PORT
         dist.init_process_group(backend, rank=rank, world_size=config.world_size, timeout=timeout)
@@ -77,6 +78,7 @@ def run_rank(config: RunConfig, rank: int, store, device_type: str, backend: str
         "tp_rank": topology.tp_rank,
         "timeline": recorder.events,
         "step_times": recorder.step_times,
+        "blocked": recorder.blocked,
         "threads": torch.get_num_threads(),
         **out,
     }

@@ -36,10 +36,6 @@ class DataParallel:
         rec = self.recorder
         x, y = self.part.take(x), self.part.take(y)
         loss = rec.forward_and_loss(self.module, self.loss_fn, x, y)
-        start = rec.now()
-        (loss * self.part.weight).backward()
-        # backward() returns only once DDP's all-reduces are done; the
-        # gradients were all computed when the last bucket became ready.
-        ready = rec.last_bucket_ready if rec.last_bucket_ready is not None and rec.last_bucket_ready >= start else rec.now()
-        rec.add("backward", start, ready, stage=0, micro_batch=0)
+        with rec.backward_span(stage=0, micro_batch=0):
+            (loss * self.part.weight).backward()
         return loss.item() * self.part.share

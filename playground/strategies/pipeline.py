@@ -127,7 +127,7 @@ class Pipeline:
         # (full_backward=False) and compute the weights' in backward_weight.
         @functools.wraps(backward)
         def backward_one_chunk(chunk, *args, **kwargs):
-            with rec.span("backward", stage=index, micro_batch=chunk):
+            with rec.backward_span(stage=index, micro_batch=chunk):
                 return backward(chunk, *args, **kwargs)
 
         @functools.wraps(backward_weight)
