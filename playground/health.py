@@ -22,11 +22,22 @@ def child_pids(pid: int | None = None) -> list[int]:
     return sorted(out)
 
 
+def descendant_pids(pid: int | None = None) -> list[int]:
+    """Live children of ``pid``, their children, and so on."""
+    out, todo = [], [pid or os.getpid()]
+    while todo:
+        kids = child_pids(todo.pop())
+        out += kids
+        todo += kids
+    return sorted(out)
+
+
 def worker_pids(pid: int | None = None) -> list[int]:
-    """Children of ``pid`` (default: this process) that are ranks
-    (``python -m playground.worker``): what a run must not leave behind."""
+    """Descendants of ``pid`` (default: this process) that are ranks or the
+    pool's rank factory (``python -m playground.worker``): what a run must
+    not leave behind."""
     out = []
-    for child in child_pids(pid):
+    for child in descendant_pids(pid):
         try:
             with open(f"/proc/{child}/cmdline", "rb") as f:
                 if b"playground.worker" in f.read():

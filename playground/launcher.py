@@ -11,9 +11,12 @@ before ``launch`` returns or raises.
 from __future__ import annotations
 
 import atexit
+import json
 import os
 import pickle
 import re
+import select
+import signal
 import socket
 import subprocess
 import sys
@@ -79,7 +82,7 @@ class _Rank:
     """One rank's process and its pipes: jobs in, reports out, and a
     lifeline the child watches to know the caller still lives."""
 
-    def __init__(self, rank: int, env: dict[str, str], many: bool = False):
+    def __init__(self, rank: int, env: dict[str, str], many: bool = False, zygote: "_Zygote | None" = None):
         job_r, job_w = os.pipe()
         rep_r, rep_w = os.pipe()
         life_r, life_w = os.pipe()
@@ -87,9 +90,12 @@ class _Rank:
         argv = [sys.executable, "-m", "playground.worker", "--job-fd", str(job_r), "--report-fd", str(rep_w),
                 "--lifeline-fd", str(life_r), "--rank", str(rank), "--status-fd", str(self.status_fd)]
         try:
-            self.proc = subprocess.Popen(argv + (["--many"] if many else []),
-                                         pass_fds=(job_r, rep_w, life_r, self.status_fd), env=env,
-                                         stdin=subprocess.DEVNULL, start_new_session=True)
+            if zygote is not None:  # forked from the warm pool's factory: no interpreter start
+                self.proc = zygote.fork(rank, (job_r, rep_w, life_r, self.status_fd))
+            else:
+                self.proc = subprocess.Popen(argv + (["--many"] if many else []),
+                                             pass_fds=(job_r, rep_w, life_r, self.status_fd), env=env,
+                                             stdin=subprocess.DEVNULL, start_new_session=True)
         except BaseException:
             for fd in (job_w, rep_r, life_w, self.status_fd):
                 os.close(fd)
@@ -112,6 +118,8 @@ class _Rank:
     def close(self) -> None:
         for c in (self.jobs, self.reports):
             c.close()
+        if isinstance(self.proc, _ForkedProc):
+            self.proc.close()
         for name in ("lifeline", "status_fd"):
             fd = getattr(self, name)
             if fd is not None:
@@ -123,11 +131,109 @@ class _Rank:
         return StatusSlot.read(self.status_fd) if self.status_fd is not None else ""
 
 
+class _Zygote:
+    """The warm pool's rank factory (``worker.zygote``): one process that
+    imported torch once and forks ranks on request, over a Unix socket."""
+
+    def __init__(self, env: dict[str, str]):
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            self.proc = subprocess.Popen([sys.executable, "-m", "playground.worker", "--zygote-fd",
+                                          str(theirs.fileno())], pass_fds=(theirs.fileno(),), env=env,
+                                         stdin=subprocess.DEVNULL, start_new_session=True)
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        self.sock = ours
+        self._answers = ours.makefile("rb")
+        self._lock = threading.Lock()
+
+    def _ask(self, request: dict, fds: tuple[int, ...] = ()) -> dict:
+        with self._lock:
+            socket.send_fds(self.sock, [json.dumps(request).encode() + b"\n"], list(fds))
+            line = self._answers.readline()
+        if not line:
+            raise RuntimeError(f"the pool's rank factory (pid {self.proc.pid}) ended: exit code {self.proc.poll()}")
+        return json.loads(line)
+
+    def fork(self, rank: int, fds: tuple[int, ...]) -> "_ForkedProc":
+        pid = self._ask({"rank": rank, "sys_path": _import_path(), "cwd": os.getcwd()}, fds)["pid"]
+        return _ForkedProc(pid, self)
+
+    def exitcode(self, pid: int) -> int | None:
+        try:
+            return self._ask({"exitcode": pid})["code"]
+        except (OSError, RuntimeError):
+            return None
+
+    def close(self) -> None:
+        self._answers.close()
+        self.sock.close()  # end of file: the factory exits
+        stop([self.proc])
+
+
+class _ForkedProc:
+    """A rank forked by the factory, with the part of ``subprocess.Popen``'s
+    interface that ``stop`` and the pool use. It is not this process's
+    child: a pidfd tells when it ended (and keeps signals from reaching a
+    recycled pid); the factory, its parent, says with which code."""
+
+    def __init__(self, pid: int, zygote: _Zygote):
+        self.pid, self._zygote = pid, zygote
+        self._pidfd: int | None = os.pidfd_open(pid)
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        if self.returncode is None and self._pidfd is not None:
+            if select.select([self._pidfd], [], [], 0)[0]:
+                self.returncode = self._ended_code()
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int | None:
+        if self.returncode is None and self._pidfd is not None:
+            if not select.select([self._pidfd], [], [], timeout)[0]:
+                raise subprocess.TimeoutExpired(f"rank pid {self.pid}", timeout)
+            self.returncode = self._ended_code()
+        return self.returncode
+
+    def _ended_code(self) -> int | None:
+        deadline = time.monotonic() + 1.0
+        while True:  # the factory reaps it on SIGCHLD, a moment after it ended
+            code = self._zygote.exitcode(self.pid)
+            if code is not None or time.monotonic() > deadline:
+                return code
+            time.sleep(0.005)
+
+    def _signal(self, sig: int) -> None:
+        if self._pidfd is not None and self.returncode is None:
+            try:
+                signal.pidfd_send_signal(self._pidfd, sig)
+            except ProcessLookupError:
+                pass
+
+    def terminate(self) -> None:
+        self._signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        self._signal(signal.SIGKILL)
+
+    def close(self) -> None:
+        if self._pidfd is not None:
+            os.close(self._pidfd)
+            self._pidfd = None
+
+
+def _import_path() -> list[str]:
+    return [p or os.getcwd() for p in sys.path]
+
+
 def _child_env() -> dict[str, str]:
     """The caller's environment, with its import path, so the ranks can
     unpickle a custom model whose classes live in the caller's modules."""
     env = dict(os.environ)
-    paths = [p or os.getcwd() for p in sys.path]
+    paths = _import_path()
     env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(p for p in paths if os.path.isdir(p)))
     env.setdefault("OMP_NUM_THREADS", "1")
     return env
@@ -189,16 +295,23 @@ def launch(config: RunConfig, device_type: str, backend: str, custom: tuple | No
 
 
 class Pool:
-    """Ranks kept alive between runs: a run with the same world size skips
-    starting interpreters and importing torch; another size restarts them.
+    """Ranks kept alive between runs.
+
+    A run of n ranks uses the pool's first n; the pool grows to the largest
+    world size used and keeps its ranks when a smaller run comes, so a
+    change of device count costs no interpreter start or torch import. New
+    ranks are forked by a factory process that imported torch once
+    (``worker.zygote``), in milliseconds. Ranks beyond a run's size sit
+    blocked on their job pipe: no CPU, no process group, no socket.
 
     The pool belongs to the process that made it. Its ranks end when it is
     shut down (at interpreter exit for the default pool), when a run fails
     (the next run starts fresh ones), and by themselves when this process
-    dies (their lifeline pipe closes)."""
+    dies (their lifeline pipe closes; the factory sees its socket close)."""
 
     def __init__(self):
         self._ranks: list[_Rank] = []
+        self._zygote: _Zygote | None = None
         self._lock = threading.Lock()  # one run at a time on these ranks
 
     @property
@@ -206,10 +319,15 @@ class Pool:
         return len(self._ranks)
 
     def pids(self) -> list[int]:
+        """The ranks' processes, rank 0 first."""
         return [r.proc.pid for r in self._ranks]
 
+    def process_pids(self) -> list[int]:
+        """Every process the pool holds: its ranks and its rank factory."""
+        return self.pids() + ([self._zygote.proc.pid] if self._zygote is not None else [])
+
     def start(self, world_size: int) -> None:
-        """Start (or resize to) ``world_size`` ranks ahead of the first run."""
+        """Grow to at least ``world_size`` ranks ahead of the first run."""
         with self._lock:
             self._ensure(world_size)
 
@@ -217,9 +335,10 @@ class Pool:
             on_step=None) -> list[dict[str, Any]]:
         with self._lock:
             self._ensure(config.world_size)
+            ranks = self._ranks[:config.world_size]
             try:
-                _send_jobs(self._ranks, config, store_port, device_type, backend, custom)
-                return _collect(self._ranks, config.timeout_s, cancel, on_step)
+                _send_jobs(ranks, config, store_port, device_type, backend, custom)
+                return _collect(ranks, config.timeout_s, cancel, on_step)
             except BaseException:
                 self._shutdown()
                 raise
@@ -229,20 +348,29 @@ class Pool:
             self._shutdown()
 
     def _ensure(self, world_size: int) -> None:
-        if self.size == world_size and all(r.proc.poll() is None for r in self._ranks):
+        if any(r.proc.poll() is not None for r in self._ranks) or (
+                self._zygote is not None and self._zygote.proc.poll() is not None):
+            self._shutdown()
+        if self.size >= world_size:
             return
-        self._shutdown()
         env = _child_env()
         try:
-            for rank in range(world_size):
-                self._ranks.append(_Rank(rank, env, many=True))
+            if self._zygote is None:
+                self._zygote = _Zygote(env)
+            for rank in range(self.size, world_size):
+                self._ranks.append(_Rank(rank, env, many=True, zygote=self._zygote))
         except BaseException:
             self._shutdown()
             raise
 
     def _shutdown(self) -> None:
         ranks, self._ranks = self._ranks, []
-        _end(ranks)
+        zygote, self._zygote = self._zygote, None
+        try:
+            _end(ranks)
+        finally:
+            if zygote is not None:
+                zygote.close()
 
 
 _default_pool: Pool | None = None
@@ -285,27 +413,33 @@ def _collect(ranks: list[_Rank], timeout_s: float, cancel=None, on_step=None) ->
             else:
                 errors.append((rank, msg[2], msg[3]))
         if errors:
-            raise _root_cause(errors, open_conns)
+            raise _root_cause(errors, open_conns, ranks)
     return [reports[r.rank] for r in ranks]
 
 
-def _root_cause(errors, open_conns) -> RankError:
+def _root_cause(errors, open_conns, ranks: list[_Rank]) -> RunError:
     """The first error that is not a consequence of another rank's failure;
-    peers get a moment to report theirs so the cause can be told apart."""
+    peers get a moment to report theirs so the cause can be told apart. A
+    rank that died without a word, while the others only report that a
+    peer went away, is the cause."""
+    died: list[int] = []
     deadline = time.monotonic() + _GRACE_S
     while open_conns and time.monotonic() < deadline:
         for conn in wait(list(open_conns), timeout=max(0.0, deadline - time.monotonic())):
             try:
                 msg = pickle.loads(conn.recv_bytes())
             except (EOFError, OSError):
-                open_conns.pop(conn)
+                died.append(open_conns.pop(conn))
                 continue
             if msg[0] == "progress":
                 continue
             rank = open_conns.pop(conn)
             if msg[0] == "error":
                 errors.append((rank, msg[2], msg[3]))
-    primary = next((e for e in errors if not _SECONDARY.search(e[1])), errors[0])
+    primary = next((e for e in errors if not _SECONDARY.search(e[1])), None)
+    if primary is None and died:
+        return RankDied(died[0], ranks[died[0]].exitcode())
+    primary = primary or errors[0]
     others = [f"rank {r}: {s.splitlines()[0][:200]}" for r, s, _ in errors if (r, s, _) != primary]
     return RankError(primary[0], primary[1], primary[2], others)
 

@@ -128,6 +128,71 @@ def serve(job_fd: int, report_fd: int, lifeline_fd: int, many: bool = False, ran
             os._exit(0)
 
 
+def zygote(control_fd: int) -> None:
+    """The warm pool's rank factory: import what a rank needs once, then
+    fork a new rank for each request on ``control_fd`` (a Unix socket).
+
+    A request is a JSON line ``{"rank", "sys_path", "cwd"}`` with the
+    rank's four descriptors attached (job, report, lifeline, status); the
+    answer is ``{"pid"}``. ``{"exitcode": pid}`` asks how a rank ended:
+    ``{"code"}``, null while it runs. A forked rank starts in a few
+    milliseconds and shares the imported modules' pages with its siblings,
+    so a new device count costs no interpreter start and no torch import.
+    Nothing here runs a torch op before forking: no thread pool exists to
+    be broken by ``fork``. End of file on the socket (the caller is gone)
+    ends the factory; its ranks watch their own lifelines."""
+    import json
+    import signal
+    import socket
+
+    from . import training  # noqa: F401 - imports torch, the strategies, the recorder
+    from .data import load_dataset
+    from .models import MODEL_NAMES
+
+    for name in MODEL_NAMES:  # small, cached, and shared with every rank forked from here
+        load_dataset(name)
+
+    ended: dict[int, int] = {}
+
+    def reap(_sig, _frame) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            ended[pid] = os.waitstatus_to_exitcode(status)
+
+    signal.signal(signal.SIGCHLD, reap)
+    sock = socket.socket(fileno=control_fd)
+    buffer, fds = b"", []
+    while True:
+        data, more, _flags, _addr = socket.recv_fds(sock, 1 << 16, 4)
+        if not data:
+            os._exit(0)
+        buffer, fds = buffer + data, fds + more
+        if not buffer.endswith(b"\n"):
+            continue  # the rest of the line follows
+        request, buffer = json.loads(buffer), b""
+        if "exitcode" in request:
+            sock.sendall(json.dumps({"code": ended.pop(request["exitcode"], None)}).encode() + b"\n")
+            continue
+        pid = os.fork()
+        if pid == 0:
+            sock.close()
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+            os.setsid()  # a terminal's Ctrl-C goes to the caller, which ends its ranks itself
+            sys.path[:] = request["sys_path"]
+            os.chdir(request["cwd"])
+            job_fd, report_fd, lifeline_fd, status_fd = fds
+            serve(job_fd, report_fd, lifeline_fd, True, request["rank"], status_fd)
+        for fd in fds:
+            os.close(fd)
+        fds = []
+        sock.sendall(json.dumps({"pid": pid}).encode() + b"\n")
+
+
 def _run_job(job: dict, reports, status=None) -> bool:
     import torch.distributed as dist
 
@@ -219,8 +284,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--many", action="store_true", help="serve jobs until the job pipe closes (warm pool)")
     parser.add_argument("--rank", type=int, default=-1, help="the rank this process will be")
     parser.add_argument("--status-fd", type=int, help="shared memory to say what the rank is doing")
+    parser.add_argument("--zygote-fd", type=int, help="be the warm pool's rank factory on this socket")
     args = parser.parse_args(argv)
-    if args.config is not None:
+    if args.zygote_fd is not None:
+        zygote(args.zygote_fd)
+    elif args.config is not None:
         if args.out is None:
             parser.error("--config needs --out DIR")
         run_under_torchrun(args.config, args.out)

@@ -158,7 +158,7 @@ def test_a_real_run_draws_every_result_and_passes_the_check(finished):
     assert "prediction" in app.results.children[2].children[0].value
     assert set(app.figures) == set(app.results.titles)
     assert len(app.history.runs) == 1 and "passed" in app.history.table.value
-    assert set(child_pids()) <= set(default_pool().pids())  # nothing but the warm ranks
+    assert set(child_pids()) <= set(default_pool().process_pids())  # nothing but the warm ranks
     assert not app.run_button.disabled and app.stop_button.disabled
 
 

@@ -39,4 +39,4 @@ def test_cli_bad_argument_in_a_real_process():
     # Nothing but this process's own warm pool (if earlier tests started it).
     import playground
 
-    assert sorted(child_pids()) == sorted(playground.default_pool().pids())
+    assert sorted(child_pids()) == sorted(playground.default_pool().process_pids())

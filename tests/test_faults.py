@@ -59,7 +59,7 @@ def test_next_run_after_a_failure_works():
     result = playground.run(RunConfig(strategy="data", world_size=2, steps=3))
     assert result.passed
     # What is left is the warm pool's ranks, and nothing else.
-    assert sorted(child_pids()) == sorted(playground.default_pool().pids())
+    assert sorted(child_pids()) == sorted(playground.default_pool().process_pids())
     playground.default_pool().shutdown()
     assert child_pids() == []
 

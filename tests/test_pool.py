@@ -35,21 +35,33 @@ def pool():
     playground.default_pool().shutdown()
 
 
-def test_warm_runs_reuse_the_same_ranks_and_resize_when_asked(pool):
+def test_warm_runs_reuse_the_same_ranks_and_outlive_a_device_count(pool):
     first = playground.run(CONFIG)
     pids = pool.pids()
-    assert len(pids) == 2 and sorted(child_pids()) == sorted(pids)
+    assert len(pids) == 2 and sorted(child_pids()) == sorted(pool.process_pids())
+    factory = pool.process_pids()[-1]
     second = playground.run(CONFIG.replace(strategy="model", split_points=(1,)))
     assert pool.pids() == pids  # no new interpreters
     assert first.passed and second.passed
+    # A larger run keeps the ranks it has and forks the one it lacks from the factory.
     third = playground.run(CONFIG.replace(model="mlp", world_size=3, global_batch=30))
-    assert third.passed and len(pool.pids()) == 3 and not set(pool.pids()) & set(pids)
-    assert not any(_alive(p) for p in pids)
+    assert third.passed and pool.pids()[:2] == pids and len(pool.pids()) == 3
+    assert pool.process_pids()[-1] == factory
+    # A smaller run uses the first ranks; the third waits, holding no socket.
+    fourth = playground.run(CONFIG.replace(strategy="single", world_size=1))
+    assert fourth.passed and len(pool.pids()) == 3 and all(_alive(p) for p in pool.pids())
+    idle = pool.pids()[2]
+    sockets = [fd for fd in os.listdir(f"/proc/{idle}/fd") if os.readlink(f"/proc/{idle}/fd/{fd}").startswith("socket:")]
+    assert sockets == [], f"an idle rank holds sockets {sockets}"
+    with open(f"/proc/{idle}/stat") as f:
+        assert f.read().rsplit(")", 1)[1].split()[0] == "S"  # asleep on its job pipe
+    pool.shutdown()
+    assert not any(_alive(p) for p in pids + [factory])
 
 
 def test_cold_run_leaves_the_pool_alone_and_nothing_behind(pool):
     playground.run(CONFIG)
-    pids = sorted(pool.pids())
+    pids = sorted(pool.process_pids())
     result = playground.run(CONFIG, warm=False)
     assert result.passed
     assert sorted(child_pids()) == pids
@@ -83,13 +95,13 @@ def test_ranks_exit_when_their_caller_is_killed(tmp_path):
         import playground, sys
         pool = playground.default_pool()
         pool.start(2)
-        print(" ".join(map(str, pool.pids())), flush=True)
+        print(" ".join(map(str, pool.process_pids())), flush=True)
         sys.stdin.read()
     """))
     caller = subprocess.Popen([sys.executable, str(script)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                               text=True)
     pids = [int(p) for p in caller.stdout.readline().split()]
-    assert len(pids) == 2 and all(_alive(p) for p in pids)
+    assert len(pids) == 3 and all(_alive(p) for p in pids)  # two ranks and their factory
     os.kill(caller.pid, signal.SIGKILL)
     caller.wait()
     deadline = time.monotonic() + 20
