@@ -14,6 +14,7 @@ from torch import nn
 from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
 
 from ..data import BatchShare
+from ..model_facts import tied_parameters
 from ..models import TransformerBlock
 from .fsdp import shard_blocks
 from ..recorder import Recorder
@@ -27,7 +28,10 @@ def tensor_plan(model: nn.Sequential, tp: int) -> dict[str, object]:
     Transformer layers: q, k, v and fc1 column-wise; attention out and fc2
     row-wise. Elsewhere: consecutive Linear layers with only elementwise
     modules between them are paired (column, then row), when the column
-    layer's output features divide among ``tp`` ranks."""
+    layer's output features divide among ``tp`` ranks. A Linear whose
+    weight is shared with another module (tied weights) stays whole and
+    replicated: sharding it would cut the tie."""
+    tied = {n.rsplit(".", 1)[0] for group in tied_parameters(model) for n in group}
     plan: dict[str, object] = {}
     pending: tuple[str, nn.Linear] | None = None  # a Linear waiting for its row partner
     for name, module in model.named_modules():
@@ -41,7 +45,9 @@ def tensor_plan(model: nn.Sequential, tp: int) -> dict[str, object]:
             continue
         if any(name.startswith(k.rsplit(".", 2)[0] + ".") for k in plan if ".attn." in k or ".fc" in k):
             continue  # inside a planned transformer block
-        if isinstance(module, nn.Linear):
+        if isinstance(module, nn.Linear) and name in tied:
+            pending = None
+        elif isinstance(module, nn.Linear):
             if pending is not None:
                 plan[pending[0]], plan[name] = ColwiseParallel(), RowwiseParallel()
                 pending = None
