@@ -17,10 +17,16 @@ as BatchNorm does, with the unbiased variance var * n / (n - 1).
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.distributed as dist
 from torch import nn
 from torch.distributed.nn.functional import all_reduce
+
+# Its suggested successor, _functional_collectives.all_reduce, has no backward;
+# this one's backward is the all-reduce of the gradients the math needs.
+warnings.filterwarnings("ignore", message="torch.distributed.nn.functional.all_reduce is deprecated")
 
 
 class CpuSyncBatchNorm(nn.modules.batchnorm._BatchNorm):
