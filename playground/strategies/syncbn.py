@@ -44,6 +44,10 @@ class CpuSyncBatchNorm(nn.modules.batchnorm._BatchNorm):
         self.training = bn.training
         self.process_group = process_group
 
+    def _check_input_dim(self, x: torch.Tensor) -> None:
+        if x.dim() < 2:
+            raise ValueError(f"expected at least 2D input (got {x.dim()}D input)")
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training and self.track_running_stats:
             return super().forward(x)
