@@ -130,8 +130,19 @@ class RunConfig:
     max_world_size: int = DEFAULT_MAX_WORLD_SIZE
     """Upper limit on world_size for CPU runs (each rank is a process)."""
 
+    sync_batchnorm: bool = False
+    """Normalise BatchNorm over the whole batch rather than each
+    data-parallel rank's shard: the ranks all-reduce the batch statistics
+    (torch's ``nn.SyncBatchNorm`` on GPUs; on CPU, where it does not run, the
+    same sums through ``torch.distributed.nn.functional.all_reduce``). No
+    effect where one rank sees the whole batch (dp size 1)."""
+
     num_blocks: int | None = field(default=None, compare=False, repr=False)
     """Blocks of a custom model; filled in by ``run`` for ``model='custom'``."""
+
+    unused_parameters: tuple[str, ...] = field(default=(), compare=False, repr=False)
+    """Parameters that receive no gradient (found by ``run`` on a copy of the
+    model): data parallelism then has DDP look for unused parameters."""
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -205,7 +216,7 @@ class RunConfig:
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
-        for k in ("split_points", "batch_partition"):
+        for k in ("split_points", "batch_partition", "unused_parameters"):
             if d[k] is not None:
                 d[k] = list(d[k])
         return d
@@ -217,7 +228,7 @@ class RunConfig:
         if unknown:
             raise ConfigError(unknown[0], d[unknown[0]], f"unknown field; allowed: {', '.join(sorted(names))}")
         d = dict(d)
-        for k in ("split_points", "batch_partition"):
+        for k in ("split_points", "batch_partition", "unused_parameters"):
             if isinstance(d.get(k), list):
                 d[k] = tuple(d[k])
         return cls(**d)
@@ -324,6 +335,8 @@ def _validate(c: RunConfig) -> None:
     _check_choice("device", c.device, DEVICES)
     _check_choice("backend", c.backend, BACKENDS)
     _check_int("max_world_size", c.max_world_size, 1)
+    if not isinstance(c.sync_batchnorm, bool):
+        raise ConfigError("sync_batchnorm", c.sync_batchnorm, "must be True or False")
     if not _is_int(c.world_size) or c.world_size < 1 or c.world_size > c.max_world_size:
         raise ConfigError(
             "world_size", c.world_size,

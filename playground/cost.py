@@ -361,7 +361,8 @@ def _shard_rows(t: torch.Tensor, dim: int, parts: int, index: int) -> torch.Tens
     return t.narrow(dim, min(index * c, t.shape[dim]), chunk_rows(t.shape[dim], parts, index)).clone()
 
 
-def tensor_local_model(model: nn.Sequential, tp: int, tp_rank: int) -> tuple[nn.Sequential, dict[str, str]]:
+def tensor_local_model(model: nn.Sequential, tp: int, tp_rank: int,
+                       unused: tuple[str, ...] = ()) -> tuple[nn.Sequential, dict[str, str]]:
     """A copy of ``model`` holding what tensor-parallel rank ``tp_rank`` of
     ``tp`` holds, and the plan ({layer name: "colwise" | "rowwise"}) of
     ``strategies.tensor.tensor_plan``.
@@ -378,7 +379,7 @@ def tensor_local_model(model: nn.Sequential, tp: int, tp_rank: int) -> tuple[nn.
 
     local = copy.deepcopy(model)
     plan = {name: "colwise" if isinstance(style, ColwiseParallel) else "rowwise"
-            for name, style in tensor_plan(local, tp).items()}
+            for name, style in tensor_plan(local, tp, unused).items()}
     with torch.no_grad():
         for name, style in plan.items():
             layer = local.get_submodule(name)
@@ -671,7 +672,7 @@ def _predict_tensor(config, model, sample, target, loss_fn, x_bytes, y_bytes) ->
                  layers' outputs are b x out/tp), plus the batch's x and y.
     """
     tp, dp, steps = config.tp_size, config.dp_size, config.steps
-    locals_ = [tensor_local_model(model, tp, r) for r in range(tp)]
+    locals_ = [tensor_local_model(model, tp, r, config.unused_parameters) for r in range(tp)]
     acts = [stage_activations(local, 0, len(local), sample, target, loss_fn) for local, _ in locals_]
     all_reduces = tensor_all_reduces(model, locals_[0][1], sample)
     predictions = []

@@ -4,6 +4,8 @@ same loop in the caller's process, with recording off and no process group.
 
 from __future__ import annotations
 
+import contextlib
+import random
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -41,7 +43,12 @@ def make_groups(topology: Topology, device_type: str) -> Groups:
     return Groups(mesh=mesh, dp=mesh.get_group("dp"), pp=mesh.get_group("pp"), tp=mesh.get_group("tp"))
 
 
-def make_optimizer(config: RunConfig, params) -> torch.optim.Optimizer:
+def make_optimizer(config: RunConfig, params) -> torch.optim.Optimizer | None:
+    """The optimizer over ``params``; None when there are none (a stage of
+    parameter-free blocks, such as a lone Flatten, has nothing to step)."""
+    params = list(params)
+    if not params:
+        return None
     if config.optimizer == "adam":
         return torch.optim.Adam(params, lr=config.lr)
     return torch.optim.SGD(params, lr=config.lr)
@@ -52,23 +59,29 @@ def train_rank(config: RunConfig, topology: Topology, model: nn.Sequential, data
     """Train this rank's part of ``model`` for ``config.steps`` steps.
 
     Returns what the rank knows: its part of each step's loss, its memory,
-    and its trained parameters (from the first data-parallel replica only,
-    since the others hold copies).
+    and its trained parameters and buffers (from the first data-parallel
+    replica only, since the others hold copies).
     """
     recorder.ignore_storages_of(model.parameters())
+    if config.sync_batchnorm and topology.dp > 1:
+        from .strategies.syncbn import convert_sync_batchnorm
+
+        model = convert_sync_batchnorm(model, groups.dp, device.type)
     strategy = STRATEGY_CLASSES[config.strategy](model, topology, config, recorder, loss_fn(dataset.task), groups)
     optimizer = make_optimizer(config, strategy.module.parameters())
     loss_parts: list[float | None] = []
-    with strategy.context(), recorder.timing_waits():
+    with strategy.context(), recorder.timing_waits(), seeded(config.seed, rng_stream(topology)):
         for step in range(config.steps):
             x, y = dataset.batch(step, config.global_batch, config.seed)
             x, y = x.to(device), y.to(device)
             recorder.ignore_only_storages_of(strategy.module.parameters())
             with recorder.step(step):
-                optimizer.zero_grad(set_to_none=True)
+                if optimizer is not None:
+                    optimizer.zero_grad(set_to_none=True)
                 loss_parts.append(strategy.train_step(x, y))
                 with recorder.span("optimizer"):
-                    optimizer.step()
+                    if optimizer is not None:
+                        optimizer.step()
             if on_step is not None:
                 on_step(step)
     local = strategy.local_model
@@ -77,7 +90,37 @@ def train_rank(config: RunConfig, topology: Topology, model: nn.Sequential, data
     memory["allocator_peak"] = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
     # Sharded parameters (DTensor) are gathered whole: a collective, so every rank takes part.
     warnings.filterwarnings("ignore", message=".*sequential all_gather.*")  # a 2-D mesh gathers dim by dim
-    full = {name: (p.full_tensor() if hasattr(p, "full_tensor") else p).detach().cpu().clone()
-            for name, p in local.named_parameters()}
+    state = [*local.named_parameters(), *local.named_buffers()]
+    full = {name: (t.full_tensor() if hasattr(t, "full_tensor") else t).detach().cpu().clone() for name, t in state}
     params = full if topology.dp_rank == 0 and topology.tp_rank == 0 else {}
     return {"loss_parts": loss_parts, "memory": memory, "params": params}
+
+
+def rng_stream(topology: Topology) -> int:
+    """This rank's random stream: its place in the mesh with the
+    tensor-parallel axis left out. Ranks of one tensor-parallel group compute
+    the replicated activations alike, so they must draw alike (the same
+    Dropout mask); every other rank draws its own. Rank 0's stream, 0, is
+    the single-device baseline's."""
+    return topology.rank // topology.tp
+
+
+@contextlib.contextmanager
+def seeded(seed: int, stream: int):
+    """Seed torch's, Python's and NumPy's generators from (seed, stream) as
+    ``seed * 65_537 + stream``, and give back the states they had after: a
+    pooled rank carries no random state from one run to the next, and the
+    baseline leaves its caller's generators as they were."""
+    import numpy as np
+
+    value = seed * 65_537 + stream
+    py_state, np_state = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng(devices=[torch.cuda.current_device()] if torch.cuda.is_initialized() else []):
+        torch.manual_seed(value)
+        random.seed(value)
+        np.random.seed(value % 2**32)
+        try:
+            yield
+        finally:
+            random.setstate(py_state)
+            np.random.set_state(np_state)

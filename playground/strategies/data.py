@@ -25,7 +25,9 @@ class DataParallel:
         self.loss_fn = loss_fn
         self.part = BatchShare(config.rank_batches(), topology.dp_rank)
         self.local_model = model
-        self.module = DDP(model, process_group=groups.dp)
+        # Parameters that get no gradient (an unused branch) would leave DDP
+        # waiting for their all-reduce; run() found them on a copy beforehand.
+        self.module = DDP(model, process_group=groups.dp, find_unused_parameters=bool(config.unused_parameters))
         if recorder.enabled:
             self.module.register_comm_hook(None, recorder.ddp_comm_hook(groups.dp, topology.dp))
 

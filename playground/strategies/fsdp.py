@@ -20,17 +20,42 @@ from ..recorder import Recorder
 
 def shard_blocks(model, mesh, recorder: Recorder):
     """FSDP2 over ``mesh``: one unit per block (each gathers its weights
-    just in time), then the root."""
+    just in time), then the root. Blocks that share a parameter (tied
+    weights) form one unit, so the Parameter is sharded once and stays shared."""
     # Blocks here return views (reshape, slicing) but never modify them in
     # place, the case FSDP warns about.
     warnings.filterwarnings("ignore", message="FSDP2-wrapped module .* returned a view tensor")
-    for block in model:
-        if any(p.requires_grad for p in block.parameters()):
-            fully_shard(block, mesh=mesh)
+    for unit in shard_units(model):
+        fully_shard(unit if len(unit) > 1 else unit[0], mesh=mesh)
+        for block in unit:
             # Runs after FSDP's own pre-forward hook has gathered the block's
             # weights: they are parameters, not activations.
             block.register_forward_pre_hook(lambda m, args: recorder.ignore_storages_of(m.parameters()))
     return fully_shard(model, mesh=mesh)
+
+
+def shard_units(model) -> list[list]:
+    """The blocks with trainable parameters, grouped so that blocks sharing
+    a Parameter fall in one group, in the order of their first block."""
+    units: list[list] = []
+    owner: dict[int, list] = {}  # id(parameter) -> its unit
+    for block in model:
+        params = [p for p in block.parameters() if p.requires_grad]
+        if not params:
+            continue
+        joined = [owner[id(p)] for p in params if id(p) in owner]
+        unit = joined[0] if joined else []
+        if not joined:
+            units.append(unit)
+        for other in joined[1:]:
+            if other is not unit:
+                unit.extend(b for b in other if b not in unit)
+                units.remove(other)
+        unit.append(block)
+        for b in unit:
+            for p in b.parameters():
+                owner[id(p)] = unit
+    return units
 
 
 class FullyShardedDataParallel:

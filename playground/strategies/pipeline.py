@@ -23,6 +23,7 @@ import functools
 import warnings
 
 import torch
+import torch.distributed as dist
 from torch import nn
 from torch.distributed.pipelining import (
     PipelineStage, Schedule1F1B, ScheduleDualPipeV, ScheduleGPipe, ScheduleInterleaved1F1B,
@@ -71,7 +72,8 @@ class Pipeline:
             # state dict speaks of the same parameters as the full model's.
             slices.append(model[first:end])
             submodule = slices[-1]
-            if topology.dp > 1:
+            # DDP refuses a module with nothing to train (a lone Flatten): such a stage has no gradients to reduce.
+            if topology.dp > 1 and any(p.requires_grad for p in submodule.parameters()):
                 # find_unused_parameters keeps DDP from rebuilding its buckets after
                 # the first step, which it cannot do when several micro-batches
                 # ran backward (under no_sync) in that step.
@@ -80,9 +82,11 @@ class Pipeline:
                 if recorder.enabled:
                     submodule.register_comm_hook(None, recorder.ddp_comm_hook(groups.dp, topology.dp))
             stage = PipelineStage(submodule, index, config.stages, device, group=groups.pp)
+            _keep_buffers_through_setup(stage, submodule)
             self._record_stage(stage)
             self.stages.append(stage)
         self.module = self.local_model = slices[0] if len(slices) == 1 else _blocks_of(slices)
+        self.ties = tie_groups(model, ranges, config, topology)
         self.holds_first = any(s.is_first for s in self.stages)
         self.holds_last = any(s.is_last for s in self.stages)
         schedule_cls = SCHEDULE_CLASSES[self.schedule_name or config.schedule]
@@ -103,10 +107,26 @@ class Pipeline:
         if self.holds_last:
             losses: list[torch.Tensor] = []
             self.schedule.step(*args, target=y, losses=losses)
+            self._reduce_tied_gradients()
             # The losses are weighted by w_r; this replica's part of the global loss is mean * b_r / B.
             return float(torch.stack([l.detach() for l in losses]).mean()) / self.part.weight * self.part.share
         self.schedule.step(*args)
+        self._reduce_tied_gradients()
         return None
+
+    def _reduce_tied_gradients(self) -> None:
+        """Sum each tied parameter's gradient over the pipeline ranks that
+        hold a copy of it (all-reduce over the tie's group), as Megatron does
+        for an embedding tied to the output head: every copy then takes the
+        same optimizer step, the step one device takes with the sum of the
+        gradients of both uses."""
+        if not self.ties:
+            return
+        with self.recorder.recording_collectives():
+            for param, group in self.ties:
+                if param.grad is None:  # this copy's blocks did not use it
+                    param.grad = torch.zeros_like(param)
+                dist.all_reduce(param.grad, group=group)
 
     # -- recording --------------------------------------------------------
 
@@ -172,6 +192,59 @@ class Pipeline:
                 return loss_fn(output, target) * self.part.weight
 
         return loss
+
+
+def tied_stages(model: nn.Sequential, ranges: list[tuple[int, int]], config) -> list[tuple[tuple[str, ...], list[int]]]:
+    """Each tied parameter (names of one Parameter) with the pipeline ranks
+    whose stages hold a copy, where more than one does."""
+    from ..model_facts import block_of, tied_parameters
+
+    stage_of_block = {b: s for s, (first, end) in enumerate(ranges) for b in range(first, end)}
+    rank_of_stage = {s: r for r in range(config.pp_size) for s in config.rank_stages(r)}
+    found = []
+    for names in tied_parameters(model):
+        pp_ranks = sorted({rank_of_stage[stage_of_block[block_of(n)]] for n in names})
+        if len(pp_ranks) > 1:
+            found.append((names, pp_ranks))
+    return found
+
+
+def tie_groups(model: nn.Sequential, ranges: list[tuple[int, int]], config, topology) -> list[tuple]:
+    """(parameter, process group) for each tied parameter this rank holds a
+    copy of. Every rank creates every tie's group (one per data-parallel
+    replica, over that replica's pipeline ranks holding a copy), in the same
+    order, as ``dist.new_group`` requires."""
+    params = dict(model.named_parameters(remove_duplicate=False))
+    mine = []
+    for names, pp_ranks in tied_stages(model, ranges, config):
+        for dp_rank in range(topology.dp):
+            ranks = [topology.grid[dp_rank][r][0] for r in pp_ranks]
+            group = dist.new_group(ranks)
+            if topology.rank in ranks:
+                mine.append((params[names[0]], group))
+    return mine
+
+
+def _keep_buffers_through_setup(stage: PipelineStage, module: nn.Module) -> None:
+    """The first step's shape inference runs extra forwards; buffers they
+    update (BatchNorm's running statistics, num_batches_tracked) are put
+    back as they were, so that they count the training forwards only."""
+    prepare = getattr(stage, "_prepare_forward_infra", None)
+    buffers = list(module.buffers())
+    if prepare is None or not buffers:
+        return
+
+    @functools.wraps(prepare)
+    def prepare_forward_infra(*args, **kwargs):
+        saved = [b.detach().clone() for b in buffers]
+        try:
+            return prepare(*args, **kwargs)
+        finally:
+            with torch.no_grad():
+                for b, value in zip(buffers, saved):
+                    b.copy_(value)
+
+    stage._prepare_forward_infra = prepare_forward_infra
 
 
 def _blocks_of(slices: list[nn.Sequential]) -> nn.ModuleDict:

@@ -14,6 +14,7 @@ from torch import nn
 from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
 
 from ..data import BatchShare
+from ..model_facts import tied_parameters
 from ..models import TransformerBlock
 from .fsdp import shard_blocks
 from ..recorder import Recorder
@@ -21,13 +22,19 @@ from ..recorder import Recorder
 ELEMENTWISE = (nn.ReLU, nn.GELU, nn.Tanh, nn.Sigmoid, nn.Identity, nn.Dropout)
 
 
-def tensor_plan(model: nn.Sequential, tp: int) -> dict[str, object]:
+def tensor_plan(model: nn.Sequential, tp: int, unused: tuple[str, ...] = ()) -> dict[str, object]:
     """Module name -> ColwiseParallel / RowwiseParallel.
 
     Transformer layers: q, k, v and fc1 column-wise; attention out and fc2
     row-wise. Elsewhere: consecutive Linear layers with only elementwise
     modules between them are paired (column, then row), when the column
-    layer's output features divide among ``tp`` ranks."""
+    layer's output features divide among ``tp`` ranks. A Linear whose
+    weight is shared with another module (tied weights) stays whole and
+    replicated: sharding it would cut the tie. One whose parameters are
+    ``unused`` (they get no gradient: a branch the forward never takes) is
+    not in the data flow, so it is left out without breaking a pair."""
+    tied = {n.rsplit(".", 1)[0] for group in tied_parameters(model) for n in group}
+    idle = {n.rsplit(".", 1)[0] for n in unused}
     plan: dict[str, object] = {}
     pending: tuple[str, nn.Linear] | None = None  # a Linear waiting for its row partner
     for name, module in model.named_modules():
@@ -41,7 +48,11 @@ def tensor_plan(model: nn.Sequential, tp: int) -> dict[str, object]:
             continue
         if any(name.startswith(k.rsplit(".", 2)[0] + ".") for k in plan if ".attn." in k or ".fc" in k):
             continue  # inside a planned transformer block
-        if isinstance(module, nn.Linear):
+        if name in idle:
+            continue
+        if isinstance(module, nn.Linear) and name in tied:
+            pending = None
+        elif isinstance(module, nn.Linear):
             if pending is not None:
                 plan[pending[0]], plan[name] = ColwiseParallel(), RowwiseParallel()
                 pending = None
@@ -57,7 +68,7 @@ class TensorParallel:
         self.recorder = recorder
         self.loss_fn = loss_fn
         self.topology = topology
-        self.plan = tensor_plan(model, topology.tp)
+        self.plan = tensor_plan(model, topology.tp, config.unused_parameters)
         model = parallelize_module(model, groups.mesh["tp"], self.plan)
         recorder.ignore_storages_of(model.parameters())  # the shards are weights, not activations
         # A dp x tp mesh: each tensor-parallel group trains on its share of
