@@ -80,4 +80,6 @@ def train_rank(config: RunConfig, topology: Topology, model: nn.Sequential, data
     full = {name: (p.full_tensor() if hasattr(p, "full_tensor") else p).detach().cpu().clone()
             for name, p in local.named_parameters()}
     params = full if topology.dp_rank == 0 and topology.tp_rank == 0 else {}
-    return {"loss_parts": loss_parts, "memory": memory, "params": params}
+    # The tensor-parallel plan the strategy applied (module name -> colwise / rowwise), for the views.
+    plan = getattr(strategy, "plan_kinds", {})
+    return {"loss_parts": loss_parts, "memory": memory, "params": params, "tensor_plan": plan}
