@@ -213,13 +213,10 @@ def _stages(result: RunResult) -> Figure:
             total, n = p2p(result, a, b)
             notes.append((f"rank {a} → rank {b}: {human_bytes(total)}/step in {n:g} sends ({', '.join(what)})",
                           f"bytes:p2p:{a}-{b}", "#333"))
-    reduced = collectives(result, "all_reduce")
     if len(replicas) > 1:
-        n = len(replicas)
-        per_rank = ", ".join(f"{rank_label(result, owner[(replicas[0], s)])} {human_bytes(_dp_bytes(result, owner[(replicas[0], s)]))}"
-                             for s in dict.fromkeys(owner[(replicas[0], s)].rank for s in stages))
-        notes.append((f"all-reduce of gradients among the {n} replicas of each stage (DDP): B per rank per step as "
-                      f"labelled; a ring sends 2(n−1)/n · B per rank and receives as much.", "", KIND_COLORS["all_reduce"]))
+        notes.append((f"all-reduce of gradients among the {len(replicas)} replicas of each stage (DDP): B per rank "
+                      f"per step as labelled; a ring sends 2(n−1)/n · B per rank and receives as much.", "",
+                      KIND_COLORS["all_reduce"]))
     elif cuts == 0 and len(ranks) == 1:
         notes.append(("one rank holds every block: nothing crosses a device", "", "#555"))
     if any(owner[(d, s)].rank == owner[(d, s + 1)].rank for d in replicas for s in stages[:-1]):
@@ -339,8 +336,8 @@ def _tensor(result: RunResult) -> Figure:
     for groups, e in _by_numbers(tp_reduced):
         notes.append((f"Σ all-reduce among tp ranks {_among(groups)}: sums the "
                       f"row-parallel parts' partial outputs (forward) and the column-parallel layers' input "
-                      f"gradients (backward): {e['calls_per_step']:g} calls/step, B = {human_bytes(e['bytes_per_step'])} "
-                      f"per rank per step; a ring sends 2(n−1)/n · B = {human_bytes(e['ring_bytes_per_step'])} per "
+                      f"gradients (backward): {e['calls_per_step']:g} calls/step, "
+                      f"B = {human_bytes(e['bytes_per_step'])} per rank per step; a ring sends 2(n−1)/n · B = {human_bytes(e['ring_bytes_per_step'])} per "
                       f"rank and receives as much", f"bytes:all_reduce:{'|'.join(groups)}", KIND_COLORS["all_reduce"]))
     if len(replicas) > 1:
         notes += _fsdp_notes(result, "over the dp replicas (FSDP on each tp shard): ")

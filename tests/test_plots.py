@@ -109,7 +109,8 @@ def test_time_breakdown_bars_are_the_accounted_times(results, name):
     ax = fig.axes[0]
     for k, (key, _) in enumerate(plots.time_parts(result.ranks[0])):
         bars = [p for p in ax.patches if p.get_gid() == f"time:{key}"]
-        assert [bar.get_height() for bar in bars] == pytest.approx([plots.time_parts(r)[k][1] * 1e3 for r in result.ranks])
+        expected = [plots.time_parts(r)[k][1] * 1e3 for r in result.ranks]
+        assert [bar.get_height() for bar in bars] == pytest.approx(expected)
         assert bars[0].get_facecolor()[:3] == pytest.approx(_rgb(plots.KIND_COLORS[key]))
     labels = legend_labels(fig)
     assert any(label.startswith("compute") for label in labels)
