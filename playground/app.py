@@ -255,7 +255,9 @@ def key_numbers(n: int, result: RunResult) -> str:
             ("max |Δparam|", f"{result.baseline['max_abs_param_diff']:.2e} "
                              f"({'passed' if result.passed else 'FAILED'})")]
     if result.bubble:
-        rows.append(("bubble", f"measured {idle_share(result):.0%} · predicted {result.bubble['predicted']:.0%}"))
+        measured = result.bubble["measured"]
+        rows.append(("bubble", f"measured {sum(measured) / len(measured):.0%} (mean over ranks) · "
+                               f"predicted {result.bubble['predicted']:.0%}"))
     if result.accuracy is not None:
         rows.append(("accuracy", f"{result.accuracy:.3f}"))
     rows.append(("steps · lr", f"{c.steps} · {c.lr:g} {c.optimizer}"))

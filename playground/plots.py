@@ -5,7 +5,7 @@ no global figure state, no backend needed, and a notebook cell that returns
 one shows it once. ``save_all`` writes them all as PNG.
 
 Colours: one per event kind in ``KIND_COLORS`` (compute kinds cool, comm
-kinds warm, plus the totals compute / comm / idle), one per memory field in
+kinds warm, plus the totals compute / comm / wait / overhead / idle), one per memory field in
 ``MEMORY_COLORS``; every figure reads them from here.
 """
 
@@ -16,11 +16,12 @@ from typing import Any, Sequence
 
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
-from matplotlib.patches import FancyArrowPatch, Patch, Rectangle
+from matplotlib.patches import Patch, Rectangle
 from matplotlib.transforms import blended_transform_factory
 
 from .recorder import COMM_KINDS, COMPUTE_KINDS
-from .result import RankReport, RunResult
+from .result import RankReport, RunResult, step_of
+from .result import timed_steps as _timed_steps
 
 KIND_COLORS: dict[str, str] = {
     # compute: blues, greens, purple
@@ -40,6 +41,8 @@ KIND_COLORS: dict[str, str] = {
     "compute": "#3A7DC9",
     "comm": "#E4572E",
     "idle": "#CFCFCF",
+    "wait": "#CFCFCF",
+    "overhead": "#9E9E9E",
 }
 
 KIND_LABELS = {
@@ -62,20 +65,32 @@ MIB = 2**20
 # Facts read from the result
 
 
-def rank_label(result: RunResult, r: RankReport) -> str:
-    """'rank r · stage s · dp d', naming only the axes the run splits along."""
+def rank_label(result: RunResult, r: RankReport, sep: str = " · ") -> str:
+    """'rank r · stage s · dp d · tp t', naming only the axes the run splits
+    along; a rank holding several stages lists them all ('stages 0, 3')."""
     parts = [f"rank {r.rank}"]
-    if len({x.stage for x in result.ranks}) > 1:
-        parts.append(f"stage {r.stage}")
+    if len({x.stage for x in result.ranks}) > 1 or len(r.stages) > 1:
+        held = [s for s, _, _ in r.stages] or [r.stage]
+        parts.append(f"stage{'s' if len(held) > 1 else ''} {', '.join(map(str, held))}")
     if len({x.dp_rank for x in result.ranks}) > 1:
         parts.append(f"dp {r.dp_rank}")
-    return " · ".join(parts)
+    if len({x.tp_rank for x in result.ranks}) > 1:
+        parts.append(f"tp {r.tp_rank}")
+    return sep.join(parts)
+
+
+def rank_tick(result: RunResult, r: RankReport) -> str:
+    """``rank_label`` on two lines: the rank, then its place on the mesh (x-axis ticks)."""
+    head, _, rest = rank_label(result, r).partition(" · ")
+    return head + ("\n" + rest if rest else "")
 
 
 def run_title(result: RunResult) -> str:
     c = result.config
     words = [c.model, c.strategy]
-    if c.strategy == "pipeline":
+    if c.strategy == "hybrid":
+        words.append(f"dp {c.dp_size} × " + (f"pp {c.pp_size}" if c.pp_size > 1 else f"tp {c.tp_size}"))
+    if c.scheduled:
         words.append(f"{c.schedule}, {c.micro_batches} micro-batches")
     if c.strategy == "data" and c.batch_partition:
         words.append("batch shares " + ":".join(map(str, c.batch_partition)))
@@ -85,17 +100,7 @@ def run_title(result: RunResult) -> str:
 
 def timed_steps(result: RunResult) -> list[int]:
     """Steps the time accounting covers: all after the warm-up step 0."""
-    n = len(result.ranks[0].step_times)
-    return list(range(1, n)) if n > 1 else [0]
-
-
-def step_of(r: RankReport, t: float) -> int:
-    """The step during which time ``t`` falls on rank ``r`` (a step runs until the next starts)."""
-    step = 0
-    for i, (start, _) in enumerate(r.step_times):
-        if t >= start:
-            step = i
-    return step
+    return _timed_steps(result.ranks)
 
 
 def shown_steps(result: RunResult, steps: int | Sequence[int] | None) -> list[int]:
@@ -115,26 +120,6 @@ def shown_events(r: RankReport, steps: list[int]) -> list[dict[str, Any]]:
     """The rank's events that began during one of ``steps``."""
     keep = set(steps)
     return [e for e in r.timeline if step_of(r, e["start"]) in keep]
-
-
-def bytes_per_step(result: RunResult) -> dict[str, Any]:
-    """Means per timed step: bytes and number of sends, keyed (from rank,
-    to rank), and the all-reduced buffer bytes per rank."""
-    steps = set(timed_steps(result))
-    sends: dict[tuple[int, int], float] = {}
-    send_counts: dict[tuple[int, int], float] = {}
-    all_reduce: dict[int, float] = {}
-    for r in result.ranks:
-        for e in r.timeline:
-            if step_of(r, e["start"]) not in steps:
-                continue
-            if e["kind"] == "send":
-                key = (r.rank, e["peer"])
-                sends[key] = sends.get(key, 0) + e["bytes"] / len(steps)
-                send_counts[key] = send_counts.get(key, 0) + 1 / len(steps)
-            elif e["kind"] == "all_reduce":
-                all_reduce[r.rank] = all_reduce.get(r.rank, 0) + e["bytes"] / len(steps)
-    return {"sends": sends, "send_counts": send_counts, "all_reduce": all_reduce}
 
 
 def human_bytes(n: float) -> str:
@@ -178,6 +163,8 @@ def plot_timeline(result: RunResult, steps: int | Sequence[int] | None = 2) -> F
     ax.set_ylim(len(ranks) - 0.45, -0.55)  # rank 0 on top
     px_per_ms = fig.get_figwidth() * fig.dpi * ax.get_position().width / (t1 - t0 + 2 * pad)
 
+    # Patches go in with add_artist: the limits are set above, and add_patch
+    # would recompute them for each of hundreds of boxes.
     numbered = result.config.micro_batches > 1
     kinds_seen: set[str] = set()
     waited = False
@@ -188,7 +175,7 @@ def plot_timeline(result: RunResult, steps: int | Sequence[int] | None = 2) -> F
             color = KIND_COLORS[kind]
             if kind in COMPUTE_KINDS:
                 y, h = row - 0.33, 0.46
-                ax.add_patch(Rectangle((start, y), end - start, h, facecolor=color, edgecolor="white",
+                ax.add_artist(Rectangle((start, y), end - start, h, facecolor=color, edgecolor="white",
                                        linewidth=0.5, gid=f"compute:{kind}"))
                 mb = e.get("micro_batch")
                 label = str(mb) if numbered and mb is not None else ""
@@ -202,9 +189,9 @@ def plot_timeline(result: RunResult, steps: int | Sequence[int] | None = 2) -> F
             joined = min(max(e.get("joined", e["start"]) * MS, start), end)
             if joined > start:
                 waited = True
-                ax.add_patch(Rectangle((start, y), joined - start, h, facecolor=color, alpha=0.3,
+                ax.add_artist(Rectangle((start, y), joined - start, h, facecolor=color, alpha=0.3,
                                        hatch="////", edgecolor=color, linewidth=0, gid=f"wait:{kind}"))
-            ax.add_patch(Rectangle((joined, y), end - joined, h, facecolor=color, edgecolor="none",
+            ax.add_artist(Rectangle((joined, y), end - joined, h, facecolor=color, edgecolor="none",
                                    gid=f"comm:{kind}"))
 
     # Step boundaries, per rank (each rank's steps start when it gets there).
@@ -243,59 +230,95 @@ def plot_timeline(result: RunResult, steps: int | Sequence[int] | None = 2) -> F
 # 2. Time breakdown
 
 
-def pipeline_bubble(result: RunResult) -> float | None:
-    """Predicted idle share of a pipeline of p stages and m micro-batches,
-    (p - 1) / (m + p - 1) (``cost.bubble_fraction``), assuming equal stages
-    and free communication; None without a pipeline."""
-    from .cost import bubble_fraction
+TIME_PARTS = (
+    ("compute", "compute (forward, backward, optimizer, …)"),
+    ("comm", "communication not hidden under compute"),
+    ("wait", "waiting for a peer"),
+    ("overhead", "runtime overhead: the framework's own host work between recorded actions"),
+)
+IDLE_LABEL = "idle (waiting for peers, runtime overhead)"
 
-    p = len({r.stage for r in result.ranks})
-    if p < 2:
-        return None
-    c = result.config
-    pipelined = c.strategy == "pipeline"  # 'model' is a pipeline of one micro-batch
-    return bubble_fraction(c.schedule if pipelined else "gpipe", p, c.micro_batches if pipelined else 1)
+
+def time_parts(r: RankReport) -> list[tuple[str, float]]:
+    """(key, seconds) stacked in a rank's bar: compute, comm, wait and
+    overhead; a result accounted before wait and overhead were told apart
+    has one ``idle`` part instead."""
+    if "wait" in r.time or "overhead" in r.time:
+        return [(key, r.time.get(key, 0.0)) for key, _ in TIME_PARTS]
+    return [("compute", r.time.get("compute", 0.0)), ("comm", r.time.get("comm", 0.0)),
+            ("idle", r.time.get("idle", 0.0))]
 
 
 def plot_time_breakdown(result: RunResult) -> Figure:
-    """Per-rank stacked bars: compute, communication, idle (ms) over the timed steps."""
+    """Per-rank stacked bars of the accounted time over the timed steps
+    (ms): compute, communication, waiting for a peer, runtime overhead; a
+    thin hatched bar beside shows communication overlapped with compute
+    (not part of the sum). Pipelines: a bracket at the top of each bar spans
+    the bubble ``result.bubble`` predicts, and markers show the idle share
+    measured on the rank (and replayed, when the result has it)."""
     ranks = result.ranks
-    fig = Figure(figsize=(max(5.5, 1.6 + 1.3 * len(ranks)), 4.8))
-    fig.subplots_adjust(left=0.14, right=0.97, top=0.84, bottom=0.28)
+    fig = Figure(figsize=(max(6.5, 2.2 + 1.5 * len(ranks)), 5.2))
+    fig.subplots_adjust(left=0.12, right=0.97, top=0.86, bottom=0.33)
     ax = fig.add_subplot()
-    x = range(len(ranks))
+    x = list(range(len(ranks)))
     base = [0.0] * len(ranks)
-    bubble = pipeline_bubble(result)
-    parts = (("compute", "compute (forward, backward, optimizer, …)"),
-             ("comm", "communication not hidden under compute"),
-             ("idle", "idle (waiting for peers" + (", pipeline bubble)" if bubble is not None else ")")))
-    window = max(r.time["window"] for r in ranks) * MS
-    for key, label in parts:
-        values = [r.time[key] * MS for r in ranks]
-        ax.bar(x, values, bottom=base, color=KIND_COLORS[key], width=0.6, label=label, edgecolor="white")
+    window = max(r.time.get("window", 0.0) for r in ranks) * MS or 1.0
+    parts = [time_parts(r) for r in ranks]
+    labels = dict(TIME_PARTS, idle=IDLE_LABEL)
+    for k, key in enumerate(key for key, _ in parts[0]):
+        values = [p[k][1] * MS for p in parts]
+        ax.bar(x, values, bottom=base, color=KIND_COLORS[key], width=0.55, label=labels[key], edgecolor="white",
+               gid=f"time:{key}")
         for i, v in enumerate(values):
             if v >= 0.06 * window:
                 ax.text(i, base[i] + v / 2, f"{v:.1f}", ha="center", va="center", fontsize=8,
-                        color="white" if key != "idle" else "#333")
+                        color="white" if key in ("compute", "comm") else "#333")
         base = [b + v for b, v in zip(base, values)]
+    overlapped = [r.time.get("overlapped", 0.0) * MS for r in ranks]
+    if any(overlapped):
+        ax.bar([i - 0.33 for i in x], overlapped, width=0.08, facecolor="none", edgecolor=KIND_COLORS["comm"],
+               hatch="////", linewidth=0.8, gid="time:overlapped",
+               label="communication overlapped with compute (beside; not in the sum)")
+    bubble = result.bubble
     if bubble is not None:
-        for i, r in enumerate(ranks):
-            w = r.time["window"] * MS
-            ax.plot([i + 0.31, i + 0.34, i + 0.34, i + 0.31], [w * (1 - bubble), w * (1 - bubble), w, w],
-                    color="black", lw=1.2)
-            ax.text(i + 0.36, w * (1 - bubble / 2), f"bubble\n{bubble:.0%}", fontsize=7, va="center")
-        ax.plot([], [], color="black", lw=1.2, marker="|",
-                label=f"idle predicted from the pipeline bubble alone, (p−1)/(m+p−1) = {bubble:.0%}")
-    ax.set_xticks(list(x), [rank_label(result, r) for r in ranks], fontsize=9)
+        _bubble_marks(ax, ranks, bubble)
+    ax.set_xticks(x, [rank_tick(result, r) for r in ranks], fontsize=8)
     ax.set_ylabel("time over the timed steps (ms)")
     steps = timed_steps(result)
-    span = f"steps {steps[0]}–{steps[-1]}; step 0 is warm-up" if steps != [0] else "step 0, the only step"
+    span = ("step 0, the only step" if steps == [0] else
+            f"step {steps[0]}" if len(steps) == 1 else f"steps {steps[0]}–{steps[-1]}") + \
+        ("; step 0 is warm-up" if steps != [0] else "")
     ax.set_title(f"Where each rank's time went ({span})\n{run_title(result)}", fontsize=10)
-    ax.set_ylim(0, window * 1.05)
-    ax.set_xlim(-0.5, len(ranks) - 0.5 + (0.25 if bubble is not None else 0))
-    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.1), fontsize=8, frameon=False)
+    ax.set_ylim(0, window * 1.08)
+    ax.set_xlim(-0.6, len(ranks) - 0.4 + (0.3 if bubble is not None else 0))
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), fontsize=8, frameon=False, ncol=2)
     _footer(fig, result)
     return fig
+
+
+def _bubble_marks(ax, ranks: list[RankReport], bubble: dict[str, Any]) -> None:
+    """The predicted bubble as a bracket from the top of each bar, the
+    measured (and replayed) idle share as markers on the same scale."""
+    predicted = bubble["predicted"]
+    measured = bubble.get("measured") or []
+    replayed = bubble.get("replayed") or []
+    for i, r in enumerate(ranks):
+        w = r.time.get("window", 0.0) * MS
+        ax.plot([i + 0.29, i + 0.32, i + 0.32, i + 0.29], [w * (1 - predicted)] * 2 + [w] * 2,
+                color="black", lw=1.2, gid="bubble:predicted")
+        lines = [f"predicted {predicted:.0%}"]
+        if i < len(measured):
+            ax.plot([i + 0.32], [w * (1 - measured[i])], marker="<", color="#C0392B", ms=6, gid="bubble:measured")
+            lines.append(f"measured {measured[i]:.0%}")
+        if i < len(replayed):
+            ax.plot([i + 0.32], [w * (1 - replayed[i])], marker="D", color="#555", ms=4, gid="bubble:replayed")
+            lines.append(f"replayed {replayed[i]:.0%}")
+        ax.text(i + 0.35, w * (1 - predicted / 2), "bubble\n" + "\n".join(lines), fontsize=6.5, va="center")
+    ax.plot([], [], color="black", lw=1.2, marker="|",
+            label=f"bubble predicted by {bubble['formula']} = {predicted:.0%} (bracket)")
+    ax.plot([], [], ls="none", marker="<", color="#C0392B", label="idle share measured on the rank")
+    if replayed:
+        ax.plot([], [], ls="none", marker="D", color="#555", ms=4, label="idle share replayed")
 
 
 # --------------------------------------------------------------------------
@@ -340,7 +363,7 @@ def plot_memory(result: RunResult, predicted: Sequence[Any] | None = None) -> Fi
         if predicted:
             ax.text(x, -0.02 * top, "predicted" if is_prediction else "measured", ha="center", va="top",
                     fontsize=7, color="#555")
-    ax.set_xticks(range(len(ranks)), [rank_label(result, r) for r in ranks], fontsize=9)
+    ax.set_xticks(range(len(ranks)), [rank_tick(result, r) for r in ranks], fontsize=8)
     ax.tick_params(axis="x", length=0, pad=14 if predicted else 4)
     ax.set_ylim(0, top * 1.12)
     ax.set_xlim(-0.75, len(ranks) - 0.25)
@@ -395,130 +418,15 @@ def plot_losses(result: RunResult) -> Figure:
 
 
 # --------------------------------------------------------------------------
-# 5. Data flow
-
-
-def _block_labels(result: RunResult, n: int) -> list[str]:
-    from .models import MODELS
-
-    spec = MODELS.get(result.config.model)
-    if spec is not None and len(spec.block_labels) == n:
-        return list(spec.block_labels)
-    if result.model is not None:
-        return [type(block).__name__ for block in result.model]
-    return [f"block {i}" for i in range(n)]
+# 5. Data flow: see dataflow.py
 
 
 def plot_dataflow(result: RunResult) -> Figure:
-    """The split drawn as data flow: one row of blocks per data-parallel
-    replica, each block coloured by the rank holding it; arrows across each
-    cut carry the activations forward and the gradients back (bytes per step,
-    measured from the send events); replicas are joined by the gradient
-    all-reduce (buffer bytes B per step; a ring sends 2 (n - 1) / n * B per rank)."""
-    ranks = result.ranks
-    n_blocks = len(result.model) if result.model is not None else max(r.blocks[1] for r in ranks)
-    labels = _block_labels(result, n_blocks)
-    params = _block_params(result, n_blocks)
-    replicas = sorted({r.dp_rank for r in ranks})
-    traffic = bytes_per_step(result)
-    cuts = len({r.stage for r in ranks}) - 1
-    cut_gap, row_gap, block_h = 2.0, 2.2, 0.9
-    x_lo, x_hi = -1.7, n_blocks + cuts * cut_gap + 1.0
-    y_lo, y_hi = -(len(replicas) - 1) * row_gap - 0.95, 0.85
-    unit = 0.8  # inches per data unit, on both axes, so blocks stay square
-    widen = max(0.0, 7.5 - (x_hi - x_lo)) / 2  # room for the title on a small model
-    x_lo, x_hi = x_lo - widen, x_hi + widen
-    fig = Figure(figsize=((x_hi - x_lo) * unit + 0.3, (y_hi - y_lo) * unit + 0.8))
-    fig.subplots_adjust(left=0.15 / fig.get_figwidth(), right=1 - 0.15 / fig.get_figwidth(),
-                        top=1 - 0.8 / fig.get_figheight(), bottom=0.0)
-    ax = fig.add_subplot()
-    ax.set_axis_off()
-    ax.set_xlim(x_lo, x_hi)
-    ax.set_ylim(y_lo, y_hi)
-    palette = ["#9ECAE1", "#FDAE6B", "#A1D99B", "#BCBDDC", "#FC9272", "#C7E9C0", "#FDD0A2", "#DADAEB"]
-    row_y: dict[int, float] = {}
-    for row, d in enumerate(replicas):
-        y = -row * row_gap
-        row_y[d] = y
-        stages = sorted((r for r in ranks if r.dp_rank == d), key=lambda r: r.stage)
-        ax.annotate("", xy=(0, y), xytext=(-0.6, y), arrowprops={"arrowstyle": "-|>", "color": "#555"})
-        ax.text(-0.65, y, f"batch\n{_batch_of(result, d)}", ha="right", va="center", fontsize=8)
-        x = 0.0
-        for k, r in enumerate(stages):
-            first, end = r.blocks
-            x_stage = x
-            for i in range(first, end):
-                ax.add_patch(Rectangle((x, y - block_h / 2), 0.92, block_h, facecolor=palette[r.rank % len(palette)],
-                                       edgecolor="#444", gid=f"block:{i}"))
-                lines = [(labels[i], 0.22, 7 if len(labels[i]) <= 11 else 5.5, "black"),
-                         (f"block {i}", 0.0, 6.5, "#444")]
-                if params is not None:
-                    lines.append((_count(params[i]) + " params", -0.22, 6, "#444"))
-                for text, dy, size, color in lines:
-                    ax.text(x + 0.46, y + dy, text, ha="center", va="center", fontsize=size, color=color)
-                x += 1.0
-            ax.text((x_stage + x - 0.08) / 2, y + block_h / 2 + 0.1, rank_label(result, r), ha="center",
-                    va="bottom", fontsize=8, fontweight="bold")
-            if k + 1 < len(stages):
-                _draw_cut(ax, traffic, r, stages[k + 1], x - 0.08 + 0.12, x + cut_gap - 0.12, y)
-                x += cut_gap
-        ax.annotate("", xy=(x + 0.45, y), xytext=(x - 0.05, y), arrowprops={"arrowstyle": "-|>", "color": "#555"})
-        ax.text(x + 0.5, y, "loss", ha="left", va="center", fontsize=8)
+    """How the model and the batch are split, and what crosses between the
+    ranks (``dataflow.plot_dataflow``)."""
+    from .dataflow import plot_dataflow as draw
 
-    if len(replicas) > 1:
-        for s in sorted({r.stage for r in ranks}):
-            group = [r for r in ranks if r.stage == s]
-            n = len(group)
-            b = max(traffic["all_reduce"].get(r.rank, 0) for r in group)
-            first, end = group[0].blocks
-            xs = (first + end) / 2 + s * cut_gap - 0.04
-            y_top, y_bot = row_y[replicas[0]], row_y[replicas[-1]]
-            ax.add_patch(FancyArrowPatch((xs, y_top - block_h / 2 - 0.05), (xs, y_bot + block_h / 2 + 0.4),
-                                         arrowstyle="<|-|>", mutation_scale=12, color=KIND_COLORS["all_reduce"],
-                                         gid="all-reduce-arrow"))
-            ax.text(xs + 0.12, y_top - row_gap / 2 + 0.1,
-                    f"all-reduce of gradients among {n} ranks: B = {human_bytes(b)} per rank per step;\n"
-                    f"a ring sends 2(n−1)/n · B = {human_bytes(2 * (n - 1) * b / n)} per rank and receives as much",
-                    ha="left", va="center", fontsize=8, color=KIND_COLORS["all_reduce"])
-    elif cuts == 0:
-        ax.text(n_blocks / 2, -0.75, "one rank holds every block: nothing crosses a device",
-                ha="center", fontsize=8, color="#555")
-
-    cut_text = (f"cut after block{'s' if cuts > 1 else ''} " + ", ".join(str(p - 1) for p in result.split_points)
-                if result.split_points else "no cut")
-    moved = "; bytes per step are means over the timed steps" if cuts or len(replicas) > 1 else ""
-    fig.suptitle(f"How the model is split — {run_title(result)}\n{n_blocks} blocks, {cut_text}{moved}", fontsize=10)
-    return fig
-
-
-def _draw_cut(ax, traffic: dict[str, Any], left: RankReport, right: RankReport, a: float, b: float, y: float) -> None:
-    """Two arrows across a cut: activations forward, gradients back, with bytes per step."""
-    for src, dst, dy, kind, what in ((left, right, 0.15, "send", "activations"),
-                                     (right, left, -0.15, "recv", "gradients")):
-        total = traffic["sends"].get((src.rank, dst.rank), 0)
-        count = traffic["send_counts"].get((src.rank, dst.rank), 0)
-        start, end = (a, b) if src is left else (b, a)
-        ax.add_patch(FancyArrowPatch((start, y + dy), (end, y + dy), arrowstyle="-|>", mutation_scale=12,
-                                     color=KIND_COLORS[kind], gid="cut-arrow"))
-        each = f"\n{count:g} sends × {human_bytes(total / count)}" if count > 1 else ""
-        ax.text((a + b) / 2, y + dy + (0.07 if dy > 0 else -0.07), f"{what} {'→' if dy > 0 else '←'}\n"
-                f"{human_bytes(total)}/step{each}", ha="center", va="bottom" if dy > 0 else "top", fontsize=7)
-
-
-def _block_params(result: RunResult, n: int) -> list[int] | None:
-    if result.model is None or len(result.model) != n:
-        return None
-    return [sum(p.numel() for p in block.parameters()) for block in result.model]
-
-
-def _count(n: int) -> str:
-    return f"{n / 1e6:.1f}M" if n >= 1e6 else (f"{n / 1e3:.1f}k" if n >= 1e3 else str(n))
-
-
-def _batch_of(result: RunResult, dp_rank: int) -> str:
-    shares = result.config.rank_batches()
-    n = shares[dp_rank] if dp_rank < len(shares) else result.config.global_batch
-    return f"{n} samples"
+    return draw(result)
 
 
 # --------------------------------------------------------------------------

@@ -81,6 +81,15 @@ class RankReport:
             "blocked": [list(t) for t in self.blocked],
         }
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "RankReport":
+        """The report ``to_dict`` wrote."""
+        return cls(rank=d["rank"], dp_rank=d["dp_rank"], stage=d["stage"], blocks=tuple(d["blocks"]),
+                   timeline=d["timeline"], step_times=[tuple(t) for t in d["step_times"]], memory=d["memory"],
+                   time=d.get("time", {}), bytes_sent=d.get("bytes_sent", 0), bytes_recv=d.get("bytes_recv", 0),
+                   threads=d.get("threads", 1), tp_rank=d.get("tp_rank", 0),
+                   stages=[tuple(t) for t in d.get("stages", [])])
+
 
 @dataclass
 class RunResult:
@@ -105,6 +114,15 @@ class RunResult:
     bubble: dict[str, Any] | None = None
     """Pipelines: ``predicted`` by the schedule's formula, and ``measured``:
     each rank's idle share of the timed window."""
+    blocks: list[dict[str, Any]] = field(default_factory=list)
+    """The full model's blocks, in order: {"index", "label", "params",
+    "flops"} (parameters counted from the model; forward FLOPs per sample)."""
+    traffic: dict[str, list[dict[str, Any]]] = field(default_factory=lambda: {"p2p": [], "collectives": []})
+    """Bytes moved per timed step (``traffic_per_step``): point-to-point
+    per (src, dst) and collectives per (rank, kind, group)."""
+    tensor_plan: dict[str, str] = field(default_factory=dict)
+    """Tensor parallel: module name -> "colwise" or "rowwise", as the
+    strategy applied it (empty for other strategies)."""
     model: Any = field(default=None, repr=False)
     """The trained full model, gathered from the ranks (not in the JSON)."""
 
@@ -128,11 +146,32 @@ class RunResult:
             "predictions": self.predictions,
             "bubble": self.bubble,
             "stage_balance": self.stage_balance,
+            "blocks": self.blocks,
+            "traffic": self.traffic,
+            "tensor_plan": self.tensor_plan,
             "ranks": [r.to_dict() for r in self.ranks],
         }
 
     def to_json(self, indent: int | None = None) -> str:
         return json.dumps(self.to_dict(), indent=indent)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "RunResult":
+        """The result ``to_dict`` wrote, without the trained model
+        (``model`` is None): enough to draw every figure again."""
+        return cls(config=RunConfig.from_dict(d["config"]), device=d["device"], backend=d["backend"],
+                   world_size=d["world_size"], losses=d["losses"],
+                   throughput_samples_per_s=d["throughput_samples_per_s"], baseline=d["baseline"],
+                   ranks=[RankReport.from_dict(r) for r in d["ranks"]], split_points=tuple(d["split_points"]),
+                   accuracy=d.get("accuracy"), wall_s=d.get("wall_s", 0.0), notes=d.get("notes", []),
+                   predictions=d.get("predictions"), stage_balance=d.get("stage_balance", []),
+                   bubble=d.get("bubble"), blocks=d.get("blocks", []),
+                   traffic=d.get("traffic") or {"p2p": [], "collectives": []},
+                   tensor_plan=d.get("tensor_plan", {}))
+
+    @classmethod
+    def from_json(cls, text: str) -> "RunResult":
+        return cls.from_dict(json.loads(text))
 
     # Pictures (matplotlib, imported only when asked for): see plots.py.
     def plot_timeline(self, **kwargs):
@@ -290,6 +329,71 @@ def account(ranks: list[RankReport]) -> None:
                 sent += volume
                 recv += volume
         r.bytes_sent, r.bytes_recv = sent, recv
+
+
+def timed_steps(ranks: list[RankReport]) -> list[int]:
+    """Steps the accounting covers: all after the warm-up step 0 (step 0
+    alone when it is the only one)."""
+    n = len(ranks[0].step_times)
+    return list(range(1, n)) if n > 1 else [0]
+
+
+def step_of(r: RankReport, t: float) -> int:
+    """The step during which time ``t`` falls on rank ``r`` (a step runs
+    until the next begins; before step 0 counts as step 0)."""
+    step = 0
+    for i, (start, _) in enumerate(r.step_times):
+        if t >= start:
+            step = i
+    return step
+
+
+def traffic_per_step(ranks: list[RankReport]) -> dict[str, list[dict[str, Any]]]:
+    """Means over the timed steps of what the ranks moved, from their events
+    (an event belongs to the step during which it began).
+
+    ``p2p``: one entry per (src, dst) pair that exchanged messages,
+    ``{"src", "dst", "bytes_per_step", "messages_per_step"}``, from the
+    sender's send events.
+    ``collectives``: one entry per (rank, kind, group),
+    ``{"rank", "kind", "group", "group_size", "bytes_per_step",
+    "ring_bytes_per_step", "calls_per_step"}``. ``bytes_per_step`` is the
+    payload B (the all-reduced buffer, the gathered output, the scattered
+    input); ``ring_bytes_per_step`` is what a ring sends per rank (and
+    receives as much): 2 (n - 1) / n * B for an all-reduce,
+    (n - 1) / n * B for an all-gather or a reduce-scatter.
+    """
+    steps = set(timed_steps(ranks))
+    n_steps = len(steps)
+    p2p: dict[tuple[int, int], list[float]] = {}
+    collectives: dict[tuple[int, str, str], dict[str, Any]] = {}
+    for r in ranks:
+        for e in r.timeline:
+            if e["kind"] not in COMM_KINDS or step_of(r, e["start"]) not in steps:
+                continue
+            if e["kind"] == "send":
+                entry = p2p.setdefault((r.rank, e["peer"]), [0.0, 0.0])
+                entry[0] += e["bytes"] / n_steps
+                entry[1] += 1 / n_steps
+            elif e["kind"] in RING_FACTOR:
+                key = (r.rank, e["kind"], e["group"])
+                entry = collectives.setdefault(key, {
+                    "rank": r.rank, "kind": e["kind"], "group": e["group"], "group_size": e["group_size"],
+                    "bytes_per_step": 0.0, "ring_bytes_per_step": 0.0, "calls_per_step": 0.0})
+                n = e["group_size"]
+                entry["bytes_per_step"] += e["bytes"] / n_steps
+                entry["ring_bytes_per_step"] += RING_FACTOR[e["kind"]] * (n - 1) / n * e["bytes"] / n_steps
+                entry["calls_per_step"] += 1 / n_steps
+    return {
+        "p2p": [{"src": s, "dst": d, "bytes_per_step": b, "messages_per_step": m}
+                for (s, d), (b, m) in sorted(p2p.items())],
+        "collectives": [collectives[k] for k in sorted(collectives)],
+    }
+
+
+def block_table(infos) -> list[dict[str, Any]]:
+    """The model's blocks as the result carries them, from ``BlockInfo``s."""
+    return [{"index": b.index, "label": b.label, "params": b.params, "flops": b.flops} for b in infos]
 
 
 STAGE_COMPUTE_KINDS = ("forward", "loss", "backward", "backward_weight")

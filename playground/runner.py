@@ -17,7 +17,8 @@ from .launcher import default_pool, launch
 from .model_facts import ModelFacts, block_of, differences, inspect_model
 from .models import MODELS, block_infos, build_model, model_block_infos, model_num_blocks, stage_ranges
 from .recorder import Recorder
-from .result import BASELINE_TOLERANCE, LOSS_TOLERANCE, RankReport, RunResult, account, stage_balance, throughput
+from .result import (BASELINE_TOLERANCE, LOSS_TOLERANCE, RankReport, RunResult, account, block_table, stage_balance,
+                     throughput, traffic_per_step)
 from .topology import Topology
 from .training import Groups, train_rank
 
@@ -105,7 +106,8 @@ def assemble(config: RunConfig, reports: list[dict], custom: tuple | None, devic
              for r in reports]
     _rebase_clock(ranks)
     account(ranks)
-    balance = stage_balance(ranks, _infos(config, full_model, data), split_points)
+    infos = _infos(config, full_model, data)
+    balance = stage_balance(ranks, infos, split_points)
     losses = [sum(p for p in parts if p is not None)
               for parts in zip(*(r["loss_parts"] for r in reports))]
     trained = _gather(full_model, [r["params"] for r in reports])
@@ -135,7 +137,8 @@ def assemble(config: RunConfig, reports: list[dict], custom: tuple | None, devic
                      baseline=baseline, ranks=ranks, split_points=tuple(split_points), accuracy=accuracy,
                      wall_s=wall, notes=notes, model=trained,
                      predictions=_predictions(config, custom, data), bubble=_bubble(config, ranks),
-                     stage_balance=balance)
+                     stage_balance=balance, blocks=block_table(infos), traffic=traffic_per_step(ranks),
+                     tensor_plan=dict(reports[0].get("tensor_plan") or {}))
 
 
 def _predictions(config: RunConfig, custom: tuple | None, data: Dataset) -> list[dict]:
@@ -265,7 +268,7 @@ def _notes(config: RunConfig, device: str) -> list[str]:
 def _infos(config: RunConfig, model: nn.Sequential, data: Dataset):
     if config.model != "custom":
         return model_block_infos(config.model)
-    return block_infos(probe_copy(model), data.train_x[0])
+    return block_infos(probe_copy(model), data.train_x[0], tuple(type(block).__name__ for block in model))
 
 
 def probe_copy(model: nn.Module) -> nn.Module:

@@ -93,7 +93,9 @@ def train_rank(config: RunConfig, topology: Topology, model: nn.Sequential, data
     state = [*local.named_parameters(), *local.named_buffers()]
     full = {name: (t.full_tensor() if hasattr(t, "full_tensor") else t).detach().cpu().clone() for name, t in state}
     params = full if topology.dp_rank == 0 and topology.tp_rank == 0 else {}
-    return {"loss_parts": loss_parts, "memory": memory, "params": params}
+    # The tensor-parallel plan the strategy applied (module name -> colwise / rowwise), for the views.
+    plan = getattr(strategy, "plan_kinds", {})
+    return {"loss_parts": loss_parts, "memory": memory, "params": params, "tensor_plan": plan}
 
 
 def rng_stream(topology: Topology) -> int:

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import pathlib
 import subprocess
 import sys
 
 from faulty import child_pids
+
+RESULTS = pathlib.Path(__file__).parent / "data" / "results"
 
 
 def test_cli_run_prints_table_and_writes_json(tmp_path):
@@ -40,3 +43,16 @@ def test_cli_bad_argument_in_a_real_process():
     import playground
 
     assert sorted(child_pids()) == sorted(playground.default_pool().process_pids())
+
+
+def test_cli_plots_a_v_schedule(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "playground", "run", "--model", "cnn", "--strategy", "pipeline", "--schedule",
+         "zbvzerobubble", "--virtual-stages", "2", "--micro-batches", "4", "--global-batch", "16", "--steps", "2",
+         "--json", str(tmp_path / "r.json"), "--plots", str(tmp_path / "plots")],
+        capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == \
+        ["dataflow.png", "losses.png", "memory.png", "time_breakdown.png", "timeline.png"]
+    saved = json.loads((tmp_path / "r.json").read_text())
+    assert set(saved) == set(json.loads((RESULTS / "cnn-pipeline-zbvzerobubble.json").read_text()))

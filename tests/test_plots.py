@@ -38,7 +38,7 @@ def legend_labels(fig) -> list[str]:
 
 
 def test_colours_cover_every_event_kind():
-    for kind in COMPUTE_KINDS + COMM_KINDS + ("compute", "comm", "idle"):
+    for kind in COMPUTE_KINDS + COMM_KINDS + ("compute", "comm", "wait", "overhead", "idle"):
         assert kind in plots.KIND_COLORS
     assert len({plots.KIND_COLORS[k] for k in COMPUTE_KINDS + COMM_KINDS}) == len(COMPUTE_KINDS + COMM_KINDS)
 
@@ -107,13 +107,19 @@ def test_time_breakdown_bars_are_the_accounted_times(results, name):
     result = results[name]
     fig = plots.plot_time_breakdown(result)
     ax = fig.axes[0]
-    for container, key in zip(ax.containers, ("compute", "comm", "idle")):
-        heights = [bar.get_height() for bar in container]
-        assert heights == pytest.approx([r.time[key] * 1e3 for r in result.ranks])
-        assert container[0].get_facecolor()[:3] == pytest.approx(_rgb(plots.KIND_COLORS[key]))
+    for k, (key, _) in enumerate(plots.time_parts(result.ranks[0])):
+        bars = [p for p in ax.patches if p.get_gid() == f"time:{key}"]
+        expected = [plots.time_parts(r)[k][1] * 1e3 for r in result.ranks]
+        assert [bar.get_height() for bar in bars] == pytest.approx(expected)
+        assert bars[0].get_facecolor()[:3] == pytest.approx(_rgb(plots.KIND_COLORS[key]))
     labels = legend_labels(fig)
-    assert any(label.startswith("compute") for label in labels) and any(label.startswith("idle") for label in labels)
-    assert any("predicted from the pipeline bubble" in label for label in labels) == (name == "pipeline")
+    assert any(label.startswith("compute") for label in labels)
+    assert any(label.startswith("bubble predicted by") for label in labels) == (name == "pipeline")
+    if name == "pipeline":  # the bracket and its text come from result.bubble, not a formula redone here
+        b = result.bubble
+        assert any(f"= {b['predicted']:.0%}" in label and b["formula"] in label for label in labels)
+        assert [t.get_text() for t in ax.texts if t.get_text().startswith("bubble")] == \
+               [f"bubble\npredicted {b['predicted']:.0%}\nmeasured {m:.0%}" for m in b["measured"]]
     assert "(ms)" in ax.get_ylabel()
 
 
@@ -180,17 +186,18 @@ def test_dataflow_data_parallel_annotates_the_all_reduce(results):
     result = results["data"]
     ax = plots.plot_dataflow(result).axes[0]
     assert len(patches(ax, "block:")) == 2 * len(result.model)  # every rank holds every block
-    assert patches(ax, "all-reduce-arrow") and not patches(ax, "cut-arrow")
+    assert patches(ax, "collective:all_reduce") and not patches(ax, "cut-arrow")
     # DDP all-reduces every gradient once per step: as many bytes as the parameters
+    said = [t.get_text() for t in ax.texts if (t.get_gid() or "").startswith("bytes:all_reduce")]
+    assert said == [f"all-reduce\nB = {plots.human_bytes(result.ranks[0].memory['params'])}\nper rank per step"]
     texts = " ".join(t.get_text() for t in ax.texts)
-    assert plots.human_bytes(result.ranks[0].memory["params"]) + " per rank per step" in texts
     assert "96 samples" in texts and "32 samples" in texts
 
 
 def test_dataflow_single_rank(results):
     ax = plots.plot_dataflow(results["single"]).axes[0]
     assert len(patches(ax, "block:")) == 2
-    assert not patches(ax, "cut-arrow") and not patches(ax, "all-reduce-arrow")
+    assert not patches(ax, "cut-arrow") and not patches(ax, "collective:")
 
 
 # -- all of them ---------------------------------------------------------------

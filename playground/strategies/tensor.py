@@ -79,6 +79,12 @@ class TensorParallel:
             model = shard_blocks(model, groups.mesh["dp"], recorder)
         self.module = self.local_model = model
 
+    @property
+    def plan_kinds(self) -> dict[str, str]:
+        """The plan applied, as data: module name -> "colwise" or "rowwise"."""
+        return {name: "colwise" if isinstance(style, ColwiseParallel) else "rowwise"
+                for name, style in self.plan.items()}
+
     def context(self):
         return self.recorder.recording_collectives()
 
