@@ -485,13 +485,14 @@ def format_table(result: RunResult) -> str:
     head = (f"{c.model} · {c.strategy} · world {result.world_size} · {result.device}/{result.backend} · "
             f"{c.steps} steps · split {list(result.split_points) or '-'} · "
             f"{result.throughput_samples_per_s:.0f} samples/s")
-    cols = ("rank", "stage", "dp", "blocks", "compute ms", "comm ms", "idle ms",
+    cols = ("rank", "stage", "dp", "blocks", "compute ms", "comm ms", "wait ms", "overhead ms",
             "params MiB", "grads MiB", "optim MiB", "activ MiB", "sent MiB", "recv MiB")
     rows = []
     for r in result.ranks:
         t = r.time
         rows.append((str(r.rank), str(r.stage), str(r.dp_rank), f"{r.blocks[0]}-{r.blocks[1] - 1}",
-                     f"{1e3 * t['compute']:.1f}", f"{1e3 * t['comm']:.1f}", f"{1e3 * t['idle']:.1f}",
+                     f"{1e3 * t['compute']:.1f}", f"{1e3 * t['comm']:.1f}", f"{1e3 * t.get('wait', t['idle']):.1f}",
+                     f"{1e3 * t.get('overhead', 0.0):.1f}",
                      _mib(r.memory["params"]), _mib(r.memory["grads"]), _mib(r.memory["optimizer"]),
                      _mib(r.memory["activations_peak"]), _mib(r.bytes_sent), _mib(r.bytes_recv)))
     widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(cols)]
