@@ -147,6 +147,9 @@ class ReplayCosts:
     transfer: dict[Action, float] = field(default_factory=dict)
     """The message carrying an action's output to a stage on another rank:
     from the moment both ends have posted it to its arrival."""
+    sent: dict[Action, float] = field(default_factory=dict)
+    """The same message on the sending rank: from the moment both ends
+    have posted it until the send completed (``transfer`` when missing)."""
     after: dict[int, list[float]] = field(default_factory=dict)
     """Per rank, host work after each of its actions (in table order)
     before it can start the next (or the optimizer step)."""
@@ -183,8 +186,10 @@ def _input_of(kind: str, stage: int, micro_batch: int, last: int) -> tuple[str, 
     return ("b", stage + 1, micro_batch) if stage < last else ("f", stage, micro_batch)
 
 
-def replay_schedule(table: dict[int, list[Action]], costs: ReplayCosts, steps: int = 1) -> dict[int, RankReplay]:
-    """Run a schedule table on paper: ``steps`` steps, every rank free at 0.
+def replay_schedule(table: dict[int, list[Action]], costs: ReplayCosts | list[ReplayCosts],
+                    steps: int = 1) -> dict[int, RankReplay]:
+    """Run a schedule table on paper: ``steps`` steps, every rank free at 0;
+    ``costs`` the same for every step, or one per step.
 
     Each rank runs its actions in table order, then its optimizer step; an
     action starts at max(r, a), r the time its rank is free (the previous
@@ -192,11 +197,13 @@ def replay_schedule(table: dict[int, list[Action]], costs: ReplayCosts, steps: i
     its input is there (``_input_of``): the producing pass's end e when the
     producer is on the same rank, else the message's arrival
     max(e, r) + transfer, since a transfer starts once both ends have
-    posted it. The transfer counts as communication on both ranks.
+    posted it. Communication: the transfer on the receiving rank, the
+    send (``costs.sent``) on the sending one.
     ``ValueError`` when the table waits forever."""
     last = max(s for actions in table.values() for _, s, _ in actions)
+    per_step = costs if isinstance(costs, list) else [costs] * steps
     done: dict[tuple, tuple[float, Action, int]] = {}
-    free = {r: costs.lead.get(r, 0.0) for r in table}
+    free = {r: per_step[0].lead.get(r, 0.0) for r in table}
     pos = {r: (0, 0) for r in table}  # (step, index into the table; len = the optimizer step)
     boxes: dict[int, list[tuple]] = {r: [] for r in table}
     comm: dict[int, list[tuple[float, float]]] = {r: [] for r in table}
@@ -205,10 +212,13 @@ def replay_schedule(table: dict[int, list[Action]], costs: ReplayCosts, steps: i
         for r, actions in table.items():
             while pos[r][0] < steps:
                 step, i = pos[r]
+                step_costs = per_step[step]
                 if i == len(actions):
-                    start, end = free[r], free[r] + costs.optimizer.get(r, 0.0)
+                    start, end = free[r], free[r] + step_costs.optimizer.get(r, 0.0)
                     boxes[r].append(("optimizer", None, None, step, start, end))
-                    free[r] = end + (costs.between.get(r, 0.0) + costs.lead.get(r, 0.0) if step + 1 < steps else 0.0)
+                    if step + 1 < steps:
+                        end += step_costs.between.get(r, 0.0) + per_step[step + 1].lead.get(r, 0.0)
+                    free[r] = end
                     pos[r], progressed = (step + 1, 0), True
                     continue
                 kind, s, mb = action = actions[i]
@@ -221,15 +231,15 @@ def replay_schedule(table: dict[int, list[Action]], costs: ReplayCosts, steps: i
                     arrival = produced
                     if by != r:
                         joined = max(produced, ready)
-                        arrival = joined + costs.transfer.get(producer, 0.0)
+                        arrival = joined + step_costs.transfer.get(producer, 0.0)
                         comm[r].append((joined, arrival))
-                        comm[by].append((joined, arrival))
+                        comm[by].append((joined, joined + step_costs.sent.get(producer, arrival - joined)))
                 start = max(ready, arrival)
-                end = start + costs.duration.get(action, 0.0)
+                end = start + step_costs.duration.get(action, 0.0)
                 done[("f" if kind == "forward" else "w" if kind == "backward_weight" else "b", s, mb, step)] = \
                     (end, action, r)
                 boxes[r].append((kind, s, mb, step, start, end))
-                after = costs.after.get(r)
+                after = step_costs.after.get(r)
                 free[r] = end + (after[i] if after else 0.0)
                 pos[r], progressed = (step, i + 1), True
         if not progressed:

@@ -81,8 +81,17 @@ class RunResult:
     """Per stage: its blocks, share of parameters and FLOPs (estimates), and
     measured compute seconds over the timed steps (mean over replicas)."""
     bubble: dict[str, Any] | None = None
-    """Pipelines: ``predicted`` by the schedule's formula, and ``measured``:
-    each rank's idle share of the timed window."""
+    """Pipelines: ``predicted`` by the schedule's formula (``formula`` says
+    which), ``measured``: each rank's idle share of the timed window,
+    ``replayed``: each rank's idle share when the schedule's table is
+    replayed with this run's measured times (``replay.replay_run``; None if
+    the recorded actions are not the table's), and ``replayed_timeline``:
+    {"<rank>": [[kind, stage, micro_batch, step, start, end], ...]}, the
+    replay's actions and optimizer steps (stage and micro_batch None) on
+    the run's clock, in seconds."""
+    schedule_table: dict[str, list[list]] | None = None
+    """Pipelines: each pp rank's planned actions in order, torch's own table
+    (``pipeline.schedule_table``): {"<pp_rank>": [[kind, stage, micro_batch], ...]}."""
     model: Any = field(default=None, repr=False)
     """The trained full model, gathered from the ranks (not in the JSON)."""
 
@@ -105,6 +114,7 @@ class RunResult:
             "notes": self.notes,
             "predictions": self.predictions,
             "bubble": self.bubble,
+            "schedule_table": self.schedule_table,
             "stage_balance": self.stage_balance,
             "ranks": [r.to_dict() for r in self.ranks],
         }
