@@ -147,6 +147,10 @@ class ReplayCosts:
     transfer: dict[Action, float] = field(default_factory=dict)
     """The message carrying an action's output to a stage on another rank:
     from the moment both ends have posted it to its arrival."""
+    post: dict[Action, float] = field(default_factory=dict)
+    """From an action's end to the moment its rank posted the message
+    carrying its output (host work in between: the loss, splitting,
+    posting)."""
     sent: dict[Action, float] = field(default_factory=dict)
     """The same message on the sending rank: from the moment both ends
     have posted it until the send completed (``transfer`` when missing)."""
@@ -186,6 +190,15 @@ def _input_of(kind: str, stage: int, micro_batch: int, last: int) -> tuple[str, 
     return ("b", stage + 1, micro_batch) if stage < last else ("f", stage, micro_batch)
 
 
+def _output_to(kind: str, stage: int) -> int | None:
+    """The stage an action's output goes to: a forward's to the next, a
+    backward's (or input-gradient pass's) to the previous; None for a weight
+    gradient."""
+    if kind == "forward":
+        return stage + 1
+    return stage - 1 if kind in ("backward", "backward_input") else None
+
+
 def replay_schedule(table: dict[int, list[Action]], costs: ReplayCosts | list[ReplayCosts],
                     steps: int = 1) -> dict[int, RankReplay]:
     """Run a schedule table on paper: ``steps`` steps, every rank free at 0;
@@ -196,9 +209,11 @@ def replay_schedule(table: dict[int, list[Action]], costs: ReplayCosts | list[Re
     action's end plus the host work after it, ``costs.after``), a the time
     its input is there (``_input_of``): the producing pass's end e when the
     producer is on the same rank, else the message's arrival
-    max(e, r) + transfer, since a transfer starts once both ends have
-    posted it. Communication: the transfer on the receiving rank, the
-    send (``costs.sent``) on the sending one.
+    max(e + post, r) + transfer, since a transfer starts once both ends
+    have posted it. Communication: the transfer on the receiving rank, the
+    send (``costs.sent``) on the sending one. A rank's optimizer step waits
+    for its sends of the step to complete, as torch's schedules wait for
+    every send before ``step()`` returns.
     ``ValueError`` when the table waits forever."""
     last = max(s for actions in table.values() for _, s, _ in actions)
     per_step = costs if isinstance(costs, list) else [costs] * steps
@@ -207,6 +222,10 @@ def replay_schedule(table: dict[int, list[Action]], costs: ReplayCosts | list[Re
     pos = {r: (0, 0) for r in table}  # (step, index into the table; len = the optimizer step)
     boxes: dict[int, list[tuple]] = {r: [] for r in table}
     comm: dict[int, list[tuple[float, float]]] = {r: [] for r in table}
+    owner = {s: r for r, actions in table.items() for _, s, _ in actions}
+    # Each rank's messages per step, and when its sends of step k completed (once all are posted).
+    messages = {r: sum(owner.get(_output_to(kind, s), r) != r for kind, s, _ in actions) for r, actions in table.items()}
+    sent = {(r, k): [0, 0.0] for r in table for k in range(steps)}
     while any(pos[r][0] < steps for r in table):
         progressed = False
         for r, actions in table.items():
@@ -214,7 +233,11 @@ def replay_schedule(table: dict[int, list[Action]], costs: ReplayCosts | list[Re
                 step, i = pos[r]
                 step_costs = per_step[step]
                 if i == len(actions):
-                    start, end = free[r], free[r] + step_costs.optimizer.get(r, 0.0)
+                    posted, completed = sent[(r, step)]
+                    if posted < messages[r]:
+                        break
+                    start = max(free[r], completed)
+                    end = start + step_costs.optimizer.get(r, 0.0)
                     boxes[r].append(("optimizer", None, None, step, start, end))
                     if step + 1 < steps:
                         end += step_costs.between.get(r, 0.0) + per_step[step + 1].lead.get(r, 0.0)
@@ -230,10 +253,13 @@ def replay_schedule(table: dict[int, list[Action]], costs: ReplayCosts | list[Re
                     produced, producer, by = done[(*need, step)]
                     arrival = produced
                     if by != r:
-                        joined = max(produced, ready)
+                        joined = max(produced + step_costs.post.get(producer, 0.0), ready)
                         arrival = joined + step_costs.transfer.get(producer, 0.0)
                         comm[r].append((joined, arrival))
-                        comm[by].append((joined, joined + step_costs.sent.get(producer, arrival - joined)))
+                        done_sending = joined + step_costs.sent.get(producer, arrival - joined)
+                        comm[by].append((joined, done_sending))
+                        sent[(by, step)][0] += 1
+                        sent[(by, step)][1] = max(sent[(by, step)][1], done_sending)
                 start = max(ready, arrival)
                 end = start + step_costs.duration.get(action, 0.0)
                 done[("f" if kind == "forward" else "w" if kind == "backward_weight" else "b", s, mb, step)] = \

@@ -33,7 +33,7 @@ host work too.
 
 from __future__ import annotations
 
-from .cost import Action, RankReplay, ReplayCosts, replay_schedule, replayed_idle
+from .cost import Action, RankReplay, ReplayCosts, _output_to, replay_schedule, replayed_idle
 from .result import RankReport
 
 PASS_KINDS = ("forward", "backward", "backward_weight")
@@ -75,10 +75,13 @@ def measured_costs(replica: list[RankReport], table: dict[int, list[Action]]) ->
     """What each action, message and gap of one pipeline replica took in
     each timed step (all but step 0, or step 0 alone): one ReplayCosts per
     step; ``replica[i]`` is pp rank i. None when a rank's recorded actions
-    in a step are not its table's."""
+    in a step are not its table's. The replay's time 0 is the first rank's
+    start of the first timed step."""
     first = 1 if len(replica[0].step_times) > 1 else 0
     steps = len(replica[0].step_times) - first
+    origin = min(r.step_times[first][0] for r in replica)
     costs = [ReplayCosts(duration={}) for _ in range(steps)]
+    ends: list[dict[Action, float]] = [{} for _ in range(steps)]  # each action's end, for its message's post
     for i, r in enumerate(replica):
         expected = [(recorded_kind(k), s, mb) for k, s, mb in table[i]]
         recvs = [(e["start"], e["end"]) for e in r.timeline if e["kind"] == "recv"]
@@ -91,19 +94,22 @@ def measured_costs(replica: list[RankReport], table: dict[int, list[Action]]) ->
             seen.append((a, actions, optimizer))
         for k, (a, actions, optimizer) in enumerate(seen):
             c = costs[k]
-            c.lead[i] = _host_time(a, actions[0][1], recvs, sends)
+            # The first step's lead also holds the time this rank began it after the first rank did.
+            c.lead[i] = _host_time(a, actions[0][1], recvs, sends) + (a - origin if k == 0 else 0.0)
             c.after[i] = []
             for j, (_, start, end, busy) in enumerate(actions):
                 c.duration[table[i][j]] = busy
+                ends[k][table[i][j]] = end
                 following = actions[j + 1][1] if j + 1 < len(actions) else optimizer[0]
                 c.after[i].append((end - start - busy) + _host_time(end, following, recvs, sends))
             c.optimizer[i] = optimizer[1] - optimizer[0]
             if k + 1 < len(seen):
                 c.between[i] = _host_time(optimizer[1], seen[k + 1][0], recvs, sends)
-    for side, field in (("recv", "transfer"), ("send", "sent")):
-        for action, times in _transfers(replica, table, steps, side).items():
-            for k, t in enumerate(times):
-                getattr(costs[k], field)[action] = t
+    for action, pairs in _messages(replica, table, steps).items():
+        for k, (send, recv) in enumerate(pairs):
+            costs[k].post[action] = max(0.0, send["start"] - ends[k][action])
+            costs[k].transfer[action] = max(0.0, recv["end"] - recv.get("joined", recv["start"]))
+            costs[k].sent[action] = max(0.0, send["end"] - send.get("joined", send["start"]))
     return costs
 
 
@@ -137,35 +143,31 @@ def _host_time(a: float, b: float, recvs: list[tuple[float, float]], sends: list
     return max(0.0, (b - a) - covered)
 
 
-def _transfers(replica: list[RankReport], table: dict[int, list[Action]], steps: int,
-               side: str) -> dict[Action, list[float]]:
-    """Per action whose output crosses to another rank: its message's times,
-    from the moment both ends had posted it (``joined``) to the end of the
-    receive (``side`` "recv") or of the send ("send"). The n-th message
-    from a rank to a peer is the n-th action of its table whose output goes
-    there; each step carries the same messages, in the producer's table
-    order, so a timed step's are the last ones."""
+def _messages(replica: list[RankReport], table: dict[int, list[Action]], steps: int) -> dict[Action, list[tuple]]:
+    """Per action whose output crosses to another rank: its message in each
+    timed step, as (send event, receive event). The n-th message from a
+    rank to a peer is the n-th action of its table whose output goes there
+    (the n-th send to that peer, the peer's n-th receive from it); each step
+    carries the same messages, so a timed step's are the last ones."""
     owner = {s: i for i, actions in table.items() for _, s, _ in actions}
-    last = max(owner)
-    times: dict[Action, list[float]] = {}
+    out: dict[Action, list[tuple]] = {}
     for i, producer in enumerate(replica):
         by_peer: dict[int, list[Action]] = {}
         for action in table[i]:
-            kind, s, mb = action
-            to = s + 1 if kind == "forward" else s - 1 if kind in ("backward", "backward_input") else None
-            if to is not None and 0 <= to <= last and owner[to] != i:
-                by_peer.setdefault(owner[to], []).append(action)
+            to = owner.get(_output_to(action[0], action[1]), i)
+            if to != i:
+                by_peer.setdefault(to, []).append(action)
         for j, messages in by_peer.items():
-            if side == "recv":
-                events = [e for e in replica[j].timeline if e["kind"] == "recv" and e["peer"] == producer.rank]
-            else:
-                events = [e for e in producer.timeline if e["kind"] == "send" and e["peer"] == replica[j].rank]
-            events.sort(key=lambda e: e["seq"])
-            n = steps * len(messages)
-            timed = events[len(events) - n:] if len(events) >= n else []
-            for k, e in enumerate(timed):
-                times.setdefault(messages[k % len(messages)], []).append(max(0.0, e["end"] - e.get("joined", e["start"])))
-    return times
+            consumer, n = replica[j], steps * len(messages)
+            sends = sorted((e for e in producer.timeline if e["kind"] == "send" and e["peer"] == consumer.rank),
+                           key=lambda e: e["seq"])
+            recvs = sorted((e for e in consumer.timeline if e["kind"] == "recv" and e["peer"] == producer.rank),
+                           key=lambda e: e["seq"])
+            if len(sends) < n or len(recvs) < n:
+                continue
+            for k, pair in enumerate(zip(sends[len(sends) - n:], recvs[len(recvs) - n:])):
+                out.setdefault(messages[k % len(messages)], []).append(pair)
+    return out
 
 
 def schedule_json(table: dict[int, list[Action]]) -> dict[str, list[list]]:
