@@ -377,7 +377,9 @@ def format_table(result: RunResult) -> str:
                  f"{b['losses'][-1]:.6f} single-device (Δ {b['final_loss_diff']:.2e})")
     if result.bubble is not None:
         measured = ", ".join(f"{b:.0%}" for b in result.bubble["measured"])
-        lines.append(f"pipeline bubble: measured idle share per rank {measured}; "
+        replayed = result.bubble.get("replayed")
+        replay = f"; replayed schedule {', '.join(f'{b:.0%}' for b in replayed)}" if replayed else ""
+        lines.append(f"pipeline bubble: measured idle share per rank {measured}{replay}; "
                      f"formula {result.bubble['formula']} = {result.bubble['predicted']:.0%}")
     if result.accuracy is not None:
         lines.append(f"held-out accuracy: {result.accuracy:.3f} (single-device {b['accuracy']:.3f})")
