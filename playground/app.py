@@ -136,13 +136,13 @@ def bubble_sentences(bubble: dict) -> str:
     def shares(xs):
         return ", ".join(f"{x:.0%}" for x in xs)
 
-    text = (f"Formula: {bubble['formula']} gives {bubble['predicted']:.0%}, the idle share of equal stages "
+    text = (f"The formula {bubble['formula']} gives {bubble['predicted']:.0%}: the idle share of equal stages "
             f"when only compute takes time. ")
     if bubble.get("replayed"):
-        text += (f"Replay: the schedule's own action order (the 'planned' lanes), run again with this run's "
-                 f"measured compute, message and host times, leaves {shares(bubble['replayed'])} idle per rank. ")
-    return text + (f"Measured: each rank's time outside compute and communication, waiting and host work "
-                   f"between actions, was {shares(bubble['measured'])} of the timed steps.")
+        text += (f"The replay of the schedule's own action order (the 'planned' lanes) with this run's measured "
+                 f"compute, message and host times leaves {shares(bubble['replayed'])} idle per rank. ")
+    return text + (f"The measurement: each rank's time outside compute and communication (waiting for peers, "
+                   f"host work between actions) was {shares(bubble['measured'])} of the timed steps.")
 
 
 def plot_sweep(over: str, points: list[tuple[int, RunResult]]) -> Figure:

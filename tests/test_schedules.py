@@ -201,6 +201,9 @@ def test_schedule_trains_as_one_device_and_records_every_action(runs, schedule):
         sends = [e for e in r.timeline if e["kind"] == "send"]
         assert {e["bytes"] for e in sends} == {config.global_batch // M * 128 * 4}
     assert sorted(all_blocks) == list(range(BLOCKS))
+    # The table the result carries is the one the ranks ran, and it replays.
+    assert result.schedule_table == {str(r): [list(a) for a in table[r]] for r in range(2)}
+    assert len(result.bubble["replayed"]) == 2 and all(0.0 <= x <= 1.0 for x in result.bubble["replayed"])
     # The cost model: bytes exactly; activations where the schedule frees them at backward.
     for r, p in zip(result.ranks, predict(config)):
         assert (p.params, p.bytes_sent, p.bytes_recv) == (r.memory["params"], r.bytes_sent, r.bytes_recv)
