@@ -190,7 +190,7 @@ def _input_of(kind: str, stage: int, micro_batch: int, last: int) -> tuple[str, 
     return ("b", stage + 1, micro_batch) if stage < last else ("f", stage, micro_batch)
 
 
-def _output_to(kind: str, stage: int) -> int | None:
+def output_stage(kind: str, stage: int) -> int | None:
     """The stage an action's output goes to: a forward's to the next, a
     backward's (or input-gradient pass's) to the previous; None for a weight
     gradient."""
@@ -223,9 +223,10 @@ def replay_schedule(table: dict[int, list[Action]], costs: ReplayCosts | list[Re
     boxes: dict[int, list[tuple]] = {r: [] for r in table}
     comm: dict[int, list[tuple[float, float]]] = {r: [] for r in table}
     owner = {s: r for r, actions in table.items() for _, s, _ in actions}
-    # Each rank's messages per step, and when its sends of step k completed (once all are posted).
-    messages = {r: sum(owner.get(_output_to(kind, s), r) != r for kind, s, _ in actions) for r, actions in table.items()}
-    sent = {(r, k): [0, 0.0] for r in table for k in range(steps)}
+    # Each rank's messages per step; per (rank, step): how many of them are under way, and when the last completes.
+    messages = {r: sum(owner.get(output_stage(kind, s), r) != r for kind, s, _ in actions)
+                for r, actions in table.items()}
+    sends = {(r, k): [0, 0.0] for r in table for k in range(steps)}
     while any(pos[r][0] < steps for r in table):
         progressed = False
         for r, actions in table.items():
@@ -233,7 +234,7 @@ def replay_schedule(table: dict[int, list[Action]], costs: ReplayCosts | list[Re
                 step, i = pos[r]
                 step_costs = per_step[step]
                 if i == len(actions):
-                    posted, completed = sent[(r, step)]
+                    posted, completed = sends[(r, step)]
                     if posted < messages[r]:
                         break
                     start = max(free[r], completed)
@@ -258,8 +259,8 @@ def replay_schedule(table: dict[int, list[Action]], costs: ReplayCosts | list[Re
                         comm[r].append((joined, arrival))
                         done_sending = joined + step_costs.sent.get(producer, arrival - joined)
                         comm[by].append((joined, done_sending))
-                        sent[(by, step)][0] += 1
-                        sent[(by, step)][1] = max(sent[(by, step)][1], done_sending)
+                        sends[(by, step)][0] += 1
+                        sends[(by, step)][1] = max(sends[(by, step)][1], done_sending)
                 start = max(ready, arrival)
                 end = start + step_costs.duration.get(action, 0.0)
                 done[("f" if kind == "forward" else "w" if kind == "backward_weight" else "b", s, mb, step)] = \
@@ -902,7 +903,7 @@ def _model_and_data(config: RunConfig, model, sample, target):
 
 
 __all__ = ["RankPrediction", "predict", "bubble_fraction", "simulated_bubble", "bubble_overhead", "in_flight",
-           "held_peak", "replay_schedule", "replayed_idle", "ReplayCosts", "RankReplay",
+           "held_peak", "replay_schedule", "replayed_idle", "ReplayCosts", "RankReplay", "output_stage",
            "all_reduce_bytes", "ddp_buckets", "ddp_initial_buckets", "pipeline_ddp_bytes",
            "stage_shares", "stage_activations", "StageActivations", "output_bytes", "chunk_rows",
            "tensor_local_model", "tensor_all_reduces", "fsdp_units", "fsdp_shard_bytes", "fsdp_gather_bytes",

@@ -162,7 +162,8 @@ def plot_timeline(result: RunResult, steps: int | Sequence[int] | None = 2) -> F
     thin communication lane below it: sends in its upper half, receives in
     its lower half, all-reduces across it. The hatched part of a transfer is
     waiting for the peer (before the last party posted, ``joined``), the
-    solid part is the transfer itself.
+    solid part is the transfer itself. Pipelines get a thin "planned" lane
+    above the compute lane (``draw_planned_lanes``).
     """
     chosen = shown_steps(result, steps)
     ranks = result.ranks
@@ -222,7 +223,8 @@ def plot_timeline(result: RunResult, steps: int | Sequence[int] | None = 2) -> F
         draw_planned_lanes(ax, result, {r.rank: row for row, r in enumerate(ranks)}, chosen)
     lanes = blended_transform_factory(ax.transAxes, ax.transData)
     for row in range(len(ranks)):
-        ax.text(1.003, row - 0.05 if planned else row - 0.1, "compute", transform=lanes, fontsize=7, color="#555", va="center")
+        ax.text(1.003, row - (0.05 if planned else 0.1), "compute", transform=lanes, fontsize=7, color="#555",
+                va="center")
         ax.text(1.003, row + 0.3, "comm", transform=lanes, fontsize=7, color="#555", va="center")
     ax.set_xlabel("time since the first rank began step 0 (ms)")
     ax.grid(axis="x", color="#EEE")

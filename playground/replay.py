@@ -33,7 +33,7 @@ host work too.
 
 from __future__ import annotations
 
-from .cost import Action, RankReplay, ReplayCosts, _output_to, replay_schedule, replayed_idle
+from .cost import Action, RankReplay, ReplayCosts, output_stage, replay_schedule, replayed_idle
 from .result import RankReport
 
 PASS_KINDS = ("forward", "backward", "backward_weight")
@@ -47,15 +47,14 @@ def recorded_kind(kind: str) -> str:
 
 def replay_run(ranks: list[RankReport], table: dict[int, list[Action]]) -> dict[int, tuple[float, RankReplay]] | None:
     """Replay every pipeline replica of a run: {rank: (replayed idle share,
-    its replay)}, on the run's clock (the replay's 0 is the start of the
-    first timed step) and numbering steps as the run does. ``ranks``: all of the run's ranks; each replica is
-    the ranks sharing a (dp_rank, tp_rank), its pp ranks in stage order.
-    None when a rank's recorded actions are not its table's."""
+    its replay)}, on the run's clock and numbering steps as the run does.
+    ``ranks``: all of the run's ranks; a replica is the ranks sharing a
+    (dp_rank, tp_rank), its pp ranks in stage order. None when a rank's
+    recorded actions are not its table's."""
     replicas: dict[tuple[int, int], list[RankReport]] = {}
     for r in sorted(ranks, key=lambda r: r.stage):
         replicas.setdefault((r.dp_rank, r.tp_rank), []).append(r)
     first = 1 if len(ranks[0].step_times) > 1 else 0
-    origin = min(r.step_times[first][0] for r in ranks)
     out = {}
     for replica in replicas.values():
         costs = measured_costs(replica, table)
@@ -63,11 +62,12 @@ def replay_run(ranks: list[RankReport], table: dict[int, list[Action]]) -> dict[
             return None
         replays = replay_schedule(table, costs, len(costs))
         shares = replayed_idle(replays)
+        origin = min(r.step_times[first][0] for r in replica)  # the replay's 0
         for pp_rank, r in enumerate(replica):
+            replay = replays[pp_rank]
             shifted = [(kind, s, mb, step + first, start + origin, end + origin)
-                       for kind, s, mb, step, start, end in replays[pp_rank].actions]
-            out[r.rank] = (shares[pp_rank], RankReplay(shifted, replays[pp_rank].compute, replays[pp_rank].comm,
-                                                       replays[pp_rank].end + origin))
+                       for kind, s, mb, step, start, end in replay.actions]
+            out[r.rank] = (shares[pp_rank], RankReplay(shifted, replay.compute, replay.comm, replay.end + origin))
     return out
 
 
@@ -154,7 +154,7 @@ def _messages(replica: list[RankReport], table: dict[int, list[Action]], steps: 
     for i, producer in enumerate(replica):
         by_peer: dict[int, list[Action]] = {}
         for action in table[i]:
-            to = owner.get(_output_to(action[0], action[1]), i)
+            to = owner.get(output_stage(action[0], action[1]), i)
             if to != i:
                 by_peer.setdefault(to, []).append(action)
         for j, messages in by_peer.items():

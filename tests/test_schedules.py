@@ -230,8 +230,9 @@ def test_1f1b_table_is_torchs_order_with_the_last_ranks_forwards_numbered_from_z
     table = schedule_table("1f1b", p, m)
     raw = SCHEDULE_CLASSES["1f1b"](_PlannedStage(0, p, p, 0), n_microbatches=m).pipeline_order
     for r in range(p):
+        passes = (torch_schedules.FORWARD, torch_schedules.FULL_BACKWARD)
         torch_order = [(str(a.computation_type), a.microbatch_index) for a in raw[r]
-                       if a is not None and a.computation_type in (torch_schedules.FORWARD, torch_schedules.FULL_BACKWARD)]
+                       if a is not None and a.computation_type in passes]
         # The same kinds in the same order; torch numbers the last rank's forwards 1..m.
         assert [k for k, _ in torch_order] == [str(torch_schedules.FORWARD if k == "forward"
                                                    else torch_schedules.FULL_BACKWARD) for k, _, _ in table[r]]
