@@ -132,6 +132,22 @@ def idle_share(result: RunResult) -> float:
     return sum(r.time["idle"] / max(1e-12, r.time["window"]) for r in result.ranks) / len(result.ranks)
 
 
+def bubble_sentences(bubble: dict) -> str:
+    """What the formula, the replay and the measurement of a pipeline's
+    idle share each are, one sentence each, with their numbers
+    (``RunResult.bubble``)."""
+    def shares(xs):
+        return ", ".join(f"{x:.0%}" for x in xs)
+
+    text = (f"The formula {bubble['formula']} gives {bubble['predicted']:.0%}: the idle share of equal stages "
+            f"when only compute takes time. ")
+    if bubble.get("replayed"):
+        text += (f"The replay of the schedule's own action order (the 'planned' lanes) with this run's measured "
+                 f"compute, message and host times leaves {shares(bubble['replayed'])} idle per rank. ")
+    return text + (f"The measurement: each rank's time outside compute and communication (waiting for peers, "
+                   f"host work between actions) was {shares(bubble['measured'])} of the timed steps.")
+
+
 def plot_sweep(over: str, points: list[tuple[int, RunResult]]) -> Figure:
     """Throughput T(n), speedup S(n) = T(n) / T(n0), efficiency S(n) / ideal
     and the idle share against the count swept. Ideal speedup: n / n0 for
@@ -255,9 +271,10 @@ def key_numbers(n: int, result: RunResult) -> str:
             ("max |Δparam|", f"{result.baseline['max_abs_param_diff']:.2e} "
                              f"({'passed' if result.passed else 'FAILED'})")]
     if result.bubble:
-        measured = result.bubble["measured"]
-        rows.append(("bubble", f"measured {sum(measured) / len(measured):.0%} (mean over ranks) · "
-                               f"predicted {result.bubble['predicted']:.0%}"))
+        measured, replayed = result.bubble["measured"], result.bubble.get("replayed")
+        rows.append(("bubble", f"measured {sum(measured) / len(measured):.0%}"
+                     + (f" · replayed {sum(replayed) / len(replayed):.0%}" if replayed else "")
+                     + f" · formula {result.bubble['predicted']:.0%} (means over ranks)"))
     if result.accuracy is not None:
         rows.append(("accuracy", f"{result.accuracy:.3f}"))
     rows.append(("steps · lr", f"{c.steps} · {c.lr:g} {c.optimizer}"))
@@ -350,10 +367,8 @@ class ResultsView(W.Tab):
 
     def show(self, result: RunResult) -> dict[str, bytes]:
         """Draw every figure; return them as PNG bytes by tab title."""
-        b = result.bubble
-        bubble = (f"pipeline bubble: measured idle share per rank "
-                  f"{', '.join(f'{x:.0%}' for x in b['measured'])}; formula {b['formula']} = {b['predicted']:.0%}"
-                  if b else "no pipeline here: idle time is waiting for peers")
+        bubble = bubble_sentences(result.bubble) if result.bubble else \
+            "no pipeline here: idle time is waiting for peers"
         memory = ("outlined bars: the cost model's prediction beside the measured bytes" if result.predictions
                   else f"no cost-model prediction for strategy '{result.config.strategy}' yet")
         timeline = "each rank's events over the last two steps; hatched: waiting for a peer"

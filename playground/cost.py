@@ -44,7 +44,7 @@ tensors:
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -119,40 +119,182 @@ costs two (input and weight gradients), the zero-bubble halves one each."""
 def simulated_bubble(schedule: str, stages: int, micro_batches: int, virtual: int = 1,
                      times: dict[str, float] = UNIT_TIMES) -> float:
     """1 - busy / span, averaged over the ranks, when each rank runs its
-    actions (``pipeline.schedule_table``) in order, each as soon as the rank
-    is free and its input is there: a forward of stage s after stage s-1's,
-    a backward after stage s+1's (the last stage: after its own forward),
-    a weight gradient after its own input gradient. Communication is free."""
+    actions (``pipeline.schedule_table``) in order, each taking
+    ``times[kind]``, as soon as the rank is free and its input is there
+    (``replay_schedule`` with free communication and no host work)."""
     from .strategies.pipeline import schedule_table
 
     table = schedule_table(schedule, stages, micro_batches, virtual)
-    last = stages * virtual - 1
-    done: dict[tuple[str, int, int], float] = {}
-    free = {r: 0.0 for r in table}
-    busy = {r: 0.0 for r in table}
-    pos = {r: 0 for r in table}
-    while any(pos[r] < len(table[r]) for r in table):
+    costs = ReplayCosts(duration={a: times[a[0]] for actions in table.values() for a in actions})
+    try:
+        shares = replayed_idle(replay_schedule(table, costs))
+    except ValueError as err:
+        raise ValueError(f"schedule={schedule!r}: {err} (p={stages}, m={micro_batches})") from None
+    return sum(shares.values()) / len(shares)
+
+
+Action = tuple[str, int, int]
+"""(kind, stage, micro_batch), as in ``pipeline.schedule_table``."""
+
+
+@dataclass(frozen=True)
+class ReplayCosts:
+    """What each part of a pipeline step takes, in seconds (or any one unit),
+    for ``replay_schedule``. Missing entries take no time."""
+
+    duration: dict[Action, float]
+    """Each action's compute; the last stage's forward includes its loss."""
+    transfer: dict[Action, float] = field(default_factory=dict)
+    """The message carrying an action's output to a stage on another rank:
+    from the moment both ends have posted it to its arrival."""
+    post: dict[Action, float] = field(default_factory=dict)
+    """From an action's end to the moment its rank posted the message
+    carrying its output (host work in between: the loss, splitting,
+    posting)."""
+    sent: dict[Action, float] = field(default_factory=dict)
+    """The same message on the sending rank: from the moment both ends
+    have posted it until the send completed (``transfer`` when missing)."""
+    after: dict[int, list[float]] = field(default_factory=dict)
+    """Per rank, host work after each of its actions (in table order)
+    before it can start the next (or the optimizer step)."""
+    lead: dict[int, float] = field(default_factory=dict)
+    """Per rank, host work from a step's start to its first action."""
+    optimizer: dict[int, float] = field(default_factory=dict)
+    """Per rank, the optimizer step after its last action of a step."""
+    between: dict[int, float] = field(default_factory=dict)
+    """Per rank, host work from the end of a step to the start of the next."""
+
+
+@dataclass(frozen=True)
+class RankReplay:
+    """One rank's replayed steps: every action as (kind, stage, micro_batch,
+    step, start, end), the optimizer step as ("optimizer", None, None, step,
+    start, end); ``compute``: time inside them; ``comm``: time in transfers
+    outside them; ``end``: the end of its last optimizer step."""
+
+    actions: list[tuple]
+    compute: float
+    comm: float
+    end: float
+
+
+def _input_of(kind: str, stage: int, micro_batch: int, last: int) -> tuple[str, int, int] | None:
+    """The pass whose result an action waits for: a forward of stage s, stage
+    s-1's forward; a backward (or input-gradient pass), stage s+1's, or on
+    the last stage its own forward; a weight gradient, its own input
+    gradient."""
+    if kind == "forward":
+        return ("f", stage - 1, micro_batch) if stage > 0 else None
+    if kind == "backward_weight":
+        return ("b", stage, micro_batch)
+    return ("b", stage + 1, micro_batch) if stage < last else ("f", stage, micro_batch)
+
+
+def output_stage(kind: str, stage: int) -> int | None:
+    """The stage an action's output goes to: a forward's to the next, a
+    backward's (or input-gradient pass's) to the previous; None for a weight
+    gradient."""
+    if kind == "forward":
+        return stage + 1
+    return stage - 1 if kind in ("backward", "backward_input") else None
+
+
+def replay_schedule(table: dict[int, list[Action]], costs: ReplayCosts | list[ReplayCosts],
+                    steps: int = 1) -> dict[int, RankReplay]:
+    """Run a schedule table on paper: ``steps`` steps, every rank free at 0;
+    ``costs`` the same for every step, or one per step.
+
+    Each rank runs its actions in table order, then its optimizer step; an
+    action starts at max(r, a), r the time its rank is free (the previous
+    action's end plus the host work after it, ``costs.after``), a the time
+    its input is there (``_input_of``): the producing pass's end e when the
+    producer is on the same rank, else the message's arrival
+    max(e + post, r) + transfer, since a transfer starts once both ends
+    have posted it. Communication: the transfer on the receiving rank, the
+    send (``costs.sent``) on the sending one. A rank's optimizer step waits
+    for its sends of the step to complete, as torch's schedules wait for
+    every send before ``step()`` returns.
+    ``ValueError`` when the table waits forever."""
+    last = max(s for actions in table.values() for _, s, _ in actions)
+    per_step = costs if isinstance(costs, list) else [costs] * steps
+    done: dict[tuple, tuple[float, Action, int]] = {}
+    free = {r: per_step[0].lead.get(r, 0.0) for r in table}
+    pos = {r: (0, 0) for r in table}  # (step, index into the table; len = the optimizer step)
+    boxes: dict[int, list[tuple]] = {r: [] for r in table}
+    comm: dict[int, list[tuple[float, float]]] = {r: [] for r in table}
+    owner = {s: r for r, actions in table.items() for _, s, _ in actions}
+    # Each rank's messages per step; per (rank, step): how many of them are under way, and when the last completes.
+    messages = {r: sum(owner.get(output_stage(kind, s), r) != r for kind, s, _ in actions)
+                for r, actions in table.items()}
+    sends = {(r, k): [0, 0.0] for r in table for k in range(steps)}
+    while any(pos[r][0] < steps for r in table):
         progressed = False
         for r, actions in table.items():
-            while pos[r] < len(actions):
-                kind, s, mb = actions[pos[r]]
-                if kind == "forward":
-                    key, need = ("f", s, mb), ("f", s - 1, mb) if s > 0 else None
-                elif kind == "backward_weight":
-                    key, need = ("w", s, mb), ("b", s, mb)
-                else:
-                    key, need = ("b", s, mb), ("b", s + 1, mb) if s < last else ("f", s, mb)
-                if need is not None and need not in done:
-                    break
-                start = max(free[r], done[need] if need is not None else 0.0)
-                free[r] = done[key] = start + times[kind]
-                busy[r] += times[kind]
-                pos[r] += 1
-                progressed = True
+            while pos[r][0] < steps:
+                step, i = pos[r]
+                step_costs = per_step[step]
+                if i == len(actions):
+                    posted, completed = sends[(r, step)]
+                    if posted < messages[r]:
+                        break
+                    start = max(free[r], completed)
+                    end = start + step_costs.optimizer.get(r, 0.0)
+                    boxes[r].append(("optimizer", None, None, step, start, end))
+                    if step + 1 < steps:
+                        end += step_costs.between.get(r, 0.0) + per_step[step + 1].lead.get(r, 0.0)
+                    free[r] = end
+                    pos[r], progressed = (step + 1, 0), True
+                    continue
+                kind, s, mb = action = actions[i]
+                need = _input_of(kind, s, mb, last)
+                ready = arrival = free[r]
+                if need is not None:
+                    if (*need, step) not in done:
+                        break
+                    produced, producer, by = done[(*need, step)]
+                    arrival = produced
+                    if by != r:
+                        joined = max(produced + step_costs.post.get(producer, 0.0), ready)
+                        arrival = joined + step_costs.transfer.get(producer, 0.0)
+                        comm[r].append((joined, arrival))
+                        done_sending = joined + step_costs.sent.get(producer, arrival - joined)
+                        comm[by].append((joined, done_sending))
+                        sends[(by, step)][0] += 1
+                        sends[(by, step)][1] = max(sends[(by, step)][1], done_sending)
+                start = max(ready, arrival)
+                end = start + step_costs.duration.get(action, 0.0)
+                done[("f" if kind == "forward" else "w" if kind == "backward_weight" else "b", s, mb, step)] = \
+                    (end, action, r)
+                boxes[r].append((kind, s, mb, step, start, end))
+                after = step_costs.after.get(r)
+                free[r] = end + (after[i] if after else 0.0)
+                pos[r], progressed = (step, i + 1), True
         if not progressed:
-            raise ValueError(f"schedule={schedule!r}: its action table waits forever (p={stages}, m={micro_batches})")
-    span = max(free.values())
-    return 1 - sum(busy.values()) / len(busy) / span
+            raise ValueError("its action table waits forever")
+    out = {}
+    for r in table:
+        busy = [(a[4], a[5]) for a in boxes[r]]
+        compute = _covered(busy)
+        out[r] = RankReplay(actions=boxes[r], compute=compute, comm=_covered(busy + comm[r]) - compute,
+                            end=boxes[r][-1][5])
+    return out
+
+
+def replayed_idle(replays: dict[int, RankReplay]) -> dict[int, float]:
+    """Each rank's idle share of the replayed span (0 to the last rank's
+    end): 1 - (compute + comm) / span, as ``result.account`` measures it."""
+    span = max(r.end for r in replays.values())
+    return {rank: 1 - (r.compute + r.comm) / span if span > 0 else 0.0 for rank, r in replays.items()}
+
+
+def _covered(intervals: list[tuple[float, float]]) -> float:
+    """Length of the union of ``intervals``."""
+    total, reach = 0.0, float("-inf")
+    for a, b in sorted(intervals):
+        if b > reach:
+            total += b - max(a, reach)
+            reach = b
+    return total
 
 
 def bubble_overhead(stages: int, micro_batches: int, virtual: int = 1) -> float:
@@ -762,7 +904,8 @@ def _model_and_data(config: RunConfig, model, sample, target):
 
 
 __all__ = ["RankPrediction", "predict", "bubble_fraction", "simulated_bubble", "bubble_overhead", "in_flight",
-           "held_peak", "all_reduce_bytes", "ddp_buckets", "ddp_initial_buckets", "pipeline_ddp_bytes",
+           "held_peak", "replay_schedule", "replayed_idle", "ReplayCosts", "RankReplay", "output_stage",
+           "all_reduce_bytes", "ddp_buckets", "ddp_initial_buckets", "pipeline_ddp_bytes",
            "stage_shares", "stage_activations", "StageActivations", "output_bytes", "chunk_rows",
            "tensor_local_model", "tensor_all_reduces", "fsdp_units", "fsdp_shard_bytes", "fsdp_gather_bytes",
            "split_backward_step", "split_backward_peak"]

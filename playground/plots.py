@@ -147,12 +147,14 @@ def plot_timeline(result: RunResult, steps: int | Sequence[int] | None = 2) -> F
     thin communication lane below it: sends in its upper half, receives in
     its lower half, all-reduces across it. The hatched part of a transfer is
     waiting for the peer (before the last party posted, ``joined``), the
-    solid part is the transfer itself.
+    solid part is the transfer itself. Pipelines get a thin "planned" lane
+    above the compute lane (``draw_planned_lanes``).
     """
     chosen = shown_steps(result, steps)
     ranks = result.ranks
     legend_rows, note = 2, 0.25 if result.notes else 0.0  # inches under the legend for the footer
-    fig = Figure(figsize=(12, 1.65 + note + 0.3 * legend_rows + 0.95 * len(ranks)))
+    planned = planned_actions(result) is not None
+    fig = Figure(figsize=(12, 1.65 + note + 0.3 * legend_rows + (1.15 if planned else 0.95) * len(ranks)))
     inch = 1 / fig.get_figheight()
     fig.subplots_adjust(left=0.14, right=0.94, bottom=(0.6 + note + 0.3 * legend_rows) * inch, top=1 - 0.75 * inch)
     ax = fig.add_subplot()
@@ -174,7 +176,7 @@ def plot_timeline(result: RunResult, steps: int | Sequence[int] | None = 2) -> F
             kinds_seen.add(kind)
             color = KIND_COLORS[kind]
             if kind in COMPUTE_KINDS:
-                y, h = row - 0.33, 0.46
+                y, h = (row - 0.22, 0.35) if planned else (row - 0.33, 0.46)
                 ax.add_artist(Rectangle((start, y), end - start, h, facecolor=color, edgecolor="white",
                                        linewidth=0.5, gid=f"compute:{kind}"))
                 mb = e.get("micro_batch")
@@ -204,9 +206,12 @@ def plot_timeline(result: RunResult, steps: int | Sequence[int] | None = 2) -> F
                     ha="left" if label != "end" else "right", clip_on=True)
 
     ax.set_yticks(range(len(ranks)), [rank_label(result, r) for r in ranks])
+    if planned:
+        draw_planned_lanes(ax, result, {r.rank: row for row, r in enumerate(ranks)}, chosen)
     lanes = blended_transform_factory(ax.transAxes, ax.transData)
     for row in range(len(ranks)):
-        ax.text(1.003, row - 0.1, "compute", transform=lanes, fontsize=7, color="#555", va="center")
+        ax.text(1.003, row - (0.05 if planned else 0.1), "compute", transform=lanes, fontsize=7, color="#555",
+                va="center")
         ax.text(1.003, row + 0.3, "comm", transform=lanes, fontsize=7, color="#555", va="center")
     ax.set_xlabel("time since the first rank began step 0 (ms)")
     ax.grid(axis="x", color="#EEE")
@@ -454,3 +459,38 @@ def save_all(result: RunResult, directory: str | os.PathLike, predicted: Sequenc
 
 __all__ = ["KIND_COLORS", "MEMORY_COLORS", "plot_timeline", "plot_time_breakdown", "plot_memory",
            "plot_losses", "plot_dataflow", "save_all"]
+
+
+# --------------------------------------------------------------------------
+# The planned order, above each rank's measured timeline
+
+
+PLANNED_LANE = (-0.335, 0.09)
+"""(top, height) of the planned lane in a rank's row, above its compute lane."""
+
+
+def planned_actions(result: RunResult) -> dict[int, list[list]] | None:
+    """Each rank's planned actions at their replayed times
+    (``bubble["replayed_timeline"]``: [kind, stage, micro_batch, step,
+    start, end], seconds), keyed by rank; None when the run has none."""
+    timeline = (result.bubble or {}).get("replayed_timeline")
+    if not timeline:
+        return None
+    return {int(rank): actions for rank, actions in timeline.items()}
+
+
+def draw_planned_lanes(ax, result: RunResult, rows: dict[int, int], steps: Sequence[int]) -> None:
+    """A thin lane above each rank's compute lane: the schedule's planned
+    actions (torch's own table) in order, drawn at the times the replay
+    gives them with this run's measured costs, coloured by kind, for the
+    shown ``steps``; ``rows``: rank -> row of the timeline."""
+    top, height = PLANNED_LANE
+    lanes = blended_transform_factory(ax.transAxes, ax.transData)
+    for rank, actions in planned_actions(result).items():
+        row = rows[rank]
+        for kind, _stage, _mb, step, start, end in actions:
+            if step in steps:
+                ax.add_patch(Rectangle((start * MS, row + top), (end - start) * MS, height,
+                                       facecolor=KIND_COLORS[kind], edgecolor="white", linewidth=0.3,
+                                       alpha=0.8, gid=f"planned:{kind}"))
+        ax.text(1.003, row + top + height / 2, "planned", transform=lanes, fontsize=7, color="#555", va="center")

@@ -88,7 +88,8 @@ class RankReport:
                    timeline=d["timeline"], step_times=[tuple(t) for t in d["step_times"]], memory=d["memory"],
                    time=d.get("time", {}), bytes_sent=d.get("bytes_sent", 0), bytes_recv=d.get("bytes_recv", 0),
                    threads=d.get("threads", 1), tp_rank=d.get("tp_rank", 0),
-                   stages=[tuple(t) for t in d.get("stages", [])])
+                   stages=[tuple(t) for t in d.get("stages", [])],
+                   blocked=[tuple(t) for t in d.get("blocked", [])])
 
 
 @dataclass
@@ -112,8 +113,17 @@ class RunResult:
     """Per stage: its blocks, share of parameters and FLOPs (estimates), and
     measured compute seconds over the timed steps (mean over replicas)."""
     bubble: dict[str, Any] | None = None
-    """Pipelines: ``predicted`` by the schedule's formula, and ``measured``:
-    each rank's idle share of the timed window."""
+    """Pipelines: ``predicted`` by the schedule's formula (``formula`` says
+    which), ``measured``: each rank's idle share of the timed window,
+    ``replayed``: each rank's idle share when the schedule's table is
+    replayed with this run's measured times (``replay.replay_run``; None if
+    the recorded actions are not the table's), and ``replayed_timeline``:
+    {"<rank>": [[kind, stage, micro_batch, step, start, end], ...]}, the
+    replay's actions and optimizer steps (stage and micro_batch None) on
+    the run's clock, in seconds."""
+    schedule_table: dict[str, list[list]] | None = None
+    """Pipelines: each pp rank's planned actions in order, torch's own table
+    (``pipeline.schedule_table``): {"<pp_rank>": [[kind, stage, micro_batch], ...]}."""
     blocks: list[dict[str, Any]] = field(default_factory=list)
     """The full model's blocks, in order: {"index", "label", "params",
     "flops"} (parameters counted from the model; forward FLOPs per sample)."""
@@ -145,6 +155,7 @@ class RunResult:
             "notes": self.notes,
             "predictions": self.predictions,
             "bubble": self.bubble,
+            "schedule_table": self.schedule_table,
             "stage_balance": self.stage_balance,
             "blocks": self.blocks,
             "traffic": self.traffic,
@@ -167,7 +178,7 @@ class RunResult:
                    predictions=d.get("predictions"), stage_balance=d.get("stage_balance", []),
                    bubble=d.get("bubble"), blocks=d.get("blocks", []),
                    traffic=d.get("traffic") or {"p2p": [], "collectives": []},
-                   tensor_plan=d.get("tensor_plan", {}))
+                   tensor_plan=d.get("tensor_plan", {}), schedule_table=d.get("schedule_table"))
 
     @classmethod
     def from_json(cls, text: str) -> "RunResult":
@@ -505,7 +516,9 @@ def format_table(result: RunResult) -> str:
                  f"{b['losses'][-1]:.6f} single-device (Δ {b['final_loss_diff']:.2e})")
     if result.bubble is not None:
         measured = ", ".join(f"{b:.0%}" for b in result.bubble["measured"])
-        lines.append(f"pipeline bubble: measured idle share per rank {measured}; "
+        replayed = result.bubble.get("replayed")
+        replay = f"; replayed schedule {', '.join(f'{b:.0%}' for b in replayed)}" if replayed else ""
+        lines.append(f"pipeline bubble: measured idle share per rank {measured}{replay}; "
                      f"formula {result.bubble['formula']} = {result.bubble['predicted']:.0%}")
     if result.accuracy is not None:
         lines.append(f"held-out accuracy: {result.accuracy:.3f} (single-device {b['accuracy']:.3f})")

@@ -119,6 +119,7 @@ def assemble(config: RunConfig, reports: list[dict], custom: tuple | None, devic
     diff = max_abs_param_diff(trained, baseline_model)
     loss_diff = mean_loss_rel_diff(losses, baseline_losses)
     accuracy = evaluate(trained, data)
+    bubble, table = _bubble(config, ranks)
     baseline = {
         "max_abs_param_diff": diff,
         "final_loss_diff": abs(losses[-1] - baseline_losses[-1]),
@@ -136,9 +137,9 @@ def assemble(config: RunConfig, reports: list[dict], custom: tuple | None, devic
                      losses=losses, throughput_samples_per_s=throughput(ranks, config.global_batch),
                      baseline=baseline, ranks=ranks, split_points=tuple(split_points), accuracy=accuracy,
                      wall_s=wall, notes=notes, model=trained,
-                     predictions=_predictions(config, custom, data), bubble=_bubble(config, ranks),
-                     stage_balance=balance, blocks=block_table(infos), traffic=traffic_per_step(ranks),
-                     tensor_plan=dict(reports[0].get("tensor_plan") or {}))
+                     predictions=_predictions(config, custom, data), bubble=bubble,
+                     stage_balance=balance, schedule_table=table, blocks=block_table(infos),
+                     traffic=traffic_per_step(ranks), tensor_plan=dict(reports[0].get("tensor_plan") or {}))
 
 
 def _predictions(config: RunConfig, custom: tuple | None, data: Dataset) -> list[dict]:
@@ -154,19 +155,30 @@ def _predictions(config: RunConfig, custom: tuple | None, data: Dataset) -> list
     return [asdict(p) for p in preds]
 
 
-def _bubble(config: RunConfig, ranks: list[RankReport]) -> dict | None:
-    """Measured idle share of each pipeline rank beside (p-1)/(m+p-1)."""
+def _bubble(config: RunConfig, ranks: list[RankReport]) -> tuple[dict | None, dict | None]:
+    """Pipelines: the schedule's action table as JSON (``replay.schedule_json``),
+    and each rank's measured idle share beside the schedule's formula and
+    beside the table replayed with this run's own measured times
+    (``replay.replay_run``). (None, None) for runs that are not pipelines."""
     from .cost import bubble_fraction
+    from .replay import replay_run, schedule_json
+    from .strategies.pipeline import schedule_table
 
     if not config.pipelined:
-        return None
+        return None, None
     p, m = config.pp_size, config.micro_batches
     schedule = config.schedule if config.scheduled else "gpipe"
     v = config.virtual_stages if config.scheduled else 1
     formula = f"(p-1)/(m+p-1) with p={p}, m={m}" if v == 1 else \
         f"{schedule} with p={p}, v={v}, m={m}"
-    return {"predicted": bubble_fraction(schedule, p, m, v), "formula": formula,
-            "measured": [r.time["idle"] / r.time["window"] for r in ranks]}
+    table = schedule_table(schedule, p, m, v)
+    replay = replay_run(ranks, table)
+    bubble = {"predicted": bubble_fraction(schedule, p, m, v), "formula": formula,
+              "measured": [r.time["idle"] / r.time["window"] for r in ranks],
+              "replayed": [replay[r.rank][0] for r in ranks] if replay else None,
+              "replayed_timeline": {str(r.rank): [list(a) for a in replay[r.rank][1].actions] for r in ranks}
+              if replay else None}
+    return bubble, schedule_json(table)
 
 
 _BASELINES: dict[tuple, tuple[dict, list[float]]] = {}

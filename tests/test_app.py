@@ -154,6 +154,7 @@ def test_a_real_run_draws_every_result_and_passes_the_check(finished):
         caption, img = pane.children
         assert bytes(img.value).startswith(PNG) and caption.value
     assert "formula (p-1)/(m+p-1)" in app.results.children[1].children[0].value
+    assert "The replay of the schedule" in app.results.children[1].children[0].value
     assert "stage balance: stage 0: " in app.results.children[1].children[0].value
     assert "prediction" in app.results.children[2].children[0].value
     assert set(app.figures) == set(app.results.titles)

@@ -278,32 +278,57 @@ _ACTION_KINDS = {
 
 
 def schedule_table(schedule: str, pp: int, micro_batches: int, virtual: int = 1) -> dict[int, list[tuple[str, int, int]]]:
-    """Each rank's compute actions, in the order a multi-stage schedule runs
-    them: rank -> [(kind, stage, micro_batch)], kind one of forward,
-    backward (input and weight gradients together), backward_input and
+    """Each rank's compute actions, in the order its schedule runs them:
+    rank -> [(kind, stage, micro_batch)], kind one of forward, backward
+    (input and weight gradients together), backward_input and
     backward_weight (the zero-bubble split). Built by the torch schedule
     class itself, from stand-in stages; its ValueError when it refuses
     (pp, micro_batches, virtual).
 
-    Only the multi-stage schedules run from such a table; gpipe's and
-    1f1b's executors do not (and torch 2.13's table for 1f1b misnumbers
-    the last rank's micro-batches), so they are refused here.
+    The multi-stage schedules run their own table (``pipeline_order``).
+    gpipe and 1f1b run a loop of their own; their ``pipeline_order`` (the
+    table torch 2.13 builds beside that loop, one stage per rank, stage =
+    rank) lists the same actions in the same order, with one fault that
+    is corrected here: Schedule1F1B numbers the last rank's forwards 1..m
+    instead of 0..m-1 (with no warm-up forward there, its steady phase
+    increments the micro-batch before the first forward). Every executor
+    runs a rank's forwards in micro-batch order, so the forwards are
+    numbered by their place among the rank's forwards.
     """
     cls = SCHEDULE_CLASSES[schedule]
     if issubclass(cls, pipeline_schedules.PipelineScheduleSingle):
-        raise ValueError(f"schedule={schedule!r}: one stage per rank; its executor runs no action table")
+        if virtual != 1:
+            raise ValueError(f"schedule={schedule!r}: one stage per rank (virtual=1), not virtual={virtual}")
+        built = cls(_PlannedStage(0, pp, pp, 0), n_microbatches=micro_batches, loss_fn=_no_loss)
+        return {rank: _forwards_in_order(actions) for rank, actions in _computations(built.pipeline_order).items()}
     n = pp * virtual
     # Every rank's schedule holds the whole table; rank 0's stages build it.
     held = (0, 2 * pp - 1) if schedule in V_SCHEDULES else range(0, n, pp)
     built = cls([_PlannedStage(i, n, pp, 0) for i in held], n_microbatches=micro_batches, loss_fn=_no_loss)
+    return _computations(built.pipeline_order)
+
+
+def _computations(pipeline_order) -> dict[int, list[tuple[str, int, int]]]:
+    """The compute actions of torch's table (its idle slots, None, and its
+    gradient reductions left out), fused actions unpacked."""
     table = {}
-    for rank in range(pp):
+    for rank in sorted(pipeline_order):
         table[rank] = []
-        for action in built.pipeline_order[rank]:
+        for action in pipeline_order[rank]:
             for a in (action.sub_actions or (action,)) if action is not None else ():
                 if a.computation_type in _ACTION_KINDS:
                     table[rank].append((_ACTION_KINDS[a.computation_type], a.stage_index, a.microbatch_index))
     return table
+
+
+def _forwards_in_order(actions: list[tuple[str, int, int]]) -> list[tuple[str, int, int]]:
+    """The k-th forward of a one-stage rank is micro-batch k."""
+    out, k = [], 0
+    for kind, stage, mb in actions:
+        if kind == "forward":
+            mb, k = k, k + 1
+        out.append((kind, stage, mb))
+    return out
 
 
 def _no_loss(output, target):  # pragma: no cover - never called: no step runs
