@@ -119,7 +119,8 @@ def test_time_breakdown_bars_are_the_accounted_times(results, name):
         b = result.bubble
         assert any(f"= {b['predicted']:.0%}" in label and b["formula"] in label for label in labels)
         assert [t.get_text() for t in ax.texts if t.get_text().startswith("bubble")] == \
-               [f"bubble\npredicted {b['predicted']:.0%}\nmeasured {m:.0%}" for m in b["measured"]]
+               [f"bubble\npredicted {b['predicted']:.0%}\nmeasured {m:.0%}\nreplayed {x:.0%}"
+                for m, x in zip(b["measured"], b["replayed"])]
     assert "(ms)" in ax.get_ylabel()
 
 
