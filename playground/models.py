@@ -7,6 +7,7 @@ anything) and each block reports its parameters and a FLOP estimate.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Callable
@@ -245,9 +246,16 @@ def block_infos(model: nn.Sequential, sample: torch.Tensor, labels: tuple[str, .
 
 
 def model_block_infos(name: str) -> list[BlockInfo]:
+    """The zoo model's blocks (parameters, FLOPs, shapes): profiled once per
+    model name, as they depend on nothing else."""
+    return list(_zoo_block_infos(name))
+
+
+@functools.lru_cache(maxsize=None)
+def _zoo_block_infos(name: str) -> tuple[BlockInfo, ...]:
     spec = MODELS[name]
     sample = torch.zeros(spec.sample_shape, dtype=spec.sample_dtype)
-    return block_infos(build_model(name), sample, spec.block_labels)
+    return tuple(block_infos(build_model(name), sample, spec.block_labels))
 
 
 def balance_split_points(costs: list[float], stages: int) -> tuple[int, ...]:
