@@ -83,6 +83,9 @@ class RunResult:
     bubble: dict[str, Any] | None = None
     """Pipelines: ``predicted`` by the schedule's formula, and ``measured``:
     each rank's idle share of the timed window."""
+    tensor_plan: dict[str, str] | None = None
+    """Tensor-parallel runs: {layer name: "colwise" | "rowwise"}, the layers
+    cut among the tensor-parallel ranks (the rest, and why, in ``notes``)."""
     model: Any = field(default=None, repr=False)
     """The trained full model, gathered from the ranks (not in the JSON)."""
 
@@ -106,6 +109,7 @@ class RunResult:
             "predictions": self.predictions,
             "bubble": self.bubble,
             "stage_balance": self.stage_balance,
+            "tensor_plan": self.tensor_plan,
             "ranks": [r.to_dict() for r in self.ranks],
         }
 

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from .config import ConfigError, RunConfig, cpu_count
+from .custom import prepare_custom
 from .data import Dataset, load_dataset
 from .launcher import default_pool, launch
 from .models import MODELS, block_infos, build_model, model_block_infos, stage_ranges
@@ -25,20 +26,24 @@ def run(config: RunConfig, *, model: nn.Sequential | None = None, dataset: Any =
     """Train ``config`` on ``config.world_size`` real processes and return
     what every rank did, the trained model and the baseline check.
 
-    ``model`` (an nn.Sequential of blocks) and ``dataset`` (a ``Dataset`` or
-    a tuple ``(x, y[, x_test, y_test])``) replace the named model.
+    ``model`` (an nn.Sequential of blocks, each taking and returning one
+    tensor) and ``dataset`` (a ``Dataset`` or a tuple ``(x, y[, x_test,
+    y_test])``) replace the named model; they are checked here, on a copy,
+    before any process starts (``custom.prepare_custom``: ConfigError).
     ``warm``: run on this process's pool of ranks, kept alive between runs
     (``False``: fresh processes, ended after the run). ``cancel``: a
     ``threading.Event``; setting it ends the run's processes and raises
     ``RunCancelled``. ``on_step(step)``: called as each step finishes.
     """
-    config, custom = _with_custom(config, model, dataset)
+    config, custom, notes = prepare_custom(config, model, dataset)
     device_type, backend = resolve_device(config)
     config = resolve_split_points(config, custom)
     started = time.perf_counter()
     reports = launch(config, device_type, backend, custom, pool=default_pool() if warm else None,
                      cancel=cancel, on_step=on_step)
-    return assemble(config, reports, custom, device_type, backend, time.perf_counter() - started)
+    result = assemble(config, reports, custom, device_type, backend, time.perf_counter() - started)
+    result.notes[:0] = notes
+    return result
 
 
 def load_result(directory: str) -> RunResult:
@@ -97,6 +102,7 @@ def assemble(config: RunConfig, reports: list[dict], custom: tuple | None, devic
               for parts in zip(*(r["loss_parts"] for r in reports))]
     trained = _gather(full_model, [r["params"] for r in reports])
 
+    notes = _notes(config, device_type) if local else []
     baseline_model, baseline_losses = single_device_run(config, custom, data)
     diff = max_abs_param_diff(trained, baseline_model)
     accuracy = evaluate(trained, data)
@@ -111,9 +117,9 @@ def assemble(config: RunConfig, reports: list[dict], custom: tuple | None, devic
     return RunResult(config=config, device=device_type, backend=backend, world_size=config.world_size,
                      losses=losses, throughput_samples_per_s=throughput(ranks, config.global_batch),
                      baseline=baseline, ranks=ranks, split_points=tuple(split_points), accuracy=accuracy,
-                     wall_s=wall, notes=_notes(config, device_type) if local else [], model=trained,
+                     wall_s=wall, notes=notes, model=trained,
                      predictions=_predictions(config, custom, data), bubble=_bubble(config, ranks),
-                     stage_balance=balance)
+                     stage_balance=balance, tensor_plan=_tensor_plan(config, full_model, notes))
 
 
 def _predictions(config: RunConfig, custom: tuple | None, data: Dataset) -> list[dict]:
@@ -127,6 +133,19 @@ def _predictions(config: RunConfig, custom: tuple | None, data: Dataset) -> list
     else:
         preds = predict(config)
     return [asdict(p) for p in preds]
+
+
+def _tensor_plan(config: RunConfig, model: nn.Sequential, notes: list[str]) -> dict[str, str] | None:
+    """{layer name: "colwise" | "rowwise"} of a tensor-parallel run; the
+    layers it leaves replicated, and why, go to ``notes``."""
+    from .strategies.tensor import plan_tensor_parallel
+
+    if config.tp_size == 1:
+        return None
+    plan = plan_tensor_parallel(model, config.tp_size)
+    if plan.note():
+        notes.append(plan.note())
+    return dict(plan.styles)
 
 
 def _bubble(config: RunConfig, ranks: list[RankReport]) -> dict | None:
@@ -241,30 +260,6 @@ def _gather(model: nn.Sequential, parts: list[dict[str, torch.Tensor]]) -> nn.Se
         raise RuntimeError(f"no rank reported parameters {sorted(missing)[:5]}")
     model.load_state_dict(state, strict=False)
     return model
-
-
-def _with_custom(config: RunConfig, model, dataset) -> tuple[RunConfig, tuple | None]:
-    if model is None and dataset is None:
-        if config.model == "custom":
-            raise ConfigError("model", "custom", "pass the module and dataset: run(config, model=..., dataset=...)")
-        return config, None
-    if not isinstance(model, nn.Sequential) or len(model) == 0:
-        raise ConfigError("model", type(model).__name__, "a custom model must be a non-empty nn.Sequential of blocks")
-    if isinstance(dataset, (tuple, list)):
-        if len(dataset) not in (2, 4) or not all(isinstance(t, torch.Tensor) for t in dataset):
-            raise ConfigError("dataset", type(dataset).__name__, "must be a Dataset or a tuple (x, y[, x_test, y_test]) of tensors")
-        task = "classification" if not dataset[1].is_floating_point() else "regression"
-        dataset = Dataset(*dataset, task=task)
-    if not isinstance(dataset, Dataset):
-        raise ConfigError("dataset", type(dataset).__name__, "must be a Dataset or a tuple (x, y[, x_test, y_test]) of tensors")
-    if len(dataset.train_x) != len(dataset.train_y) or len(dataset.train_x) == 0:
-        raise ConfigError("dataset", f"{len(dataset.train_x)} inputs, {len(dataset.train_y)} targets",
-                          "needs as many targets as inputs, at least one")
-    if config.model != "custom":
-        raise ConfigError("model", config.model, "must be 'custom' when a module is passed to run()")
-    fields = config.to_dict()
-    fields.update(num_blocks=len(model))
-    return RunConfig.from_dict(fields), (model, dataset)
 
 
 __all__ = ["run", "train_single", "evaluate", "resolve_device", "MODELS"]
