@@ -41,6 +41,8 @@ class Recorder:
         self.activation_bytes = 0
         self.activations_peak = 0
         self._param_storages: set[int] = set()
+        self.unrecorded_collectives = False
+        """True while the run's own bookkeeping (not the strategy) communicates."""
 
     # -- the shared clock ----------------------------------------------
 
@@ -242,7 +244,7 @@ def _collective_timer_class():
             kwargs = kwargs or {}
             if any(issubclass(t, DTensor) for t in types):
                 return NotImplemented  # let DTensor lower itself to plain collectives first
-            if isinstance(func, torch._ops.HigherOrderOperator):
+            if isinstance(func, torch._ops.HigherOrderOperator) or self.recorder.unrecorded_collectives:
                 return func(*args, **kwargs)
             ns, name = func.namespace, func._overloadpacket.__name__
             rec = self.recorder

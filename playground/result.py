@@ -20,6 +20,7 @@ B-byte output or a reduce-scatter of a B-byte input (n - 1) / n * B.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,6 +49,9 @@ class RankReport:
     tp_rank: int = 0
     stages: list[tuple[int, int, int]] = field(default_factory=list)
     """(stage, first block, end block) of every stage this rank holds."""
+    output: str = ""
+    """What the rank's process printed during the run: stdout and stderr
+    together, in the order written (at most the last MiB)."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -56,7 +60,7 @@ class RankReport:
             "step_times": [list(t) for t in self.step_times], "memory": self.memory,
             "time": self.time, "bytes_sent": self.bytes_sent, "bytes_recv": self.bytes_recv,
             "threads": self.threads, "tp_rank": self.tp_rank,
-            "stages": [list(t) for t in self.stages],
+            "stages": [list(t) for t in self.stages], "output": self.output,
         }
 
 
@@ -114,7 +118,10 @@ class RunResult:
         }
 
     def to_json(self, indent: int | None = None) -> str:
-        return json.dumps(self.to_dict(), indent=indent)
+        """``to_dict`` as strict JSON: a number that is NaN or +-infinity
+        (a diverged loss, its parameter difference) is written as null, since
+        JSON has no token for it."""
+        return json.dumps(finite_or_null(self.to_dict()), indent=indent, allow_nan=False)
 
     # Pictures (matplotlib, imported only when asked for): see plots.py.
     def plot_timeline(self, **kwargs):
@@ -155,6 +162,29 @@ class RunResult:
     def summary(self) -> str:
         """The per-rank table the CLI prints."""
         return format_table(self)
+
+    def rank_output(self) -> str:
+        """What every rank printed, each line prefixed with ``[rank r]``,
+        rank by rank (empty when none printed anything)."""
+        return labelled_output({r.rank: r.output for r in self.ranks})
+
+
+def labelled_output(outputs: dict[int, str]) -> str:
+    """``{rank: text}`` as lines ``[rank r] line``, rank by rank."""
+    return "\n".join(f"[rank {rank}] {line}" for rank, text in sorted(outputs.items())
+                     for line in text.splitlines())
+
+
+def finite_or_null(value: Any) -> Any:
+    """``value`` with every float that is NaN or infinite replaced by None,
+    through dicts, lists and tuples."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite_or_null(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_or_null(v) for v in value]
+    return value
 
 
 # --------------------------------------------------------------------------

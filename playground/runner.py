@@ -93,7 +93,8 @@ def assemble(config: RunConfig, reports: list[dict], custom: tuple | None, devic
     ranks = [RankReport(rank=r["rank"], dp_rank=r["dp_rank"], stage=r["stage"], blocks=ranges[r["stage"]],
                         timeline=r["timeline"], step_times=[tuple(t) for t in r["step_times"]],
                         memory=r["memory"], threads=r["threads"], tp_rank=r["tp_rank"],
-                        stages=[(s, *ranges[s]) for s in config.rank_stages(r["stage"])])
+                        stages=[(s, *ranges[s]) for s in config.rank_stages(r["stage"])],
+                        output=r.get("output", ""))
              for r in reports]
     _rebase_clock(ranks)
     account(ranks)
@@ -104,6 +105,9 @@ def assemble(config: RunConfig, reports: list[dict], custom: tuple | None, devic
 
     notes = _notes(config, device_type) if local else []
     baseline_model, baseline_losses = single_device_run(config, custom, data)
+    note = divergence_note(config, reports, losses, baseline_losses)
+    if note:
+        notes.append(note)
     diff = max_abs_param_diff(trained, baseline_model)
     accuracy = evaluate(trained, data)
     baseline = {
@@ -133,6 +137,26 @@ def _predictions(config: RunConfig, custom: tuple | None, data: Dataset) -> list
     else:
         preds = predict(config)
     return [asdict(p) for p in preds]
+
+
+def divergence_note(config: RunConfig, reports: list[dict], losses: list[float],
+                    baseline_losses: list[float]) -> str | None:
+    """Says where training diverged (a loss of inf or NaN): on the ranks,
+    which stopped together after that step, and on one device."""
+    import math
+
+    hit = next((r["diverged"] for r in reports if r.get("diverged")), None)
+    single = next((s for s, v in enumerate(baseline_losses) if not math.isfinite(v)), None)
+    if hit is None and single is None:
+        return None
+    alone = (f"on one device the loss first became non-finite at step {single}" if single is not None else
+             f"on one device it stayed finite over all {len(baseline_losses)} steps")
+    if hit is None:
+        return f"training diverged on one device only: the ranks' loss stayed finite; {alone}"
+    step, ranks = hit["step"], hit["ranks"]
+    return (f"training diverged: the loss was {losses[step]} (not finite) at step {step} (counting from 0) on "
+            f"rank{'s' if len(ranks) > 1 else ''} {', '.join(map(str, ranks))}; every rank stopped after that "
+            f"step ({step + 1} of {config.steps} steps ran); {alone}")
 
 
 def _tensor_plan(config: RunConfig, model: nn.Sequential, notes: list[str]) -> dict[str, str] | None:

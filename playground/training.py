@@ -4,6 +4,7 @@ same loop in the caller's process, with recording off and no process group.
 
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -53,12 +54,15 @@ def train_rank(config: RunConfig, topology: Topology, model: nn.Sequential, data
 
     Returns what the rank knows: its part of each step's loss, its memory,
     and its trained parameters (from the first data-parallel replica only,
-    since the others hold copies).
+    since the others hold copies). A loss part that is inf or NaN on any
+    rank ends training after that step on every rank; ``diverged`` is then
+    {"step": step, "ranks": [ranks whose part was not finite]}, else None.
     """
     recorder.ignore_storages_of(model.parameters())
     strategy = STRATEGY_CLASSES[config.strategy](model, topology, config, recorder, loss_fn(dataset.task), groups)
     optimizer = make_optimizer(config, strategy.module.parameters())
     loss_parts: list[float | None] = []
+    diverged = None
     with strategy.context():
         for step in range(config.steps):
             x, y = dataset.batch(step, config.global_batch, config.seed)
@@ -71,6 +75,10 @@ def train_rank(config: RunConfig, topology: Topology, model: nn.Sequential, data
                     optimizer.step()
             if on_step is not None:
                 on_step(step)
+            bad = nonfinite_ranks(loss_parts[-1], recorder, device)
+            if bad:
+                diverged = {"step": step, "ranks": bad}
+                break
     local = strategy.local_model
     memory = memory_bytes(local, optimizer)
     memory["activations_peak"] = recorder.activations_peak
@@ -80,4 +88,24 @@ def train_rank(config: RunConfig, topology: Topology, model: nn.Sequential, data
     full = {name: (p.full_tensor() if hasattr(p, "full_tensor") else p).detach().cpu().clone()
             for name, p in local.named_parameters()}
     params = full if topology.dp_rank == 0 and topology.tp_rank == 0 else {}
-    return {"loss_parts": loss_parts, "memory": memory, "params": params}
+    return {"loss_parts": loss_parts, "memory": memory, "params": params, "diverged": diverged}
+
+
+def nonfinite_ranks(loss_part: float | None, recorder: Recorder, device: torch.device) -> list[int]:
+    """The ranks whose part of this step's loss is inf or NaN, the same
+    list on every rank (so that all stop after the same step): a max
+    all-reduce of one flag per rank, outside the recorded timeline. Without
+    a process group (the single-device baseline): [0] or []."""
+    import torch.distributed as dist
+
+    bad = loss_part is not None and not math.isfinite(loss_part)
+    if not (dist.is_available() and dist.is_initialized()):
+        return [0] if bad else []
+    flags = torch.zeros(dist.get_world_size(), device=device)
+    flags[dist.get_rank()] = float(bad)
+    recorder.unrecorded_collectives = True
+    try:
+        dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+    finally:
+        recorder.unrecorded_collectives = False
+    return [r for r, f in enumerate(flags.tolist()) if f]

@@ -95,8 +95,11 @@ def serve(job_fd: int, report_fd: int, lifeline_fd: int, many: bool = False, ran
     if os.path.isdir("/sys/class/net/lo"):
         os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")  # peers meet on loopback only
     threading.Thread(target=_exit_when_orphaned, args=(lifeline_fd,), daemon=True).start()
-    # Plain pickle, not Connection.send: torch's reducers would pass tensors
-    # as shared-memory handles that die with this process.
+    # stdout and stderr share one file (launcher._Rank): flush each line so
+    # that they stay in the order written.
+    sys.stdout.reconfigure(line_buffering=True)
+    # Jobs are written by cloudpickle (launcher._send_jobs) and read by plain
+    # pickle; cloudpickle must be importable here for classes sent by value.
     jobs, reports = Connection(job_fd, writable=False), Connection(report_fd, readable=False)
     status = StatusSlot(status_fd) if status_fd is not None else None
     try:
@@ -108,8 +111,9 @@ def serve(job_fd: int, report_fd: int, lifeline_fd: int, many: bool = False, ran
             try:
                 job = pickle.loads(raw)
             except Exception as e:  # e.g. a custom model's class this process cannot import
-                hint = (" (a custom model's classes must live in an importable module, not in a notebook "
-                        "cell or the __main__ script)" if isinstance(e, (AttributeError, ImportError)) else "")
+                hint = (" (a custom model's classes must be importable by the ranks, from the caller's "
+                        "sys.path, or defined in __main__ or a notebook cell)"
+                        if isinstance(e, (AttributeError, ImportError)) else "")
                 reports.send_bytes(pickle.dumps(("error", rank, f"could not read the job: {describe(e)}{hint}",
                                                  traceback.format_exc())))
                 break
@@ -138,14 +142,21 @@ def _run_job(job: dict, reports, status=None) -> bool:
             reports.send_bytes(pickle.dumps(("progress", rank, step)))
         report = run_rank(config, rank, store, job["device_type"], job["backend"], job["custom"],
                           job["clock_origin"], progress if rank == 0 else None, status)
+        _flush()  # the caller reads what this rank printed once the report arrives
         reports.send_bytes(pickle.dumps(("ok", rank, report)))
         return True
     except BaseException as e:  # noqa: BLE001 - everything goes back to the caller
+        _flush()
         try:
             reports.send_bytes(pickle.dumps(("error", rank, describe(e), traceback.format_exc())))
         except Exception:
             traceback.print_exc()  # the caller will report this rank as dead
         return False
+
+
+def _flush() -> None:
+    sys.stdout.flush()
+    sys.stderr.flush()
 
 
 def describe(e: BaseException) -> str:
