@@ -263,3 +263,17 @@ def test_non_finite_numbers_become_null():
 
     assert finite_or_null({"a": [1.0, math.inf, (math.nan, -math.inf)], "b": 2, "c": "nan"}) == \
         {"a": [1.0, None, [None, None]], "b": 2, "c": "nan"}
+
+
+def test_subclasses_that_change_forward_are_not_taken_for_what_they_extend():
+    class Scaled(nn.Linear):
+        def forward(self, x):
+            return super().forward(x).flip(-1)  # not what a column shard of nn.Linear computes
+
+    class RowSum(nn.ReLU):
+        def forward(self, x):
+            return x - x.sum(-1, keepdim=True)  # mixes features: not elementwise
+
+    plan = plan_tensor_parallel(nn.Sequential(Scaled(8, 16), nn.Linear(16, 16), RowSum(), nn.Linear(16, 4)), 2)
+    assert plan.styles == {} and plan.replicated["0"] == "Scaled: only Linear layers are split"
+    assert plan.replicated["1"].startswith("Linear: followed by RowSum")

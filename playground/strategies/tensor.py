@@ -54,6 +54,11 @@ class TensorPlan:
         return f"tensor plan: {split}; left replicated on every rank: {whole}"
 
 
+def _elementwise(module: nn.Module) -> bool:
+    """One of ELEMENTWISE itself (a subclass may change its forward)."""
+    return type(module) in ELEMENTWISE
+
+
 def _chain(module: nn.Module, prefix: str):
     """(name, module) of the layers a forward runs one after another:
     an nn.Sequential (one that keeps Sequential's forward) is opened, any
@@ -95,12 +100,12 @@ def plan_tensor_parallel(model: nn.Sequential, tp: int) -> TensorPlan:
     for _, module in chain:
         uses[id(module)] = uses.get(id(module), 0) + 1
     for name, module in chain:
-        if uses[id(module)] > 1 and not isinstance(module, ELEMENTWISE):
+        if uses[id(module)] > 1 and not _elementwise(module):
             # One set of weights run at two places: a shard fits at most one of them.
             leave_pending("Linear: the next layer is used at more than one place")
             if any(True for _ in module.parameters()):
                 replicated.setdefault(name, f"{type(module).__name__}: used at {uses[id(module)]} places in the model")
-        elif isinstance(module, TransformerBlock):
+        elif isinstance(module, TransformerBlock) and type(module).forward is TransformerBlock.forward:
             leave_pending("no row-parallel partner follows it")
             heads = module.attn.q.out_features // module.attn.head_dim
             if heads % tp == 0 and module.fc1.out_features % tp == 0:
@@ -108,7 +113,7 @@ def plan_tensor_parallel(model: nn.Sequential, tp: int) -> TensorPlan:
                 styles.update({f"{name}.attn.out": ROWWISE, f"{name}.fc1": COLWISE, f"{name}.fc2": ROWWISE})
             else:
                 replicated[name] = f"{heads} heads or {module.fc1.out_features} fc1 features do not divide among {tp} ranks"
-        elif isinstance(module, nn.Linear):
+        elif isinstance(module, nn.Linear) and type(module).forward is nn.Linear.forward:
             if pending is not None:
                 styles[pending[0]], styles[name] = COLWISE, ROWWISE
                 pending = None
@@ -116,7 +121,7 @@ def plan_tensor_parallel(model: nn.Sequential, tp: int) -> TensorPlan:
                 pending = (name, module)
             else:
                 replicated[name] = f"Linear: {module.out_features} output features do not divide among {tp} ranks"
-        elif isinstance(module, ELEMENTWISE):
+        elif _elementwise(module):
             continue
         else:
             kind = type(module).__name__
