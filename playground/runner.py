@@ -155,8 +155,8 @@ def divergence_note(config: RunConfig, reports: list[dict], losses: list[float],
         return f"training diverged on one device only: the ranks' loss stayed finite; {alone}"
     step, ranks = hit["step"], hit["ranks"]
     return (f"training diverged: the loss was {losses[step]} (not finite) at step {step} (counting from 0) on "
-            f"rank{'s' if len(ranks) > 1 else ''} {', '.join(map(str, ranks))}; every rank stopped after that "
-            f"step ({step + 1} of {config.steps} steps ran); {alone}")
+            f"rank{'s' if len(ranks) > 1 else ''} {', '.join(map(str, ranks))}; every rank stopped after step "
+            f"{len(losses) - 1}, once all had heard ({len(losses)} of {config.steps} steps ran); {alone}")
 
 
 def _tensor_plan(config: RunConfig, model: nn.Sequential, notes: list[str]) -> dict[str, str] | None:

@@ -55,13 +55,15 @@ def train_rank(config: RunConfig, topology: Topology, model: nn.Sequential, data
     Returns what the rank knows: its part of each step's loss, its memory,
     and its trained parameters (from the first data-parallel replica only,
     since the others hold copies). A loss part that is inf or NaN on any
-    rank ends training after that step on every rank; ``diverged`` is then
-    {"step": step, "ranks": [ranks whose part was not finite]}, else None.
+    rank ends training on every rank after the next step (after that very
+    step without a process group); see ``DivergenceCheck``. ``diverged`` is
+    then {"step": step, "ranks": [ranks whose part was not finite]}, else None.
     """
     recorder.ignore_storages_of(model.parameters())
     strategy = STRATEGY_CLASSES[config.strategy](model, topology, config, recorder, loss_fn(dataset.task), groups)
     optimizer = make_optimizer(config, strategy.module.parameters())
     loss_parts: list[float | None] = []
+    checks: list[DivergenceCheck] = []
     diverged = None
     with strategy.context():
         for step in range(config.steps):
@@ -75,10 +77,15 @@ def train_rank(config: RunConfig, topology: Topology, model: nn.Sequential, data
                     optimizer.step()
             if on_step is not None:
                 on_step(step)
-            bad = nonfinite_ranks(loss_parts[-1], recorder, device)
-            if bad:
-                diverged = {"step": step, "ranks": bad}
+            checks.append(DivergenceCheck(step, loss_parts[-1], recorder, device))
+            # Read the agreement on the step before, which had a whole step to
+            # arrive; without a process group, this step's is known already.
+            due = checks[-1] if checks[-1].work is None else checks[-2] if len(checks) > 1 else None
+            diverged = due.result() if due is not None else None
+            if diverged:
                 break
+        last = checks[-1].result() if checks else None  # waits for the one still in flight
+        diverged = diverged or last
     local = strategy.local_model
     memory = memory_bytes(local, optimizer)
     memory["activations_peak"] = recorder.activations_peak
@@ -91,21 +98,33 @@ def train_rank(config: RunConfig, topology: Topology, model: nn.Sequential, data
     return {"loss_parts": loss_parts, "memory": memory, "params": params, "diverged": diverged}
 
 
-def nonfinite_ranks(loss_part: float | None, recorder: Recorder, device: torch.device) -> list[int]:
-    """The ranks whose part of this step's loss is inf or NaN, the same
-    list on every rank (so that all stop after the same step): a max
-    all-reduce of one flag per rank, outside the recorded timeline. Without
-    a process group (the single-device baseline): [0] or []."""
-    import torch.distributed as dist
+class DivergenceCheck:
+    """Which ranks' part of step ``step``'s loss was inf or NaN, agreed by
+    every rank: a max all-reduce of one flag per rank, started as the step
+    ends and read a step later, so that it never holds a rank up; it is
+    kept off the recorded timeline. Without a process group (the
+    single-device baseline) the answer is known at once: [0] or []."""
 
-    bad = loss_part is not None and not math.isfinite(loss_part)
-    if not (dist.is_available() and dist.is_initialized()):
-        return [0] if bad else []
-    flags = torch.zeros(dist.get_world_size(), device=device)
-    flags[dist.get_rank()] = float(bad)
-    recorder.unrecorded_collectives = True
-    try:
-        dist.all_reduce(flags, op=dist.ReduceOp.MAX)
-    finally:
-        recorder.unrecorded_collectives = False
-    return [r for r, f in enumerate(flags.tolist()) if f]
+    def __init__(self, step: int, loss_part: float | None, recorder: Recorder, device: torch.device):
+        import torch.distributed as dist
+
+        self.step = step
+        bad = loss_part is not None and not math.isfinite(loss_part)
+        self.work = None
+        if not (dist.is_available() and dist.is_initialized()):
+            self.flags = torch.tensor([float(bad)])
+            return
+        self.flags = torch.zeros(dist.get_world_size(), device=device)
+        self.flags[dist.get_rank()] = float(bad)
+        recorder.unrecorded_collectives = True
+        try:
+            self.work = dist.all_reduce(self.flags, op=dist.ReduceOp.MAX, async_op=True)
+        finally:
+            recorder.unrecorded_collectives = False
+
+    def result(self) -> dict | None:
+        """{"step": step, "ranks": [...]} when a loss part was not finite, else None."""
+        if self.work is not None:
+            self.work.wait()
+        ranks = [r for r, f in enumerate(self.flags.tolist()) if f]
+        return {"step": self.step, "ranks": ranks} if ranks else None
