@@ -88,20 +88,22 @@ class _Rank:
 
     def __init__(self, rank: int, env: dict[str, str], many: bool = False):
         # What the rank prints, stdout and stderr alike, goes to one file of
-        # its own, in the order written; the caller reads it after each job.
+        # its own (the rank points its fds 1 and 2 at it: worker.serve), in
+        # the order written; the caller reads it after each job.
         self.output = tempfile.TemporaryFile()
         self.output_read = 0
+        out_fd = self.output.fileno()
         job_r, job_w = os.pipe()
         rep_r, rep_w = os.pipe()
         life_r, life_w = os.pipe()
         self.status_fd = StatusSlot.create()
         argv = [sys.executable, "-m", "playground.worker", "--job-fd", str(job_r), "--report-fd", str(rep_w),
-                "--lifeline-fd", str(life_r), "--rank", str(rank), "--status-fd", str(self.status_fd)]
+                "--lifeline-fd", str(life_r), "--rank", str(rank), "--status-fd", str(self.status_fd),
+                "--output-fd", str(out_fd)]
         try:
             self.proc = subprocess.Popen(argv + (["--many"] if many else []),
-                                         pass_fds=(job_r, rep_w, life_r, self.status_fd), env=env,
-                                         stdin=subprocess.DEVNULL, stdout=self.output, stderr=self.output,
-                                         start_new_session=True)
+                                         pass_fds=(job_r, rep_w, life_r, self.status_fd, out_fd), env=env,
+                                         stdin=subprocess.DEVNULL, start_new_session=True)
         except BaseException:
             for fd in (job_w, rep_r, life_w, self.status_fd):
                 os.close(fd)

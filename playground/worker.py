@@ -83,21 +83,22 @@ def run_rank(config: RunConfig, rank: int, store, device_type: str, backend: str
 
 
 def serve(job_fd: int, report_fd: int, lifeline_fd: int, many: bool = False, rank: int = -1,
-          status_fd: int | None = None) -> None:
+          status_fd: int | None = None, output_fd: int | None = None) -> None:
     """A rank started by the launcher: read a job from ``job_fd``, run it,
     write ("ok", rank, report) or ("error", rank, summary, traceback) to
     ``report_fd`` (rank 0 also writes ("progress", 0, step) after each
     step). With ``many`` (a warm pool's rank), wait for the next job; stop
     at the end of the job pipe or after a failed job, whose process state
-    cannot be trusted."""
+    cannot be trusted. ``output_fd``: the file that takes this process's
+    stdout and stderr from here on (the caller keeps what each rank printed
+    apart, instead of it landing unlabelled in the caller's terminal)."""
     from multiprocessing.connection import Connection
 
     if os.path.isdir("/sys/class/net/lo"):
         os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")  # peers meet on loopback only
     threading.Thread(target=_exit_when_orphaned, args=(lifeline_fd,), daemon=True).start()
-    # stdout and stderr share one file (launcher._Rank): flush each line so
-    # that they stay in the order written.
-    sys.stdout.reconfigure(line_buffering=True)
+    if output_fd is not None:
+        capture_output(output_fd)
     # Jobs are written by cloudpickle (launcher._send_jobs) and read by plain
     # pickle; cloudpickle must be importable here for classes sent by value.
     jobs, reports = Connection(job_fd, writable=False), Connection(report_fd, readable=False)
@@ -152,6 +153,17 @@ def _run_job(job: dict, reports, status=None) -> bool:
         except Exception:
             traceback.print_exc()  # the caller will report this rank as dead
         return False
+
+
+def capture_output(fd: int) -> None:
+    """Point this process's fds 1 and 2 (Python's prints, C++ warnings
+    alike) at ``fd``, and flush stdout at every line, so that stdout and
+    stderr stay in the order written."""
+    _flush()
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+    sys.stdout.reconfigure(line_buffering=True)
 
 
 def _flush() -> None:
@@ -228,6 +240,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--many", action="store_true", help="serve jobs until the job pipe closes (warm pool)")
     parser.add_argument("--rank", type=int, default=-1, help="the rank this process will be")
     parser.add_argument("--status-fd", type=int, help="shared memory to say what the rank is doing")
+    parser.add_argument("--output-fd", type=int, help="file to take the rank's stdout and stderr")
     args = parser.parse_args(argv)
     if args.config is not None:
         if args.out is None:
@@ -237,7 +250,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("give --config FILE --out DIR (under torchrun), or the launcher's --job-fd, --report-fd, "
                      "--lifeline-fd")
     else:
-        serve(args.job_fd, args.report_fd, args.lifeline_fd, args.many, args.rank, args.status_fd)
+        serve(args.job_fd, args.report_fd, args.lifeline_fd, args.many, args.rank, args.status_fd, args.output_fd)
 
 
 if __name__ == "__main__":
