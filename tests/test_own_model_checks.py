@@ -277,3 +277,15 @@ def test_subclasses_that_change_forward_are_not_taken_for_what_they_extend():
     plan = plan_tensor_parallel(nn.Sequential(Scaled(8, 16), nn.Linear(16, 16), RowSum(), nn.Linear(16, 4)), 2)
     assert plan.styles == {} and plan.replicated["0"] == "Scaled: only Linear layers are split"
     assert plan.replicated["1"].startswith("Linear: followed by RowSum")
+
+
+def test_cli_turns_a_refusal_into_exit_2_and_one_line(monkeypatch, capsys):
+    from playground.__main__ import _run_and_print
+
+    real_run = playground.runner.run
+    net = nn.Sequential(nn.Linear(8, 16), nn.LSTM(16, 4), nn.Linear(4, 4))
+    monkeypatch.setattr("playground.runner.run",
+                        lambda config, warm=True: real_run(config, model=net, dataset=_data(), warm=warm))
+    assert _run_and_print(_config("data")) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("playground: error: model='block 1 (LSTM)': returned a tuple")
