@@ -2,6 +2,7 @@
 
 Bad arguments exit with code 2 and one line on stderr, before any process
 starts; a run that fails exits with code 1 and says which rank and why.
+What the ranks print comes first, each line prefixed with ``[rank r]``.
 """
 
 from __future__ import annotations
@@ -82,6 +83,7 @@ def config_from_args(a: argparse.Namespace) -> RunConfig:
 def _run_and_print(config: RunConfig, json_path: str | None = None, plots_dir: str | None = None,
                    warm: bool = True, trace_path: str | None = None) -> int:
     from .launcher import RunError
+    from .result import labelled_output
     from .runner import run
 
     try:
@@ -90,8 +92,13 @@ def _run_and_print(config: RunConfig, json_path: str | None = None, plots_dir: s
         print(f"playground: error: {e}", file=sys.stderr)
         return 2
     except RunError as e:
+        printed = labelled_output(e.outputs)
+        if printed:
+            print(printed)
         print(f"playground: run failed: {e}", file=sys.stderr)
         return 1
+    if result.rank_output():
+        print(result.rank_output())
     print(result.summary())
     if json_path:
         with open(json_path, "w") as f:

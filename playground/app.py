@@ -35,7 +35,7 @@ from . import plots, runner
 from .config import DEFAULT_MAX_WORLD_SIZE, OPTIMIZERS, SCHEDULES, STRATEGIES, ConfigError, RunConfig, cpu_count
 from .cost import stage_shares
 from .models import MODELS, model_block_infos, propose_split_points
-from .result import RunResult
+from .result import RunResult, labelled_output
 
 PAGE_WIDTH = "1260px"  # fits a 1280 px window
 STAGE_COLORS = ["#9ECAE1", "#FDAE6B", "#A1D99B", "#BCBDDC", "#FC9272", "#C7E9C0", "#FDD0A2", "#DADAEB"]
@@ -233,6 +233,25 @@ def check_html(result: RunResult) -> str:
     if result.accuracy is not None:
         more += f" · accuracy {result.accuracy:.3f} (single device {b['accuracy']:.3f})"
     return f"<b style='color:{GREEN if b['passed'] else RED}'>{text}</b>{esc(more)}"
+
+
+def notes_html(result: RunResult) -> str:
+    """The run's notes (a diverged loss, layers left whole by the tensor
+    plan, targets cast), then what the ranks printed, labelled by rank."""
+    notes = "".join(f"<div style='color:#8A5A00'>⚠ {esc(n)}</div>" for n in result.notes)
+    return notes + output_html({r.rank: r.output for r in result.ranks})
+
+
+def output_html(outputs: dict[int, str]) -> str:
+    """What each rank printed, folded away under one line: ``[rank r]``
+    before every line, rank by rank, never interleaved."""
+    text = labelled_output(outputs)
+    if not text:
+        return ""
+    lines = text.count("\n") + 1
+    return (f"<details class='playground-rank-output'><summary style='color:{GREY}'>what the ranks printed "
+            f"({lines} line{'s' if lines > 1 else ''})</summary><pre style='max-height:16em;overflow:auto'>"
+            f"{esc(text)}</pre></details>")
 
 
 def balance_html(result: RunResult) -> str:
@@ -800,7 +819,8 @@ class Playground(W.VBox):
         self.history.add(config, error=what)
         self.progress.bar_style = "warning" if stopped else "danger"
         self.status.value = ("stopped: every rank was ended" if stopped else
-                             f"<span style='color:{RED}'>run failed: {esc(what)}</span>")
+                             f"<span style='color:{RED}'>run failed: {esc(what)}</span>"
+                             + output_html(getattr(e, "outputs", {})))
         if self.result is not None:  # the tabs below still hold it: say so, lest they pass for this run's
             self.status.value += (f" <span style='color:{GREY}'>· the pictures below are from the last run "
                                   f"that finished ({esc(plots.run_title(self.result))})</span>")
@@ -819,7 +839,7 @@ class Playground(W.VBox):
         self.trace_link.value = ""  # it held the previous run's trace
         self.history.add(config, result, timeline=self.figures["timeline"])
         self.progress.value, self.progress.bar_style = self.progress.max, "success" if result.passed else "danger"
-        self.status.value = check_html(result)
+        self.status.value = check_html(result) + notes_html(result)
 
     def _sweep_job(self, config: RunConfig, over: str, counts: tuple[int, ...]) -> None:
         points: list[tuple[int, RunResult]] = []

@@ -20,6 +20,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from datetime import timedelta
@@ -35,10 +36,16 @@ _SECONDARY = re.compile(r"Connection (closed|reset) by peer|Broken pipe|Socket T
 _GRACE_S = 1.0
 
 
+MAX_OUTPUT_BYTES = 1 << 20
+"""Of what a rank prints during one run, at most this much (the end) is kept."""
+
+
 class RunError(RuntimeError):
-    """A run did not finish; ``rank`` says which rank, where one is to blame."""
+    """A run did not finish; ``rank`` says which rank, where one is to blame.
+    ``outputs``: what each rank printed (stdout and stderr, in order), by rank."""
 
     rank: int | None = None
+    outputs: dict[int, str] = {}
 
 
 class RankError(RunError):
@@ -83,22 +90,30 @@ class _Rank:
     lifeline the child watches to know the caller still lives."""
 
     def __init__(self, rank: int, env: dict[str, str], many: bool = False, zygote: "_Zygote | None" = None):
+        # What the rank prints, stdout and stderr alike, goes to one file of
+        # its own (the rank points its fds 1 and 2 at it: worker.serve), in
+        # the order written; the caller reads it after each job.
+        self.output = tempfile.TemporaryFile()
+        self.output_read = 0
+        out_fd = self.output.fileno()
         job_r, job_w = os.pipe()
         rep_r, rep_w = os.pipe()
         life_r, life_w = os.pipe()
         self.status_fd = StatusSlot.create()
         argv = [sys.executable, "-m", "playground.worker", "--job-fd", str(job_r), "--report-fd", str(rep_w),
-                "--lifeline-fd", str(life_r), "--rank", str(rank), "--status-fd", str(self.status_fd)]
+                "--lifeline-fd", str(life_r), "--rank", str(rank), "--status-fd", str(self.status_fd),
+                "--output-fd", str(out_fd)]
         try:
             if zygote is not None:  # forked from the warm pool's factory: no interpreter start
-                self.proc = zygote.fork(rank, (job_r, rep_w, life_r, self.status_fd))
+                self.proc = zygote.fork(rank, (job_r, rep_w, life_r, self.status_fd, out_fd))
             else:
                 self.proc = subprocess.Popen(argv + (["--many"] if many else []),
-                                             pass_fds=(job_r, rep_w, life_r, self.status_fd), env=env,
+                                             pass_fds=(job_r, rep_w, life_r, self.status_fd, out_fd), env=env,
                                              stdin=subprocess.DEVNULL, start_new_session=True)
         except BaseException:
             for fd in (job_w, rep_r, life_w, self.status_fd):
                 os.close(fd)
+            self.output.close()
             raise
         finally:
             # The child holds its own copies; closing ours makes EOF mean "the rank is gone".
@@ -115,7 +130,19 @@ class _Rank:
         except subprocess.TimeoutExpired:
             return None
 
+    def take_output(self) -> str:
+        """What the rank printed since the last call (its last
+        ``MAX_OUTPUT_BYTES``), as text. ``pread`` leaves the file offset,
+        which the rank's writes share, where it is."""
+        fd = self.output.fileno()
+        end = os.fstat(fd).st_size
+        first = self.output_read
+        start, self.output_read = max(first, end - MAX_OUTPUT_BYTES), end
+        text = os.pread(fd, end - start, start).decode("utf-8", errors="replace") if end > start else ""
+        return (f"[{start - first} earlier bytes not kept]\n" if start > first else "") + text
+
     def close(self) -> None:
+        self.output.close()
         for c in (self.jobs, self.reports):
             c.close()
         if isinstance(self.proc, _ForkedProc):
@@ -231,7 +258,8 @@ def _import_path() -> list[str]:
 
 def _child_env() -> dict[str, str]:
     """The caller's environment, with its import path, so the ranks can
-    unpickle a custom model whose classes live in the caller's modules."""
+    unpickle a custom model whose classes live in the caller's modules
+    (those in __main__ or a notebook cell travel by value: ``_send_jobs``)."""
     env = dict(os.environ)
     paths = _import_path()
     env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(p for p in paths if os.path.isdir(p)))
@@ -241,14 +269,20 @@ def _child_env() -> dict[str, str]:
 
 def _send_jobs(ranks: list[_Rank], config: RunConfig, store_port: int, device_type: str, backend: str,
                custom: tuple | None) -> None:
+    import cloudpickle
+
     clock_origin = time.perf_counter()
     for r in ranks:
-        # Plain pickle: see worker.serve.
-        r.jobs.send_bytes(pickle.dumps({"rank": r.rank, "config": config.to_dict(), "store_port": store_port,
-                                        "device_type": device_type, "backend": backend, "custom": custom,
-                                        # One machine, one monotonic clock: every rank
-                                        # measures from this same instant.
-                                        "clock_origin": clock_origin}))
+        # cloudpickle, not Connection.send: torch's reducers would pass
+        # tensors as shared-memory handles that die with this process. It
+        # writes plain pickle, by reference for classes the ranks can import
+        # and by value for those they cannot (defined in a notebook cell or
+        # in __main__), so a custom model's own blocks travel with it.
+        r.jobs.send_bytes(cloudpickle.dumps({"rank": r.rank, "config": config.to_dict(), "store_port": store_port,
+                                             "device_type": device_type, "backend": backend, "custom": custom,
+                                             # One machine, one monotonic clock: every rank
+                                             # measures from this same instant.
+                                             "clock_origin": clock_origin}))
 
 
 def _end(ranks: list[_Rank]) -> None:
@@ -386,6 +420,19 @@ def default_pool() -> Pool:
 
 
 def _collect(ranks: list[_Rank], timeout_s: float, cancel=None, on_step=None) -> list[dict[str, Any]]:
+    """Each rank's report, with ``output``: what the rank printed meanwhile.
+    A ``RunError`` carries the same in ``outputs``."""
+    try:
+        reports = _reports(ranks, timeout_s, cancel, on_step)
+    except RunError as e:
+        e.outputs = {r.rank: r.take_output() for r in ranks}
+        raise
+    for report, r in zip(reports, ranks):
+        report["output"] = r.take_output()
+    return reports
+
+
+def _reports(ranks: list[_Rank], timeout_s: float, cancel=None, on_step=None) -> list[dict[str, Any]]:
     deadline = time.monotonic() + timeout_s
     reports: dict[int, dict] = {}
     errors: list[tuple[int, str, str]] = []

@@ -63,6 +63,8 @@ class Recorder:
         self.activation_bytes = 0
         self.activations_peak = 0
         self._param_storages: set[int] = set()
+        self.unrecorded_collectives = False
+        """True while the run's own bookkeeping (not the strategy) communicates."""
 
     # -- the shared clock ----------------------------------------------
 
@@ -299,7 +301,7 @@ def _collective_timer_class():
             kwargs = kwargs or {}
             if any(issubclass(t, DTensor) for t in types):
                 return NotImplemented  # let DTensor lower itself to plain collectives first
-            if isinstance(func, torch._ops.HigherOrderOperator):
+            if isinstance(func, torch._ops.HigherOrderOperator) or self.recorder.unrecorded_collectives:
                 return func(*args, **kwargs)
             ns, name = func.namespace, func._overloadpacket.__name__
             rec = self.recorder
@@ -548,7 +550,7 @@ def _waits_recorded(recorder: Recorder) -> Iterator[None]:
     main = recorder._main_thread
 
     def wait(self, *args, **kwargs):
-        if threading.get_ident() != main:
+        if threading.get_ident() != main or recorder.unrecorded_collectives:
             return original(self, *args, **kwargs)
         start = recorder.now()
         try:

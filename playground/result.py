@@ -32,6 +32,7 @@ B-byte output or a reduce-scatter of a B-byte input (n - 1) / n * B.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -69,6 +70,9 @@ class RankReport:
     """(stage, first block, end block) of every stage this rank holds."""
     blocked: list[tuple[float, float]] = field(default_factory=list)
     """(start, end) seconds in which the rank's thread waited on a transfer."""
+    output: str = ""
+    """What the rank's process printed during the run: stdout and stderr
+    together, in the order written (at most the last MiB)."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -78,7 +82,7 @@ class RankReport:
             "time": self.time, "bytes_sent": self.bytes_sent, "bytes_recv": self.bytes_recv,
             "threads": self.threads, "tp_rank": self.tp_rank,
             "stages": [list(t) for t in self.stages],
-            "blocked": [list(t) for t in self.blocked],
+            "blocked": [list(t) for t in self.blocked], "output": self.output,
         }
 
     @classmethod
@@ -89,7 +93,7 @@ class RankReport:
                    time=d.get("time", {}), bytes_sent=d.get("bytes_sent", 0), bytes_recv=d.get("bytes_recv", 0),
                    threads=d.get("threads", 1), tp_rank=d.get("tp_rank", 0),
                    stages=[tuple(t) for t in d.get("stages", [])],
-                   blocked=[tuple(t) for t in d.get("blocked", [])])
+                   blocked=[tuple(t) for t in d.get("blocked", [])], output=d.get("output", ""))
 
 
 @dataclass
@@ -132,7 +136,8 @@ class RunResult:
     per (src, dst) and collectives per (rank, kind, group)."""
     tensor_plan: dict[str, str] = field(default_factory=dict)
     """Tensor parallel: module name -> "colwise" or "rowwise", as the
-    strategy applied it (empty for other strategies)."""
+    strategy applied it (empty for other strategies); the layers it left
+    replicated, and why, are in ``notes``."""
     model: Any = field(default=None, repr=False)
     """The trained full model, gathered from the ranks (not in the JSON)."""
 
@@ -164,7 +169,10 @@ class RunResult:
         }
 
     def to_json(self, indent: int | None = None) -> str:
-        return json.dumps(self.to_dict(), indent=indent)
+        """``to_dict`` as strict JSON: a number that is NaN or +-infinity
+        (a diverged loss, its parameter difference) is written as null, since
+        JSON has no token for it."""
+        return json.dumps(finite_or_null(self.to_dict()), indent=indent, allow_nan=False)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "RunResult":
@@ -223,6 +231,29 @@ class RunResult:
     def summary(self) -> str:
         """The per-rank table the CLI prints."""
         return format_table(self)
+
+    def rank_output(self) -> str:
+        """What every rank printed, each line prefixed with ``[rank r]``,
+        rank by rank (empty when none printed anything)."""
+        return labelled_output({r.rank: r.output for r in self.ranks})
+
+
+def labelled_output(outputs: dict[int, str]) -> str:
+    """``{rank: text}`` as lines ``[rank r] line``, rank by rank."""
+    return "\n".join(f"[rank {rank}] {line}" for rank, text in sorted(outputs.items())
+                     for line in text.splitlines())
+
+
+def finite_or_null(value: Any) -> Any:
+    """``value`` with every float that is NaN or infinite replaced by None,
+    through dicts, lists and tuples."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite_or_null(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_or_null(v) for v in value]
+    return value
 
 
 # --------------------------------------------------------------------------

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from .config import ConfigError, RunConfig, cpu_count
+from .custom import prepare_custom
 from .data import Dataset, load_dataset, loss_fn
 from .launcher import default_pool, launch
 from .model_facts import ModelFacts, block_of, differences, inspect_model
@@ -29,14 +30,16 @@ def run(config: RunConfig, *, model: nn.Sequential | None = None, dataset: Any =
     """Train ``config`` on ``config.world_size`` real processes and return
     what every rank did, the trained model and the baseline check.
 
-    ``model`` (an nn.Sequential of blocks) and ``dataset`` (a ``Dataset`` or
-    a tuple ``(x, y[, x_test, y_test])``) replace the named model.
+    ``model`` (an nn.Sequential of blocks, each taking and returning one
+    tensor) and ``dataset`` (a ``Dataset`` or a tuple ``(x, y[, x_test,
+    y_test])``) replace the named model; they are checked here, on a copy,
+    before any process starts (``custom.prepare_custom``: ConfigError).
     ``warm``: run on this process's pool of ranks, kept alive between runs
     (``False``: fresh processes, ended after the run). ``cancel``: a
     ``threading.Event``; setting it ends the run's processes and raises
     ``RunCancelled``. ``on_step(step)``: called as each step finishes.
     """
-    config, custom = _with_custom(config, model, dataset)
+    config, custom, notes = prepare_custom(config, model, dataset)
     device_type, backend = resolve_device(config)
     config = resolve_split_points(config, custom)
     facts = model_facts(config, custom)
@@ -46,7 +49,9 @@ def run(config: RunConfig, *, model: nn.Sequential | None = None, dataset: Any =
     started = time.perf_counter()
     reports = launch(config, device_type, backend, custom, pool=default_pool() if warm else None,
                      cancel=cancel, on_step=on_step)
-    return assemble(config, reports, custom, device_type, backend, time.perf_counter() - started, facts=facts)
+    result = assemble(config, reports, custom, device_type, backend, time.perf_counter() - started, facts=facts)
+    result.notes[:0] = notes
+    return result
 
 
 def load_result(directory: str) -> RunResult:
@@ -103,7 +108,8 @@ def assemble(config: RunConfig, reports: list[dict], custom: tuple | None, devic
                         timeline=r["timeline"], step_times=[tuple(t) for t in r["step_times"]],
                         memory=r["memory"], threads=r["threads"], tp_rank=r["tp_rank"],
                         blocked=[tuple(b) for b in r.get("blocked", [])],
-                        stages=[(s, *ranges[s]) for s in config.rank_stages(r["stage"])])
+                        stages=[(s, *ranges[s]) for s in config.rank_stages(r["stage"])],
+                        output=r.get("output", ""))
              for r in reports]
     _rebase_clock(ranks)
     account(ranks)
@@ -117,6 +123,7 @@ def assemble(config: RunConfig, reports: list[dict], custom: tuple | None, devic
     why = differences(facts, full_model, config.world_size, config.dp_size, config.micro_batches,
                       config.pipelined, config.sync_batchnorm)
     baseline_model, baseline_losses, baseline_accuracy = single_device_run(config, custom, data)
+    diverged = divergence_note(config, reports, losses, baseline_losses)
     diff = max_abs_param_diff(trained, baseline_model)
     loss_diff = mean_loss_rel_diff(losses, baseline_losses)
     accuracy = evaluate(trained, data)
@@ -133,7 +140,9 @@ def assemble(config: RunConfig, reports: list[dict], custom: tuple | None, devic
         "losses": baseline_losses,
         "accuracy": baseline_accuracy,
     }
-    notes = (_notes(config, device_type) if local else []) + why + _model_notes(config, facts, full_model)
+    notes = ((_notes(config, device_type) if local else []) + ([diverged] if diverged else []) + why
+             + _model_notes(config, facts, full_model)
+             + [n for n in [reports[0].get("tensor_plan_note")] if n])
     return RunResult(config=config, device=device_type, backend=backend, world_size=config.world_size,
                      losses=losses, throughput_samples_per_s=throughput(ranks, config.global_batch),
                      baseline=baseline, ranks=ranks, split_points=tuple(split_points), accuracy=accuracy,
@@ -152,6 +161,26 @@ def _predictions(config: RunConfig, custom: tuple | None, data: Dataset) -> list
         preds = predict(config, model=probe_copy(custom[0]), sample=data.train_x[0], target=data.train_y[0])
         return [dataclasses.asdict(p) for p in preds]
     return copy.deepcopy(_named_predictions(config))
+
+
+def divergence_note(config: RunConfig, reports: list[dict], losses: list[float],
+                    baseline_losses: list[float]) -> str | None:
+    """Says where training diverged (a loss of inf or NaN): on the ranks,
+    which stopped together after that step, and on one device."""
+    import math
+
+    hit = next((r["diverged"] for r in reports if r.get("diverged")), None)
+    single = next((s for s, v in enumerate(baseline_losses) if not math.isfinite(v)), None)
+    if hit is None and single is None:
+        return None
+    alone = (f"on one device the loss first became non-finite at step {single}" if single is not None else
+             f"on one device it stayed finite over all {len(baseline_losses)} steps")
+    if hit is None:
+        return f"training diverged on one device only: the ranks' loss stayed finite; {alone}"
+    step, ranks = hit["step"], hit["ranks"]
+    return (f"training diverged: the loss was {losses[step]} (not finite) at step {step} (counting from 0) on "
+            f"rank{'s' if len(ranks) > 1 else ''} {', '.join(map(str, ranks))}; every rank stopped after step "
+            f"{len(losses) - 1}, once all had heard ({len(losses)} of {config.steps} steps ran); {alone}")
 
 
 @functools.lru_cache(maxsize=32)
@@ -377,30 +406,6 @@ def _gather(model: nn.Sequential, parts: list[dict[str, torch.Tensor]]) -> nn.Se
         raise RuntimeError(f"no rank reported parameters {sorted(missing)[:5]}")
     model.load_state_dict(state, strict=False)
     return model
-
-
-def _with_custom(config: RunConfig, model, dataset) -> tuple[RunConfig, tuple | None]:
-    if model is None and dataset is None:
-        if config.model == "custom":
-            raise ConfigError("model", "custom", "pass the module and dataset: run(config, model=..., dataset=...)")
-        return config, None
-    if not isinstance(model, nn.Sequential) or len(model) == 0:
-        raise ConfigError("model", type(model).__name__, "a custom model must be a non-empty nn.Sequential of blocks")
-    if isinstance(dataset, (tuple, list)):
-        if len(dataset) not in (2, 4) or not all(isinstance(t, torch.Tensor) for t in dataset):
-            raise ConfigError("dataset", type(dataset).__name__, "must be a Dataset or a tuple (x, y[, x_test, y_test]) of tensors")
-        task = "classification" if not dataset[1].is_floating_point() else "regression"
-        dataset = Dataset(*dataset, task=task)
-    if not isinstance(dataset, Dataset):
-        raise ConfigError("dataset", type(dataset).__name__, "must be a Dataset or a tuple (x, y[, x_test, y_test]) of tensors")
-    if len(dataset.train_x) != len(dataset.train_y) or len(dataset.train_x) == 0:
-        raise ConfigError("dataset", f"{len(dataset.train_x)} inputs, {len(dataset.train_y)} targets",
-                          "needs as many targets as inputs, at least one")
-    if config.model != "custom":
-        raise ConfigError("model", config.model, "must be 'custom' when a module is passed to run()")
-    fields = config.to_dict()
-    fields.update(num_blocks=len(model))
-    return RunConfig.from_dict(fields), (model, dataset)
 
 
 __all__ = ["run", "train_single", "evaluate", "resolve_device", "MODELS"]

@@ -5,6 +5,7 @@ same loop in the caller's process, with recording off and no process group.
 from __future__ import annotations
 
 import contextlib
+import math
 import random
 import warnings
 from dataclasses import dataclass
@@ -60,7 +61,10 @@ def train_rank(config: RunConfig, topology: Topology, model: nn.Sequential, data
 
     Returns what the rank knows: its part of each step's loss, its memory,
     and its trained parameters and buffers (from the first data-parallel
-    replica only, since the others hold copies).
+    replica only, since the others hold copies). A loss part that is inf or NaN on any
+    rank ends training on every rank after the next step (after that very
+    step without a process group); see ``DivergenceCheck``. ``diverged`` is
+    then {"step": step, "ranks": [ranks whose part was not finite]}, else None.
     """
     recorder.ignore_storages_of(model.parameters())
     if config.sync_batchnorm and topology.dp > 1:
@@ -70,6 +74,8 @@ def train_rank(config: RunConfig, topology: Topology, model: nn.Sequential, data
     strategy = STRATEGY_CLASSES[config.strategy](model, topology, config, recorder, loss_fn(dataset.task), groups)
     optimizer = make_optimizer(config, strategy.module.parameters())
     loss_parts: list[float | None] = []
+    checks: list[DivergenceCheck] = []
+    diverged = None
     with strategy.context(), recorder.timing_waits(), seeded(config.seed, rng_stream(topology)):
         for step in range(config.steps):
             x, y = dataset.batch(step, config.global_batch, config.seed)
@@ -84,6 +90,15 @@ def train_rank(config: RunConfig, topology: Topology, model: nn.Sequential, data
                         optimizer.step()
             if on_step is not None:
                 on_step(step)
+            checks.append(DivergenceCheck(step, loss_parts[-1], recorder, device))
+            # Read the agreement on the step before, which had a whole step to
+            # arrive; without a process group, this step's is known already.
+            due = checks[-1] if checks[-1].work is None else checks[-2] if len(checks) > 1 else None
+            diverged = due.result() if due is not None else None
+            if diverged:
+                break
+        last = checks[-1].result() if checks else None  # waits for the one still in flight
+        diverged = diverged or last
     local = strategy.local_model
     memory = memory_bytes(local, optimizer)
     memory["activations_peak"] = recorder.activations_peak
@@ -95,7 +110,8 @@ def train_rank(config: RunConfig, topology: Topology, model: nn.Sequential, data
     params = full if topology.dp_rank == 0 and topology.tp_rank == 0 else {}
     # The tensor-parallel plan the strategy applied (module name -> colwise / rowwise), for the views.
     plan = getattr(strategy, "plan_kinds", {})
-    return {"loss_parts": loss_parts, "memory": memory, "params": params, "tensor_plan": plan}
+    return {"loss_parts": loss_parts, "memory": memory, "params": params, "tensor_plan": plan,
+            "tensor_plan_note": getattr(strategy, "plan_note", None), "diverged": diverged}
 
 
 def rng_stream(topology: Topology) -> int:
@@ -126,3 +142,39 @@ def seeded(seed: int, stream: int):
         finally:
             random.setstate(py_state)
             np.random.set_state(np_state)
+
+
+class DivergenceCheck:
+    """Which ranks' part of step ``step``'s loss was inf or NaN, agreed by
+    every rank: a max all-reduce of one flag per rank, started as the step
+    ends and read a step later, so that it never holds a rank up; it is
+    kept off the recorded timeline. Without a process group (the
+    single-device baseline) the answer is known at once: [0] or []."""
+
+    def __init__(self, step: int, loss_part: float | None, recorder: Recorder, device: torch.device):
+        import torch.distributed as dist
+
+        self.step, self.recorder = step, recorder
+        bad = loss_part is not None and not math.isfinite(loss_part)
+        self.work = None
+        if not (dist.is_available() and dist.is_initialized()):
+            self.flags = torch.tensor([float(bad)])
+            return
+        self.flags = torch.zeros(dist.get_world_size(), device=device)
+        self.flags[dist.get_rank()] = float(bad)
+        recorder.unrecorded_collectives = True
+        try:
+            self.work = dist.all_reduce(self.flags, op=dist.ReduceOp.MAX, async_op=True)
+        finally:
+            recorder.unrecorded_collectives = False
+
+    def result(self) -> dict | None:
+        """{"step": step, "ranks": [...]} when a loss part was not finite, else None."""
+        if self.work is not None:
+            self.recorder.unrecorded_collectives = True  # not the training's wait: keep it off the record
+            try:
+                self.work.wait()
+            finally:
+                self.recorder.unrecorded_collectives = False
+        ranks = [r for r, f in enumerate(self.flags.tolist()) if f]
+        return {"step": self.step, "ranks": ranks} if ranks else None

@@ -85,20 +85,24 @@ def run_rank(config: RunConfig, rank: int, store, device_type: str, backend: str
 
 
 def serve(job_fd: int, report_fd: int, lifeline_fd: int, many: bool = False, rank: int = -1,
-          status_fd: int | None = None) -> None:
+          status_fd: int | None = None, output_fd: int | None = None) -> None:
     """A rank started by the launcher: read a job from ``job_fd``, run it,
     write ("ok", rank, report) or ("error", rank, summary, traceback) to
     ``report_fd`` (rank 0 also writes ("progress", 0, step) after each
     step). With ``many`` (a warm pool's rank), wait for the next job; stop
     at the end of the job pipe or after a failed job, whose process state
-    cannot be trusted."""
+    cannot be trusted. ``output_fd``: the file that takes this process's
+    stdout and stderr from here on (the caller keeps what each rank printed
+    apart, instead of it landing unlabelled in the caller's terminal)."""
     from multiprocessing.connection import Connection
 
     if os.path.isdir("/sys/class/net/lo"):
         os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")  # peers meet on loopback only
     threading.Thread(target=_exit_when_orphaned, args=(lifeline_fd,), daemon=True).start()
-    # Plain pickle, not Connection.send: torch's reducers would pass tensors
-    # as shared-memory handles that die with this process.
+    if output_fd is not None:
+        capture_output(output_fd)
+    # Jobs are written by cloudpickle (launcher._send_jobs) and read by plain
+    # pickle; cloudpickle must be importable here for classes sent by value.
     jobs, reports = Connection(job_fd, writable=False), Connection(report_fd, readable=False)
     status = StatusSlot(status_fd) if status_fd is not None else None
     try:
@@ -110,8 +114,9 @@ def serve(job_fd: int, report_fd: int, lifeline_fd: int, many: bool = False, ran
             try:
                 job = pickle.loads(raw)
             except Exception as e:  # e.g. a custom model's class this process cannot import
-                hint = (" (a custom model's classes must live in an importable module, not in a notebook "
-                        "cell or the __main__ script)" if isinstance(e, (AttributeError, ImportError)) else "")
+                hint = (" (a custom model's classes must be importable by the ranks, from the caller's "
+                        "sys.path, or defined in __main__ or a notebook cell)"
+                        if isinstance(e, (AttributeError, ImportError)) else "")
                 reports.send_bytes(pickle.dumps(("error", rank, f"could not read the job: {describe(e)}{hint}",
                                                  traceback.format_exc())))
                 break
@@ -133,7 +138,8 @@ def zygote(control_fd: int) -> None:
     fork a new rank for each request on ``control_fd`` (a Unix socket).
 
     A request is a JSON line ``{"rank", "sys_path", "cwd"}`` with the
-    rank's four descriptors attached (job, report, lifeline, status); the
+    rank's five descriptors attached (job, report, lifeline, status,
+    output); the
     answer is ``{"pid"}``. ``{"exitcode": pid}`` asks how a rank ended:
     ``{"code"}``, null while it runs. A forked rank starts in a few
     milliseconds and shares the imported modules' pages with its siblings,
@@ -168,7 +174,7 @@ def zygote(control_fd: int) -> None:
     sock = socket.socket(fileno=control_fd)
     buffer, fds = b"", []
     while True:
-        data, more, _flags, _addr = socket.recv_fds(sock, 1 << 16, 4)
+        data, more, _flags, _addr = socket.recv_fds(sock, 1 << 16, 5)
         if not data:
             os._exit(0)
         buffer, fds = buffer + data, fds + more
@@ -185,8 +191,8 @@ def zygote(control_fd: int) -> None:
             os.setsid()  # a terminal's Ctrl-C goes to the caller, which ends its ranks itself
             sys.path[:] = request["sys_path"]
             os.chdir(request["cwd"])
-            job_fd, report_fd, lifeline_fd, status_fd = fds
-            serve(job_fd, report_fd, lifeline_fd, True, request["rank"], status_fd)
+            job_fd, report_fd, lifeline_fd, status_fd, output_fd = fds
+            serve(job_fd, report_fd, lifeline_fd, True, request["rank"], status_fd, output_fd)
         for fd in fds:
             os.close(fd)
         fds = []
@@ -205,14 +211,32 @@ def _run_job(job: dict, reports, status=None) -> bool:
             reports.send_bytes(pickle.dumps(("progress", rank, step)))
         report = run_rank(config, rank, store, job["device_type"], job["backend"], job["custom"],
                           job["clock_origin"], progress if rank == 0 else None, status)
+        _flush()  # the caller reads what this rank printed once the report arrives
         reports.send_bytes(pickle.dumps(("ok", rank, report)))
         return True
     except BaseException as e:  # noqa: BLE001 - everything goes back to the caller
+        _flush()
         try:
             reports.send_bytes(pickle.dumps(("error", rank, describe(e), traceback.format_exc())))
         except Exception:
             traceback.print_exc()  # the caller will report this rank as dead
         return False
+
+
+def capture_output(fd: int) -> None:
+    """Point this process's fds 1 and 2 (Python's prints, C++ warnings
+    alike) at ``fd``, and flush stdout at every line, so that stdout and
+    stderr stay in the order written."""
+    _flush()
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+    sys.stdout.reconfigure(line_buffering=True)
+
+
+def _flush() -> None:
+    sys.stdout.flush()
+    sys.stderr.flush()
 
 
 def describe(e: BaseException) -> str:
@@ -285,6 +309,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rank", type=int, default=-1, help="the rank this process will be")
     parser.add_argument("--status-fd", type=int, help="shared memory to say what the rank is doing")
     parser.add_argument("--zygote-fd", type=int, help="be the warm pool's rank factory on this socket")
+    parser.add_argument("--output-fd", type=int, help="file to take the rank's stdout and stderr")
     args = parser.parse_args(argv)
     if args.zygote_fd is not None:
         zygote(args.zygote_fd)
@@ -296,7 +321,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("give --config FILE --out DIR (under torchrun), or the launcher's --job-fd, --report-fd, "
                      "--lifeline-fd")
     else:
-        serve(args.job_fd, args.report_fd, args.lifeline_fd, args.many, args.rank, args.status_fd)
+        serve(args.job_fd, args.report_fd, args.lifeline_fd, args.many, args.rank, args.status_fd, args.output_fd)
 
 
 if __name__ == "__main__":

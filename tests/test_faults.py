@@ -65,15 +65,21 @@ def test_next_run_after_a_failure_works():
 
 
 def test_a_job_the_rank_cannot_read_is_reported_with_a_hint(monkeypatch):
+    import types
+
     import torch
 
     torch.manual_seed(0)
-    # Pretend the class lives in the caller's __main__, as in a notebook cell.
-    cls = type("NotebookBlock", (torch.nn.Linear,), {"__module__": "__main__"})
-    monkeypatch.setattr(sys.modules["__main__"], "NotebookBlock", cls, raising=False)
+    # A module the caller imported from somewhere the ranks cannot see: its
+    # classes travel by reference, and the ranks fail to import them.
+    ghost = types.ModuleType("ghost_blocks")
+    cls = type("GhostBlock", (torch.nn.Linear,), {"__module__": "ghost_blocks"})
+    ghost.GhostBlock = cls
+    monkeypatch.setitem(sys.modules, "ghost_blocks", ghost)
     model = torch.nn.Sequential(cls(8, 4))
     with pytest.raises(RankError) as info:
         playground.run(RunConfig(model="custom", strategy="data", world_size=2, steps=3, global_batch=16),
                        model=model, dataset=regression_data())
-    assert "could not read the job" in str(info.value) and "importable module" in str(info.value)
+    assert "could not read the job" in str(info.value) and "ghost_blocks" in str(info.value)
+    assert "importable by the ranks" in str(info.value)
     assert child_pids() == []

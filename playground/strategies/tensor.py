@@ -5,10 +5,12 @@ y_i = W_i x; the next, row-parallel layer multiplies its slice of the input
 by its slice of the weight and an all-reduce sums the partial results:
 y = sum_i M_i x_i. Between the two, only elementwise ops (ReLU, GELU) run,
 so the activation in between is never gathered. Layers the plan leaves out
-are replicated: every rank computes them alike.
+are replicated: every rank computes them alike; the plan says which and why.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 from torch import nn
 from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
@@ -19,48 +21,135 @@ from ..models import TransformerBlock
 from .fsdp import shard_blocks
 from ..recorder import Recorder
 
-ELEMENTWISE = (nn.ReLU, nn.GELU, nn.Tanh, nn.Sigmoid, nn.Identity, nn.Dropout)
+ELEMENTWISE = (nn.ReLU, nn.GELU, nn.SiLU, nn.LeakyReLU, nn.ELU, nn.Tanh, nn.Sigmoid, nn.Identity, nn.Dropout)
+"""Layers that act on each feature alone: a column-parallel layer's sharded
+output may pass through them to its row-parallel partner."""
+
+COLWISE, ROWWISE = "colwise", "rowwise"
 
 
-def tensor_plan(model: nn.Sequential, tp: int, unused: tuple[str, ...] = ()) -> dict[str, object]:
-    """Module name -> ColwiseParallel / RowwiseParallel.
+@dataclass(frozen=True)
+class TensorPlan:
+    """Which layers are cut among the tensor-parallel ranks, and which are
+    left whole on every rank, with the reason."""
 
-    Transformer layers: q, k, v and fc1 column-wise; attention out and fc2
-    row-wise. Elsewhere: consecutive Linear layers with only elementwise
-    modules between them are paired (column, then row), when the column
-    layer's output features divide among ``tp`` ranks. A Linear whose
-    weight is shared with another module (tied weights) stays whole and
-    replicated: sharding it would cut the tie. One whose parameters are
-    ``unused`` (they get no gradient: a branch the forward never takes) is
-    not in the data flow, so it is left out without breaking a pair."""
+    styles: dict[str, str]
+    """Module name -> "colwise" (output features cut: y_i = W_i x) or
+    "rowwise" (input features cut: y = sum_i W_i x_i, one all-reduce)."""
+    replicated: dict[str, str]
+    """Module name -> why it is left whole on every rank (the layers with
+    parameters that are not split, and the blocks the plan cannot see into)."""
+
+    def parallel_styles(self) -> dict[str, object]:
+        """The plan as ``parallelize_module`` takes it."""
+        return {name: ColwiseParallel() if s == COLWISE else RowwiseParallel() for name, s in self.styles.items()}
+
+    def note(self) -> str | None:
+        """One line for ``RunResult.notes``: what was split, what was not and why."""
+        if not self.replicated:
+            return None
+        cols = sum(s == COLWISE for s in self.styles.values())
+        split = (f"{len(self.styles)} layers split ({cols} colwise, {len(self.styles) - cols} rowwise; "
+                 f"see tensor_plan)" if self.styles else "no layer split")
+        whole = "; ".join(f"{n} ({why})" for n, why in self.replicated.items())
+        return f"tensor plan: {split}; left replicated on every rank: {whole}"
+
+
+def _elementwise(module: nn.Module) -> bool:
+    """One of ELEMENTWISE itself (a subclass may change its forward)."""
+    return type(module) in ELEMENTWISE
+
+
+def _chain(module: nn.Module, prefix: str):
+    """(name, module) of the layers a forward runs one after another:
+    an nn.Sequential (one that keeps Sequential's forward) is opened, any
+    other module is one opaque step."""
+    if isinstance(module, nn.Sequential) and type(module).forward is nn.Sequential.forward:
+        for child_name, child in module._modules.items():  # not named_children(): it skips a repeated module
+            yield from _chain(child, f"{prefix}.{child_name}" if prefix else child_name)
+    else:
+        yield prefix, module
+
+
+def plan_tensor_parallel(model: nn.Sequential, tp: int, unused: tuple[str, ...] = ()) -> TensorPlan:
+    """The tensor-parallel plan of ``model`` for ``tp`` ranks.
+
+    Pairing is valid only where the sharded activation between the two
+    layers is never seen whole: Linear A (column-parallel, its output
+    features cut) followed, through elementwise layers only, by Linear B
+    (row-parallel, its input features cut), so that B's all-reduce gives
+    y = sum_i W_B,i f(W_A,i x) exactly. The plan follows the model's chain
+    of layers, opening nested nn.Sequential blocks; any other block with
+    children (a residual block, a custom container) is opaque: what its
+    forward does with a sharded tensor is unknown, so it and everything in
+    it stay replicated, and it ends any pair waiting across it. The
+    playground's TransformerBlock is the one known block: q, k, v and fc1
+    column-wise, attention out and fc2 row-wise, when its heads and its
+    fc1 width divide among ``tp`` ranks. A Linear whose weight is shared
+    with another module (tied weights) stays whole: sharding it would cut
+    the tie. One whose parameters are ``unused`` (they get no gradient: a
+    branch the forward never takes) is not in the data flow, so it is
+    passed over without breaking a pair."""
     tied = {n.rsplit(".", 1)[0] for group in tied_parameters(model) for n in group}
     idle = {n.rsplit(".", 1)[0] for n in unused}
-    plan: dict[str, object] = {}
-    pending: tuple[str, nn.Linear] | None = None  # a Linear waiting for its row partner
-    for name, module in model.named_modules():
-        if isinstance(module, TransformerBlock):
-            heads = module.attn.q.out_features // module.attn.head_dim
-            if heads % tp == 0 and module.fc1.out_features % tp == 0:
-                plan.update({f"{name}.attn.{p}": ColwiseParallel() for p in ("q", "k", "v")})
-                plan.update({f"{name}.attn.out": RowwiseParallel(), f"{name}.fc1": ColwiseParallel(),
-                             f"{name}.fc2": RowwiseParallel()})
+    styles: dict[str, str] = {}
+    replicated: dict[str, str] = {}
+    pending: tuple[str, nn.Linear] | None = None  # a Linear waiting for its row-parallel partner
+
+    def leave_pending(why: str) -> None:
+        nonlocal pending
+        if pending is not None:
+            replicated[pending[0]] = why
             pending = None
-            continue
-        if any(name.startswith(k.rsplit(".", 2)[0] + ".") for k in plan if ".attn." in k or ".fc" in k):
-            continue  # inside a planned transformer block
+
+    chain = list(_chain(model, ""))
+    uses: dict[int, int] = {}
+    for _, module in chain:
+        uses[id(module)] = uses.get(id(module), 0) + 1
+    for name, module in chain:
         if name in idle:
             continue
         if isinstance(module, nn.Linear) and name in tied:
-            pending = None
-        elif isinstance(module, nn.Linear):
+            leave_pending("Linear: the next layer's weights are tied to another module")
+            replicated[name] = "Linear: its weights are tied to another module; a shard would cut the tie"
+        elif uses[id(module)] > 1 and not _elementwise(module):
+            # One set of weights run at two places: a shard fits at most one of them.
+            leave_pending("Linear: the next layer is used at more than one place")
+            if any(True for _ in module.parameters()):
+                replicated.setdefault(name, f"{type(module).__name__}: used at {uses[id(module)]} places in the model")
+        elif isinstance(module, TransformerBlock) and type(module).forward is TransformerBlock.forward:
+            leave_pending("no row-parallel partner follows it")
+            heads = module.attn.q.out_features // module.attn.head_dim
+            if heads % tp == 0 and module.fc1.out_features % tp == 0:
+                styles.update({f"{name}.attn.{p}": COLWISE for p in ("q", "k", "v")})
+                styles.update({f"{name}.attn.out": ROWWISE, f"{name}.fc1": COLWISE, f"{name}.fc2": ROWWISE})
+            else:
+                replicated[name] = f"{heads} heads or {module.fc1.out_features} fc1 features do not divide among {tp} ranks"
+        elif isinstance(module, nn.Linear) and type(module).forward is nn.Linear.forward:
             if pending is not None:
-                plan[pending[0]], plan[name] = ColwiseParallel(), RowwiseParallel()
+                styles[pending[0]], styles[name] = COLWISE, ROWWISE
                 pending = None
             elif module.out_features % tp == 0:
                 pending = (name, module)
-        elif len(list(module.children())) == 0 and not isinstance(module, ELEMENTWISE):
-            pending = None  # e.g. a conv or norm between two linears breaks the pair
-    return plan
+            else:
+                replicated[name] = f"Linear: {module.out_features} output features do not divide among {tp} ranks"
+        elif _elementwise(module):
+            continue
+        else:
+            kind = type(module).__name__
+            leave_pending(f"Linear: followed by {kind}, not by a Linear through elementwise layers")
+            has_params = any(True for _ in module.parameters())
+            if len(list(module.children())) > 0:
+                replicated[name] = f"{kind}: a block the plan cannot see into"
+            elif has_params:
+                replicated[name] = f"{kind}: only Linear layers are split"
+    leave_pending("Linear: no row-parallel partner follows it")
+    return TensorPlan(styles, replicated)
+
+
+def tensor_plan(model: nn.Sequential, tp: int, unused: tuple[str, ...] = ()) -> dict[str, object]:
+    """Module name -> ColwiseParallel / RowwiseParallel (see ``plan_tensor_parallel``)."""
+    return plan_tensor_parallel(model, tp, unused).parallel_styles()
 
 
 class TensorParallel:
@@ -68,8 +157,8 @@ class TensorParallel:
         self.recorder = recorder
         self.loss_fn = loss_fn
         self.topology = topology
-        self.plan = tensor_plan(model, topology.tp, config.unused_parameters)
-        model = parallelize_module(model, groups.mesh["tp"], self.plan)
+        self.plan = plan_tensor_parallel(model, topology.tp, tuple(config.unused_parameters))
+        model = parallelize_module(model, groups.mesh["tp"], self.plan.parallel_styles())
         recorder.ignore_storages_of(model.parameters())  # the shards are weights, not activations
         # A dp x tp mesh: each tensor-parallel group trains on its share of
         # the batch, and FSDP shards the parameters over the dp replicas
@@ -82,8 +171,12 @@ class TensorParallel:
     @property
     def plan_kinds(self) -> dict[str, str]:
         """The plan applied, as data: module name -> "colwise" or "rowwise"."""
-        return {name: "colwise" if isinstance(style, ColwiseParallel) else "rowwise"
-                for name, style in self.plan.items()}
+        return dict(self.plan.styles)
+
+    @property
+    def plan_note(self) -> str | None:
+        """What the plan left whole, and why (``TensorPlan.note``)."""
+        return self.plan.note()
 
     def context(self):
         return self.recorder.recording_collectives()
