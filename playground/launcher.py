@@ -165,9 +165,13 @@ class _Zygote:
     def __init__(self, env: dict[str, str]):
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
+            # What the factory itself prints (an import warning) stays out of
+            # the caller's output; the ranks it forks get their own files.
+            self.log = tempfile.TemporaryFile()
             self.proc = subprocess.Popen([sys.executable, "-m", "playground.worker", "--zygote-fd",
                                           str(theirs.fileno())], pass_fds=(theirs.fileno(),), env=env,
-                                         stdin=subprocess.DEVNULL, start_new_session=True)
+                                         stdin=subprocess.DEVNULL, stdout=self.log, stderr=self.log,
+                                         start_new_session=True)
         except BaseException:
             ours.close()
             raise
@@ -182,7 +186,10 @@ class _Zygote:
             socket.send_fds(self.sock, [json.dumps(request).encode() + b"\n"], list(fds))
             line = self._answers.readline()
         if not line:
-            raise RuntimeError(f"the pool's rank factory (pid {self.proc.pid}) ended: exit code {self.proc.poll()}")
+            self.log.seek(0)
+            said = self.log.read()[-2000:].decode(errors="replace").strip()
+            raise RuntimeError(f"the pool's rank factory (pid {self.proc.pid}) ended: exit code {self.proc.poll()}"
+                               + (f"; it printed:\n{said}" if said else ""))
         return json.loads(line)
 
     def fork(self, rank: int, fds: tuple[int, ...]) -> "_ForkedProc":
@@ -199,6 +206,7 @@ class _Zygote:
         self._answers.close()
         self.sock.close()  # end of file: the factory exits
         stop([self.proc])
+        self.log.close()
 
 
 class _ForkedProc:
