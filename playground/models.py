@@ -7,7 +7,6 @@ anything) and each block reports its parameters and a FLOP estimate.
 
 from __future__ import annotations
 
-import functools
 import math
 from dataclasses import dataclass
 from typing import Callable
@@ -248,14 +247,20 @@ def block_infos(model: nn.Sequential, sample: torch.Tensor, labels: tuple[str, .
 def model_block_infos(name: str) -> list[BlockInfo]:
     """The zoo model's blocks (parameters, FLOPs, shapes): profiled once per
     model name, as they depend on nothing else."""
-    return list(_zoo_block_infos(name))
-
-
-@functools.lru_cache(maxsize=None)
-def _zoo_block_infos(name: str) -> tuple[BlockInfo, ...]:
     spec = MODELS[name]
     sample = torch.zeros(spec.sample_shape, dtype=spec.sample_dtype)
-    return tuple(block_infos(build_model(name), sample, spec.block_labels))
+    return list(remember_zoo_block_infos(name, lambda: block_infos(build_model(name), sample, spec.block_labels)))
+
+
+_ZOO_BLOCK_INFOS: dict[str, tuple[BlockInfo, ...]] = {}
+
+
+def remember_zoo_block_infos(name: str, profile: Callable[[], list[BlockInfo]]) -> tuple[BlockInfo, ...]:
+    """The zoo model ``name``'s block profile, taken by ``profile()`` the
+    first time it is asked for in this process."""
+    if name not in _ZOO_BLOCK_INFOS:
+        _ZOO_BLOCK_INFOS[name] = tuple(profile())
+    return _ZOO_BLOCK_INFOS[name]
 
 
 def balance_split_points(costs: list[float], stages: int) -> tuple[int, ...]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import functools
 import time
 from typing import Any
 
@@ -13,16 +12,16 @@ import torch
 from torch import nn
 
 from .config import ConfigError, RunConfig, cpu_count
-from .custom import prepare_custom
-from .data import Dataset, load_dataset, loss_fn
+from .data import Dataset
 from .launcher import default_pool, launch
-from .model_facts import ModelFacts, block_of, differences, inspect_model
-from .models import MODELS, block_infos, build_model, model_block_infos, model_num_blocks, stage_ranges
+from .model_facts import ModelFacts, differences
+from .models import MODELS, stage_ranges
 from .recorder import Recorder
 from .result import (BASELINE_TOLERANCE, LOSS_TOLERANCE, RankReport, RunResult, account, block_table, stage_balance,
                      throughput, traffic_per_step)
 from .topology import Topology
 from .training import Groups, train_rank
+from .workload import Workload, resolve_workload
 
 
 def run(config: RunConfig, *, model: nn.Sequential | None = None, dataset: Any = None, warm: bool = True,
@@ -39,19 +38,12 @@ def run(config: RunConfig, *, model: nn.Sequential | None = None, dataset: Any =
     ``threading.Event``; setting it ends the run's processes and raises
     ``RunCancelled``. ``on_step(step)``: called as each step finishes.
     """
-    config, custom, notes = prepare_custom(config, model, dataset)
-    device_type, backend = resolve_device(config)
-    config = resolve_split_points(config, custom)
-    facts = model_facts(config, custom)
-    check_tied_parameters(config, facts)
-    if facts.unused:
-        config = config.replace(unused_parameters=facts.unused)
+    workload = resolve_workload(config, model, dataset)
+    device_type, backend = resolve_device(workload.config)
     started = time.perf_counter()
-    reports = launch(config, device_type, backend, custom, pool=default_pool() if warm else None,
-                     cancel=cancel, on_step=on_step)
-    result = assemble(config, reports, custom, device_type, backend, time.perf_counter() - started, facts=facts)
-    result.notes[:0] = notes
-    return result
+    reports = launch(workload.config, device_type, backend, workload.rank_payload(),
+                     pool=default_pool() if warm else None, cancel=cancel, on_step=on_step)
+    return assemble(workload, reports, device_type, backend, time.perf_counter() - started)
 
 
 def load_result(directory: str) -> RunResult:
@@ -63,7 +55,8 @@ def load_result(directory: str) -> RunResult:
 
     with open(os.path.join(directory, "run.json")) as f:
         meta = json.load(f)
-    config = RunConfig.from_dict(meta["config"])
+    workload = resolve_workload(RunConfig.from_dict(meta["config"]))
+    config = workload.config
     reports = []
     for rank in range(config.world_size):
         path = os.path.join(directory, f"rank-{rank}.json")
@@ -74,22 +67,11 @@ def load_result(directory: str) -> RunResult:
         pt = os.path.join(directory, f"rank-{rank}.pt")
         report["params"] = torch.load(pt, weights_only=True) if os.path.exists(pt) else {}
         reports.append(report)
-    return assemble(config, reports, None, meta["device"], meta["backend"], meta["wall_s"], local=False)
+    return assemble(workload, reports, meta["device"], meta["backend"], meta["wall_s"], local=False)
 
 
-def resolve_split_points(config: RunConfig, custom: tuple | None = None) -> RunConfig:
-    """The config with its split points chosen (balancing the blocks'
-    FLOPs) when it cuts the model and none were given."""
-    if config.stages == 1 or config.split_points is not None:
-        return config
-    model = custom[0] if custom else build_model(config.model, config.seed)
-    data = custom[1] if custom else load_dataset(config.model)
-    costs = [max(1, b.flops) for b in _infos(config, model, data)]
-    return config.replace(split_points=config.resolved_split_points(costs))
-
-
-def assemble(config: RunConfig, reports: list[dict], custom: tuple | None, device_type: str, backend: str,
-             wall: float, local: bool = True, facts: ModelFacts | None = None) -> RunResult:
+def assemble(workload: Workload, reports: list[dict], device_type: str, backend: str, wall: float,
+             local: bool = True) -> RunResult:
     """Merge the ranks' reports into a RunResult and check the trained
     model against the same training on one device, run here. ``local``:
     the ranks ran on this machine (so its core count says whether they
@@ -100,10 +82,10 @@ def assemble(config: RunConfig, reports: list[dict], custom: tuple | None, devic
     statistics per rank or per micro-batch, random layers), it compares the
     mean loss over the steps instead, relative to one device's, within
     LOSS_TOLERANCE, and ``baseline["why"]`` says why."""
-    full_model = copy.deepcopy(custom[0]) if custom else build_model(config.model, config.seed)
-    data = custom[1] if custom else load_dataset(config.model)
+    config, data, facts = workload.config, workload.dataset, workload.facts
+    full_model = workload.fresh_model()
     split_points = config.split_points or ()
-    ranges = stage_ranges(split_points, len(full_model))
+    ranges = workload.ranges
     ranks = [RankReport(rank=r["rank"], dp_rank=r["dp_rank"], stage=r["stage"], blocks=ranges[r["stage"]],
                         timeline=r["timeline"], step_times=[tuple(t) for t in r["step_times"]],
                         memory=r["memory"], threads=r["threads"], tp_rank=r["tp_rank"],
@@ -113,16 +95,15 @@ def assemble(config: RunConfig, reports: list[dict], custom: tuple | None, devic
              for r in reports]
     _rebase_clock(ranks)
     account(ranks)
-    infos = _infos(config, full_model, data)
+    infos = workload.infos
     balance = stage_balance(ranks, infos, split_points)
     losses = [sum(p for p in parts if p is not None)
               for parts in zip(*(r["loss_parts"] for r in reports))]
     trained = _gather(full_model, [r["params"] for r in reports])
 
-    facts = facts or model_facts(config, custom)
     why = differences(facts, full_model, config.world_size, config.dp_size, config.micro_batches,
                       config.pipelined, config.sync_batchnorm)
-    baseline_model, baseline_losses, baseline_accuracy = single_device_run(config, custom, data)
+    baseline_model, baseline_losses, baseline_accuracy = single_device_run(workload)
     diverged = divergence_note(config, reports, losses, baseline_losses)
     diff = max_abs_param_diff(trained, baseline_model)
     loss_diff = mean_loss_rel_diff(losses, baseline_losses)
@@ -140,27 +121,41 @@ def assemble(config: RunConfig, reports: list[dict], custom: tuple | None, devic
         "losses": baseline_losses,
         "accuracy": baseline_accuracy,
     }
-    notes = ((_notes(config, device_type) if local else []) + ([diverged] if diverged else []) + why
+    notes = (workload.notes + (_notes(config, device_type) if local else []) + ([diverged] if diverged else []) + why
              + _model_notes(config, facts, full_model)
              + [n for n in [reports[0].get("tensor_plan_note")] if n])
     return RunResult(config=config, device=device_type, backend=backend, world_size=config.world_size,
                      losses=losses, throughput_samples_per_s=throughput(ranks, config.global_batch),
                      baseline=baseline, ranks=ranks, split_points=tuple(split_points), accuracy=accuracy,
                      wall_s=wall, notes=notes, model=trained,
-                     predictions=_predictions(config, custom, data), bubble=bubble,
+                     predictions=_predictions(workload), bubble=bubble,
                      stage_balance=balance, schedule_table=table, blocks=block_table(infos),
                      traffic=traffic_per_step(ranks), tensor_plan=dict(reports[0].get("tensor_plan") or {}))
 
 
-def _predictions(config: RunConfig, custom: tuple | None, data: Dataset) -> list[dict]:
-    """The cost model's figures for each rank (for a named model they depend
-    on the config alone, and are kept for the configs run last)."""
+def _predictions(workload: Workload) -> list[dict]:
+    """The cost model's figures for each rank, from the workload's model and
+    profile (for a zoo model they depend on the config alone, and are kept
+    for the configs run last)."""
+    config = workload.config
+    key = None if workload.custom else config
+    if key in _PREDICTIONS:
+        return copy.deepcopy(_PREDICTIONS[key])
     from .cost import predict
 
-    if custom:
-        preds = predict(config, model=probe_copy(custom[0]), sample=data.train_x[0], target=data.train_y[0])
-        return [dataclasses.asdict(p) for p in preds]
-    return copy.deepcopy(_named_predictions(config))
+    data = workload.dataset
+    preds = [dataclasses.asdict(p) for p in predict(config, infos=list(workload.infos), model=workload.probe_copy(),
+                                                      sample=data.train_x[0], target=data.train_y[0])]
+    if key is not None:
+        if len(_PREDICTIONS) >= _KEPT:
+            _PREDICTIONS.pop(next(iter(_PREDICTIONS)))
+        _PREDICTIONS[key] = copy.deepcopy(preds)
+    return preds
+
+
+_PREDICTIONS: dict[RunConfig, list[dict]] = {}
+_KEPT = 16
+"""Predictions and baselines kept for the configs run last."""
 
 
 def divergence_note(config: RunConfig, reports: list[dict], losses: list[float],
@@ -181,13 +176,6 @@ def divergence_note(config: RunConfig, reports: list[dict], losses: list[float],
     return (f"training diverged: the loss was {losses[step]} (not finite) at step {step} (counting from 0) on "
             f"rank{'s' if len(ranks) > 1 else ''} {', '.join(map(str, ranks))}; every rank stopped after step "
             f"{len(losses) - 1}, once all had heard ({len(losses)} of {config.steps} steps ran); {alone}")
-
-
-@functools.lru_cache(maxsize=32)
-def _named_predictions(config: RunConfig) -> list[dict]:
-    from .cost import predict
-
-    return [dataclasses.asdict(p) for p in predict(config)]
 
 
 def _bubble(config: RunConfig, ranks: list[RankReport]) -> tuple[dict | None, dict | None]:
@@ -217,19 +205,18 @@ def _bubble(config: RunConfig, ranks: list[RankReport]) -> tuple[dict | None, di
 
 
 _BASELINES: dict[tuple, tuple[dict, list[float], float | None]] = {}
-_BASELINES_KEPT = 16
 
 
-def single_device_run(config: RunConfig, custom: tuple | None,
-                      data: Dataset) -> tuple[nn.Sequential, list[float], float | None]:
+def single_device_run(workload: Workload) -> tuple[nn.Sequential, list[float], float | None]:
     """The single-device run of ``config``: the trained model, its losses
     and its held-out accuracy.
 
     For a named model it depends only on (model, global batch, steps, lr,
     optimizer, seed), not on how the run was split, so the last few are
     kept: re-running a config with another split or schedule skips it."""
-    model = copy.deepcopy(custom[0]) if custom else build_model(config.model, config.seed)
-    key = None if custom else (config.model, config.global_batch, config.steps, config.lr, config.optimizer,
+    config, data = workload.config, workload.dataset
+    model = workload.fresh_model()
+    key = None if workload.custom else (config.model, config.global_batch, config.steps, config.lr, config.optimizer,
                                config.seed)
     if key in _BASELINES:
         state, losses, accuracy = _BASELINES[key]
@@ -238,7 +225,7 @@ def single_device_run(config: RunConfig, custom: tuple | None,
     losses = train_single(config, model, data)
     accuracy = evaluate(model, data)
     if key is not None:
-        if len(_BASELINES) >= _BASELINES_KEPT:
+        if len(_BASELINES) >= _KEPT:
             _BASELINES.pop(next(iter(_BASELINES)))
         _BASELINES[key] = ({k: v.clone() for k, v in model.state_dict().items()}, list(losses), accuracy)
     return model, losses, accuracy
@@ -313,52 +300,6 @@ def _notes(config: RunConfig, device: str) -> list[str]:
     if device == "cuda":
         notes.append(f"ran on {config.world_size} CUDA GPUs")
     return notes
-
-
-def _infos(config: RunConfig, model: nn.Sequential, data: Dataset):
-    if config.model != "custom":
-        return model_block_infos(config.model)
-    return block_infos(probe_copy(model), data.train_x[0], tuple(type(block).__name__ for block in model))
-
-
-def probe_copy(model: nn.Module) -> nn.Module:
-    """A copy to probe in eval mode, which cannot fail on one sample
-    (BatchNorm uses its running statistics) and updates no buffer."""
-    return copy.deepcopy(model).eval()
-
-
-def model_facts(config: RunConfig, custom: tuple | None) -> ModelFacts:
-    """BatchNorm, random blocks, tied and unused parameters of the run's model."""
-    if custom is None:
-        return _named_model_facts(config.model)
-    model, data = custom
-    return inspect_model(model, data.train_x, data.train_y, loss_fn(data.task))
-
-
-@functools.lru_cache(maxsize=None)
-def _named_model_facts(name: str) -> ModelFacts:
-    data = load_dataset(name)
-    return inspect_model(build_model(name), data.train_x, data.train_y, loss_fn(data.task))
-
-
-def check_tied_parameters(config: RunConfig, facts: ModelFacts) -> None:
-    """Refuse a tie that data parallelism over pipeline stages cannot keep:
-    with dp > 1 each stage is its own DDP module, so a parameter shared by
-    two stages on one rank would be all-reduced by both."""
-    if not facts.tied or not config.pipelined or config.dp_size == 1:
-        return
-    ranges = stage_ranges(config.split_points or (), config.num_blocks or model_num_blocks(config.model))
-    stage_of_block = {b: s for s, (first, end) in enumerate(ranges) for b in range(first, end)}
-    for names in facts.tied:
-        stages = sorted({stage_of_block[block_of(n)] for n in names})
-        for r in range(config.pp_size):
-            both = [s for s in stages if s in config.rank_stages(r)]
-            if len(both) > 1:
-                raise ConfigError("split_points", config.split_points,
-                                  f"parameter {names[0]} is shared (tied) as {', '.join(names)}, held by stages "
-                                  f"{', '.join(map(str, both))}, all on pipeline rank {r}: with dp={config.dp_size} "
-                                  f"each stage is its own DDP module and both would reduce it; cut so that its "
-                                  f"blocks share one stage or sit on different ranks")
 
 
 def _model_notes(config: RunConfig, facts: ModelFacts, model: nn.Module) -> list[str]:

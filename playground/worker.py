@@ -271,11 +271,11 @@ def run_under_torchrun(config_path: str, out_dir: str) -> None:
     also writes ``run.json``. ``playground.load_result(out_dir)`` merges them."""
     import json
 
-    from .runner import resolve_split_points
+    from .workload import resolve_workload
 
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     with open(config_path) as f:
-        config = resolve_split_points(RunConfig.from_dict(json.load(f)))
+        config = resolve_workload(RunConfig.from_dict(json.load(f))).config
     if world != config.world_size:
         raise SystemExit(f"playground.worker: error: torchrun started {world} ranks; {config_path} says "
                          f"world_size={config.world_size}")
