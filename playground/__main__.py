@@ -99,6 +99,11 @@ def _run_and_print(config: RunConfig, json_path: str | None = None, plots_dir: s
         return 1
     if result.rank_output():
         print(result.rank_output())
+    return _show(result, json_path, plots_dir, trace_path)
+
+
+def _show(result, json_path: str | None = None, plots_dir: str | None = None, trace_path: str | None = None) -> int:
+    """Print the table and write what was asked for; 0 when the check passed."""
     print(result.summary())
     if json_path:
         with open(json_path, "w") as f:
@@ -133,6 +138,10 @@ def main(argv: list[str] | None = None) -> int:
     load_p = sub.add_parser("load", help="merge the reports torchrun's ranks wrote to DIR and print the table")
     load_p.add_argument("directory")
     load_p.add_argument("--json", metavar="FILE", help="write the result JSON here")
+    show_p = sub.add_parser("show", help="read a saved result (--json's file) and print, draw or trace it again")
+    show_p.add_argument("result", metavar="RESULT.json")
+    show_p.add_argument("--plots", metavar="DIR", help="save its pictures here as PNG")
+    show_p.add_argument("--trace", metavar="FILE", help="save its timeline as a Chrome trace")
     sub.add_parser("demo", help="a few illustrative runs")
     sub.add_parser("models", help="list the models and their blocks")
     args = parser.parse_args(argv)
@@ -161,6 +170,15 @@ def main(argv: list[str] | None = None) -> int:
             with open(args.json, "w") as f:
                 f.write(result.to_json(indent=1))
         return 0 if result.passed else 1
+    if args.command == "show":
+        from .result import RunResult
+
+        try:
+            with open(args.result) as f:
+                result = RunResult.from_json(f.read())
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            parser.exit(2, f"{parser.prog}: error: {args.result}: not a saved result ({type(e).__name__}: {e})\n")
+        return _show(result, plots_dir=args.plots, trace_path=args.trace)
     if args.command == "models":
         from .models import MODELS, model_block_infos
 

@@ -11,6 +11,7 @@ before ``launch`` returns or raises.
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import json
 import os
 import pickle
@@ -29,6 +30,7 @@ from typing import Any
 
 from .config import RunConfig
 from .recorder import StatusSlot
+from .result import RankReport
 
 # Errors a rank reports only because a peer went away first.
 _SECONDARY = re.compile(r"Connection (closed|reset) by peer|Broken pipe|Socket Timeout|"
@@ -300,8 +302,8 @@ def _end(ranks: list[_Rank]) -> None:
 
 
 def launch(config: RunConfig, device_type: str, backend: str, custom: tuple | None = None, *,
-           pool: "Pool | None" = None, cancel=None, on_step=None) -> list[dict[str, Any]]:
-    """Run ``config.world_size`` ranks; return their reports in rank order.
+           pool: "Pool | None" = None, cancel=None, on_step=None) -> list[tuple[RankReport, dict[str, Any]]]:
+    """Run ``config.world_size`` ranks; return (report, trained parameters) of each, in rank order.
 
     ``pool``: run on its warm ranks (resized if needed) instead of starting
     fresh ones. ``cancel``: an object with ``is_set()`` (threading.Event);
@@ -374,7 +376,7 @@ class Pool:
             self._ensure(world_size)
 
     def run(self, config: RunConfig, store_port: int, device_type: str, backend: str, custom, cancel=None,
-            on_step=None) -> list[dict[str, Any]]:
+            on_step=None) -> list[tuple[RankReport, dict[str, Any]]]:
         with self._lock:
             self._ensure(config.world_size)
             ranks = self._ranks[:config.world_size]
@@ -427,22 +429,24 @@ def default_pool() -> Pool:
     return _default_pool
 
 
-def _collect(ranks: list[_Rank], timeout_s: float, cancel=None, on_step=None) -> list[dict[str, Any]]:
-    """Each rank's report, with ``output``: what the rank printed meanwhile.
-    A ``RunError`` carries the same in ``outputs``."""
+def _collect(ranks: list[_Rank], timeout_s: float, cancel=None,
+             on_step=None) -> list[tuple[RankReport, dict[str, Any]]]:
+    """Each rank's (report, trained parameters), the report with ``output``:
+    what the rank printed meanwhile. A ``RunError`` carries the same in
+    ``outputs``."""
     try:
         reports = _reports(ranks, timeout_s, cancel, on_step)
     except RunError as e:
         e.outputs = {r.rank: r.take_output() for r in ranks}
         raise
-    for report, r in zip(reports, ranks):
-        report["output"] = r.take_output()
-    return reports
+    return [(dataclasses.replace(report, output=r.take_output()), params)
+            for (report, params), r in zip(reports, ranks)]
 
 
-def _reports(ranks: list[_Rank], timeout_s: float, cancel=None, on_step=None) -> list[dict[str, Any]]:
+def _reports(ranks: list[_Rank], timeout_s: float, cancel=None,
+             on_step=None) -> list[tuple[RankReport, dict[str, Any]]]:
     deadline = time.monotonic() + timeout_s
-    reports: dict[int, dict] = {}
+    reports: dict[int, tuple] = {}
     errors: list[tuple[int, str, str]] = []
     open_conns = {r.reports: r.rank for r in ranks}
     while open_conns:
@@ -464,7 +468,7 @@ def _reports(ranks: list[_Rank], timeout_s: float, cancel=None, on_step=None) ->
                 continue
             del open_conns[conn]
             if msg[0] == "ok":
-                reports[rank] = msg[2]
+                reports[rank] = (msg[2], msg[3])
             else:
                 errors.append((rank, msg[2], msg[3]))
         if errors:

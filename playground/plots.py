@@ -29,6 +29,7 @@ KIND_COLORS: dict[str, str] = {
     "forward": "#3A7DC9",
     "loss": "#8E6BBF",
     "backward": "#2A9D8F",
+    "backward_input": "#5FB8AD",
     "backward_weight": "#9BC53D",
     "optimizer": "#27476E",
     # communication: reds and oranges
@@ -47,7 +48,8 @@ KIND_COLORS: dict[str, str] = {
 
 KIND_LABELS = {
     "setup": "set-up (shape inference)", "forward": "forward", "loss": "loss",
-    "backward": "backward", "backward_weight": "backward (weights)", "optimizer": "optimizer step",
+    "backward": "backward", "backward_input": "backward (inputs)", "backward_weight": "backward (weights)",
+    "optimizer": "optimizer step",
     "send": "send", "recv": "recv", "all_reduce": "all-reduce",
     "all_gather": "all-gather", "reduce_scatter": "reduce-scatter",
 }
@@ -130,8 +132,16 @@ def human_bytes(n: float) -> str:
 
 
 def _footer(fig: Figure, result: RunResult) -> None:
+    """The run's notes on one line at the foot of the figure, cut to its
+    width (about 15 characters per inch at 8 pt); the app and the CLI show
+    them whole."""
     if result.notes:
-        fig.text(0.01, 0.005, "note: " + "; ".join(result.notes), fontsize=8, color="#A33", va="bottom")
+        text = "note: " + "; ".join(result.notes)
+        room = int(fig.get_figwidth() * 15)
+        if len(text) > room:
+            more = f" … ({len(result.notes)} notes: see the result's notes)"
+            text = text[:room - len(more)].rstrip() + more
+        fig.text(0.01, 0.005, text, fontsize=8, color="#A33", va="bottom")
 
 
 # --------------------------------------------------------------------------

@@ -31,6 +31,7 @@ B-byte output or a reduce-scatter of a B-byte input (n - 1) / n * B.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from dataclasses import dataclass, field
@@ -53,9 +54,16 @@ RING_FACTOR = {"all_reduce": 2, "all_gather": 1, "reduce_scatter": 1}
 
 @dataclass
 class RankReport:
+    """What one rank did, built by the rank itself (``worker.run_rank``):
+    one schema for the pool's pipes, the JSON and torchrun's files. The
+    accounting fields (``time``, ``bytes_sent``, ``bytes_recv``) are empty
+    as the rank sends it; ``account`` returns copies with them filled and
+    the timeline put on the run's clock."""
+
     rank: int
     dp_rank: int
     stage: int
+    """The rank's place along the pipeline (its first stage's index)."""
     blocks: tuple[int, int]
     """[first, end) block indices of this rank's first (usually only) stage."""
     timeline: list[dict[str, Any]]
@@ -72,7 +80,17 @@ class RankReport:
     """(start, end) seconds in which the rank's thread waited on a transfer."""
     output: str = ""
     """What the rank's process printed during the run: stdout and stderr
-    together, in the order written (at most the last MiB)."""
+    together, in the order written (at most the last MiB); filled in by the
+    launcher, which holds the rank's output file."""
+    loss_parts: list[float | None] = field(default_factory=list)
+    """This rank's part of each step's global loss (the parts of all ranks
+    sum to it), or None where the rank never sees the loss."""
+    diverged: dict[str, Any] | None = None
+    """{"step", "ranks"} when a loss part became inf or NaN, else None."""
+    tensor_plan: dict[str, str] = field(default_factory=dict)
+    """Tensor parallel: module name -> "colwise" / "rowwise" as applied."""
+    tensor_plan_note: str | None = None
+    """Tensor parallel: the layers the plan left whole, and why."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -83,6 +101,8 @@ class RankReport:
             "threads": self.threads, "tp_rank": self.tp_rank,
             "stages": [list(t) for t in self.stages],
             "blocked": [list(t) for t in self.blocked], "output": self.output,
+            "loss_parts": self.loss_parts, "diverged": self.diverged, "tensor_plan": self.tensor_plan,
+            "tensor_plan_note": self.tensor_plan_note,
         }
 
     @classmethod
@@ -93,7 +113,9 @@ class RankReport:
                    time=d.get("time", {}), bytes_sent=d.get("bytes_sent", 0), bytes_recv=d.get("bytes_recv", 0),
                    threads=d.get("threads", 1), tp_rank=d.get("tp_rank", 0),
                    stages=[tuple(t) for t in d.get("stages", [])],
-                   blocked=[tuple(t) for t in d.get("blocked", [])], output=d.get("output", ""))
+                   blocked=[tuple(t) for t in d.get("blocked", [])], output=d.get("output", ""),
+                   loss_parts=d.get("loss_parts", []), diverged=d.get("diverged"),
+                   tensor_plan=d.get("tensor_plan") or {}, tensor_plan_note=d.get("tensor_plan_note"))
 
 
 @dataclass
@@ -260,10 +282,21 @@ def finite_or_null(value: Any) -> Any:
 # Merging the ranks' timelines
 
 
+def on_run_clock(ranks: list[RankReport]) -> list[RankReport]:
+    """Copies of the reports with every time measured from the moment the
+    first rank began step 0, their events copied too."""
+    t0 = min(r.step_times[0][0] for r in ranks)
+    return [dataclasses.replace(
+        r, step_times=[(a - t0, b - t0) for a, b in r.step_times],
+        blocked=[(a - t0, b - t0) for a, b in r.blocked],
+        timeline=[{**e, "start": e["start"] - t0, "end": e["end"] - t0} for e in r.timeline]) for r in ranks]
+
+
 def mark_waits(ranks: list[RankReport]) -> None:
     """Give each communication event ``joined``: when the last party posted
     it. A recv from p is matched with p's send to it of the same order; a
-    collective with the other members' event of the same group and order."""
+    collective with the other members' event of the same group and order.
+    (In place: ``account`` calls it on its own copies.)"""
     sends: dict[tuple[int, int, int], dict] = {}
     recvs: dict[tuple[int, int, int], dict] = {}
     collectives: dict[tuple[str, int], list[dict]] = {}
@@ -338,10 +371,13 @@ def _intersect_length(a, b) -> float:
     return _length(a) - _length(_minus(a, b))
 
 
-def account(ranks: list[RankReport]) -> None:
-    """Fill each rank's ``time`` (compute, comm, wait, overhead, idle,
-    overlapped, window; seconds, see the module's docstring) and its byte
-    totals."""
+def account(reports: list[RankReport]) -> list[RankReport]:
+    """The ranks' reports as the result holds them: a pure function of what
+    the ranks sent. Copies on the run's clock (``on_run_clock``), each
+    transfer with ``joined`` (``mark_waits``), each rank's ``time``
+    (compute, comm, wait, overhead, idle, overlapped, window; seconds, see
+    the module's docstring) and its byte totals."""
+    ranks = on_run_clock(reports)
     mark_waits(ranks)
     lo, hi = timed_window(ranks)
     for r in ranks:
@@ -371,6 +407,7 @@ def account(ranks: list[RankReport]) -> None:
                 sent += volume
                 recv += volume
         r.bytes_sent, r.bytes_recv = sent, recv
+    return ranks
 
 
 def timed_steps(ranks: list[RankReport]) -> list[int]:

@@ -63,15 +63,14 @@ def load_result(directory: str) -> RunResult:
         if not os.path.exists(path):
             raise FileNotFoundError(f"{path}: rank {rank} of {config.world_size} wrote no report")
         with open(path) as f:
-            report = json.load(f)
+            report = RankReport.from_dict(json.load(f))
         pt = os.path.join(directory, f"rank-{rank}.pt")
-        report["params"] = torch.load(pt, weights_only=True) if os.path.exists(pt) else {}
-        reports.append(report)
+        reports.append((report, torch.load(pt, weights_only=True) if os.path.exists(pt) else {}))
     return assemble(workload, reports, meta["device"], meta["backend"], meta["wall_s"], local=False)
 
 
-def assemble(workload: Workload, reports: list[dict], device_type: str, backend: str, wall: float,
-             local: bool = True) -> RunResult:
+def assemble(workload: Workload, reports: list[tuple[RankReport, dict]], device_type: str, backend: str,
+             wall: float, local: bool = True) -> RunResult:
     """Merge the ranks' reports into a RunResult and check the trained
     model against the same training on one device, run here. ``local``:
     the ranks ran on this machine (so its core count says whether they
@@ -85,26 +84,17 @@ def assemble(workload: Workload, reports: list[dict], device_type: str, backend:
     config, data, facts = workload.config, workload.dataset, workload.facts
     full_model = workload.fresh_model()
     split_points = config.split_points or ()
-    ranges = workload.ranges
-    ranks = [RankReport(rank=r["rank"], dp_rank=r["dp_rank"], stage=r["stage"], blocks=ranges[r["stage"]],
-                        timeline=r["timeline"], step_times=[tuple(t) for t in r["step_times"]],
-                        memory=r["memory"], threads=r["threads"], tp_rank=r["tp_rank"],
-                        blocked=[tuple(b) for b in r.get("blocked", [])],
-                        stages=[(s, *ranges[s]) for s in config.rank_stages(r["stage"])],
-                        output=r.get("output", ""))
-             for r in reports]
-    _rebase_clock(ranks)
-    account(ranks)
+    ranks = account([report for report, _ in reports])
     infos = workload.infos
     balance = stage_balance(ranks, infos, split_points)
     losses = [sum(p for p in parts if p is not None)
-              for parts in zip(*(r["loss_parts"] for r in reports))]
-    trained = _gather(full_model, [r["params"] for r in reports])
+              for parts in zip(*(r.loss_parts for r in ranks))]
+    trained = _gather(full_model, [params for _, params in reports])
 
     why = differences(facts, full_model, config.world_size, config.dp_size, config.micro_batches,
                       config.pipelined, config.sync_batchnorm)
     baseline_model, baseline_losses, baseline_accuracy = single_device_run(workload)
-    diverged = divergence_note(config, reports, losses, baseline_losses)
+    diverged = divergence_note(config, ranks, losses, baseline_losses)
     diff = max_abs_param_diff(trained, baseline_model)
     loss_diff = mean_loss_rel_diff(losses, baseline_losses)
     accuracy = evaluate(trained, data)
@@ -123,14 +113,14 @@ def assemble(workload: Workload, reports: list[dict], device_type: str, backend:
     }
     notes = (workload.notes + (_notes(config, device_type) if local else []) + ([diverged] if diverged else []) + why
              + _model_notes(config, facts, full_model)
-             + [n for n in [reports[0].get("tensor_plan_note")] if n])
+             + [n for n in [ranks[0].tensor_plan_note] if n])
     return RunResult(config=config, device=device_type, backend=backend, world_size=config.world_size,
                      losses=losses, throughput_samples_per_s=throughput(ranks, config.global_batch),
                      baseline=baseline, ranks=ranks, split_points=tuple(split_points), accuracy=accuracy,
                      wall_s=wall, notes=notes, model=trained,
                      predictions=_predictions(workload), bubble=bubble,
                      stage_balance=balance, schedule_table=table, blocks=block_table(infos),
-                     traffic=traffic_per_step(ranks), tensor_plan=dict(reports[0].get("tensor_plan") or {}))
+                     traffic=traffic_per_step(ranks), tensor_plan=dict(ranks[0].tensor_plan))
 
 
 def _predictions(workload: Workload) -> list[dict]:
@@ -158,13 +148,13 @@ _KEPT = 16
 """Predictions and baselines kept for the configs run last."""
 
 
-def divergence_note(config: RunConfig, reports: list[dict], losses: list[float],
+def divergence_note(config: RunConfig, reports: list[RankReport], losses: list[float],
                     baseline_losses: list[float]) -> str | None:
     """Says where training diverged (a loss of inf or NaN): on the ranks,
     which stopped together after that step, and on one device."""
     import math
 
-    hit = next((r["diverged"] for r in reports if r.get("diverged")), None)
+    hit = next((r.diverged for r in reports if r.diverged), None)
     single = next((s for s, v in enumerate(baseline_losses) if not math.isfinite(v)), None)
     if hit is None and single is None:
         return None
@@ -320,17 +310,6 @@ def _model_notes(config: RunConfig, facts: ModelFacts, model: nn.Module) -> list
         notes.append(f"BatchNorm in {', '.join(facts.batchnorm_labels(model))} normalised over the whole batch: "
                      f"SyncBatchNorm all-reduces the statistics of the {config.dp_size} data-parallel ranks")
     return notes
-
-
-def _rebase_clock(ranks: list[RankReport]) -> None:
-    """Time 0 is when the first rank began step 0."""
-    t0 = min(r.step_times[0][0] for r in ranks)
-    for r in ranks:
-        r.step_times = [(a - t0, b - t0) for a, b in r.step_times]
-        r.blocked = [(a - t0, b - t0) for a, b in r.blocked]
-        for e in r.timeline:
-            e["start"] -= t0
-            e["end"] -= t0
 
 
 def _gather(model: nn.Sequential, parts: list[dict[str, torch.Tensor]]) -> nn.Sequential:

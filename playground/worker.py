@@ -26,17 +26,20 @@ import torch
 
 from .config import RunConfig
 from .recorder import Recorder, StatusSlot
+from .result import RankReport
 from .topology import Topology
 
 
 def run_rank(config: RunConfig, rank: int, store, device_type: str, backend: str,
              custom: tuple | None = None, clock_origin: float | None = None,
-             progress=None, status=None) -> dict[str, Any]:
-    """Join the process group, train, leave; return this rank's report."""
+             progress=None, status=None) -> tuple[RankReport, dict[str, torch.Tensor]]:
+    """Join the process group, train, leave; return this rank's report and
+    its trained parameters and buffers by name (empty on all but the first
+    data-parallel and tensor-parallel replica, whose copies are the same)."""
     import torch.distributed as dist
 
     from .data import load_dataset
-    from .models import build_model
+    from .models import build_model, stage_ranges
     from .training import make_groups, train_rank
 
     if device_type == "cuda":
@@ -71,17 +74,15 @@ def run_rank(config: RunConfig, rank: int, store, device_type: str, backend: str
     recorder.say("waiting for the other ranks to finish")
     dist.barrier()
     dist.destroy_process_group()
-    return {
-        "rank": rank,
-        "dp_rank": topology.dp_rank,
-        "stage": topology.stage,
-        "tp_rank": topology.tp_rank,
-        "timeline": recorder.events,
-        "step_times": recorder.step_times,
-        "blocked": recorder.blocked,
-        "threads": torch.get_num_threads(),
-        **out,
-    }
+    ranges = stage_ranges(config.split_points or (), len(model))
+    report = RankReport(rank=rank, dp_rank=topology.dp_rank, stage=topology.stage, tp_rank=topology.tp_rank,
+                        blocks=ranges[topology.stage],
+                        stages=[(s, *ranges[s]) for s in config.rank_stages(topology.stage)],
+                        timeline=recorder.events, step_times=recorder.step_times, blocked=recorder.blocked,
+                        threads=torch.get_num_threads(), memory=out["memory"], loss_parts=out["loss_parts"],
+                        diverged=out["diverged"], tensor_plan=out["tensor_plan"],
+                        tensor_plan_note=out["tensor_plan_note"])
+    return report, out["params"]
 
 
 def serve(job_fd: int, report_fd: int, lifeline_fd: int, many: bool = False, rank: int = -1,
@@ -209,10 +210,10 @@ def _run_job(job: dict, reports, status=None) -> bool:
                               timeout=timedelta(seconds=config.timeout_s))
         def progress(step: int) -> None:
             reports.send_bytes(pickle.dumps(("progress", rank, step)))
-        report = run_rank(config, rank, store, job["device_type"], job["backend"], job["custom"],
-                          job["clock_origin"], progress if rank == 0 else None, status)
+        report, params = run_rank(config, rank, store, job["device_type"], job["backend"], job["custom"],
+                                  job["clock_origin"], progress if rank == 0 else None, status)
         _flush()  # the caller reads what this rank printed once the report arrives
-        reports.send_bytes(pickle.dumps(("ok", rank, report)))
+        reports.send_bytes(pickle.dumps(("ok", rank, report, params)))
         return True
     except BaseException as e:  # noqa: BLE001 - everything goes back to the caller
         _flush()
@@ -283,13 +284,12 @@ def run_under_torchrun(config_path: str, out_dir: str) -> None:
     device_type = config.device if config.device != "auto" else ("cuda" if gpus else "cpu")
     backend = config.backend if config.backend != "auto" else ("nccl" if device_type == "cuda" else "gloo")
     started = time.time()
-    report = run_rank(config, rank, None, device_type, backend)
+    report, params = run_rank(config, rank, None, device_type, backend)
     os.makedirs(out_dir, exist_ok=True)
-    params = report.pop("params")
     if params:
         torch.save(params, os.path.join(out_dir, f"rank-{rank}.pt"))
     with open(os.path.join(out_dir, f"rank-{rank}.json"), "w") as f:
-        json.dump(report, f)
+        json.dump(report.to_dict(), f)
     if rank == 0:
         with open(os.path.join(out_dir, "run.json"), "w") as f:
             json.dump({"config": config.to_dict(), "device": device_type, "backend": backend,

@@ -29,7 +29,9 @@ def test_each_second_of_the_window_is_compute_comm_wait_or_overhead():
     r1 = _rank(1, [{"kind": "recv", "start": 0.5, "end": 2.0, "peer": 0, "seq": 0, "bytes": 8},
                    {"kind": "backward", "start": 2.5, "end": 5.0},
                    {"start": 5.0, "end": 6.0, **gather}], blocked=[(0.5, 2.0), (5.0, 6.0)])
-    account([r0, r1])
+    reports = [r0, r1]
+    r0, r1 = account(reports)
+    assert reports[0].time == {}, "account returns new reports; the ranks' own are left as sent"
     assert r0.time == pytest.approx({"compute": 4.0, "comm": 1.0, "wait": 1.0, "overhead": 4.0, "idle": 5.0,
                                      "overlapped": 1.0, "window": 10.0})
     assert r1.time == pytest.approx({"compute": 2.5, "comm": 2.0, "wait": 0.5, "overhead": 5.0, "idle": 5.5,
@@ -46,7 +48,7 @@ def test_a_wait_inside_a_compute_span_is_not_compute():
                     "group_size": 2, "seq": 0}], blocked=[])
     r1 = _rank(1, [{"kind": "all_reduce", "start": 3.0, "end": 4.0, "inline": True, "bytes": 8, "group": "g",
                     "group_size": 2, "seq": 0}], blocked=[])
-    account([r0, r1])
+    r0, r1 = account([r0, r1])
     assert r0.time["compute"] == pytest.approx(4.0)  # 0-2 and 4-6
     assert r0.time["wait"] == pytest.approx(1.0)  # 2-3: rank 1 had not joined
     assert r0.time["comm"] == pytest.approx(1.0)  # 3-4

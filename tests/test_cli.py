@@ -56,3 +56,27 @@ def test_cli_plots_a_v_schedule(tmp_path):
         ["dataflow.png", "losses.png", "memory.png", "time_breakdown.png", "timeline.png"]
     saved = json.loads((tmp_path / "r.json").read_text())
     assert set(saved) == set(json.loads((RESULTS / "cnn-pipeline-zbvzerobubble.json").read_text()))
+
+
+def test_cli_show_draws_a_saved_result_again(tmp_path):
+    saved = RESULTS / "mlp-pipeline-1f1b.json"
+    proc = subprocess.run([sys.executable, "-m", "playground", "show", str(saved), "--plots", str(tmp_path / "p"),
+                           "--trace", str(tmp_path / "t.json")], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "baseline check: PASS" in proc.stdout and "pipeline bubble" in proc.stdout
+    assert sorted(p.name for p in (tmp_path / "p").iterdir()) == \
+        ["dataflow.png", "losses.png", "memory.png", "time_breakdown.png", "timeline.png"]
+    trace = json.loads((tmp_path / "t.json").read_text())
+    spans = [e for e in trace["traceEvents"] if e["ph"] == "X"]
+    assert len(spans) == sum(len(r["timeline"]) for r in json.loads(saved.read_text())["ranks"])
+    bad = subprocess.run([sys.executable, "-m", "playground", "show", str(tmp_path / "t.json")],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "not a saved result" in bad.stderr
+
+
+def test_a_result_reads_back_as_it_was_written():
+    from playground import RunResult
+
+    text = (RESULTS / "transformer-hybrid-dp2pp2.json").read_text()
+    again = RunResult.from_json(text)
+    assert json.loads(again.to_json()) == json.loads(text)

@@ -157,8 +157,10 @@ def test_the_bubble_is_read_from_the_result(drawn, stem):
     b = result.bubble
     assert b is not None
     words = texts(fig)
-    for m in b["measured"]:
-        assert f"bubble\npredicted {b['predicted']:.0%}\nmeasured {m:.0%}" in words
+    replayed = b.get("replayed") or [None] * len(b["measured"])
+    for m, x in zip(b["measured"], replayed):
+        text = f"bubble\npredicted {b['predicted']:.0%}\nmeasured {m:.0%}"
+        assert text + (f"\nreplayed {x:.0%}" if x is not None else "") in words
     assert len(gids(fig, "bubble:predicted")) == len(gids(fig, "bubble:measured")) == len(result.ranks)
     assert any(b["formula"] in label.get_text() for label in fig.axes[0].get_legend().get_texts())
 
@@ -167,24 +169,28 @@ def test_hybrid_bubble_is_the_results_not_a_guess(drawn):
     result, figs = drawn["mlp-hybrid-dp2pp2"]
     assert result.bubble["predicted"] == pytest.approx(1 / 5)  # (p-1)/(m+p-1), p=2, m=4
     words = " ".join(texts(figs["time_breakdown"]))
-    assert "predicted 20%" in words and "50%" not in words
+    assert "predicted 20%" in words and "predicted 50%" not in words
 
 
 def test_old_time_keys_still_draw_and_new_keys_draw_four_parts(drawn):
     result, _ = drawn["mlp-data"]
-    assert [k for k, _ in plots.time_parts(result.ranks[0])] == ["compute", "comm", "idle"]
-    r = load("mlp-data")
-    for rank in r.ranks:
-        idle = rank.time["idle"]
-        rank.time = {"compute": rank.time["compute"], "comm": rank.time["comm"], "wait": idle * 0.75,
-                     "overhead": idle * 0.25, "overlapped": 0.001, "idle": idle, "window": rank.time["window"]}
-    ax = plots.plot_time_breakdown(r).axes[0]
-    for key in ("compute", "comm", "wait", "overhead", "overlapped"):
+    assert [k for k, _ in plots.time_parts(result.ranks[0])] == ["compute", "comm", "wait", "overhead"]
+    ax = drawn["mlp-data"][1]["time_breakdown"].axes[0]
+    for key in ("compute", "comm", "wait", "overhead"):
         bars = [p for p in ax.patches if p.get_gid() == f"time:{key}"]
-        assert [p.get_height() for p in bars] == pytest.approx([x.time[key] * 1e3 for x in r.ranks]), key
+        assert [p.get_height() for p in bars] == pytest.approx([x.time[key] * 1e3 for x in result.ranks]), key
+    hidden = [p.get_height() for p in ax.patches if p.get_gid() == "time:overlapped"]
+    assert hidden == pytest.approx([x.time["overlapped"] * 1e3 for x in result.ranks if x.time["overlapped"] > 0])
     assert not [p for p in ax.patches if p.get_gid() == "time:idle"]
     labels = [t.get_text() for t in ax.get_legend().get_texts()]
     assert "waiting for a peer" in labels and any(label.startswith("runtime overhead") for label in labels)
+    # A result saved before wait and overhead were measured still draws, with idle whole.
+    old = load("mlp-data")
+    for rank in old.ranks:
+        rank.time = {k: rank.time[k] for k in ("compute", "comm", "idle", "window")}
+    ax = plots.plot_time_breakdown(old).axes[0]
+    assert [p.get_height() for p in ax.patches if p.get_gid() == "time:idle"] == \
+        pytest.approx([x.time["idle"] * 1e3 for x in old.ranks])
 
 
 def test_a_replayed_bubble_is_drawn_when_present():
