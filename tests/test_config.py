@@ -95,7 +95,7 @@ def test_custom_model_is_checked_before_launch(monkeypatch):
 
     monkeypatch.setattr(playground.runner, "launch", lambda *a, **k: pytest.fail("launched"))
     seq = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 2))
-    data = (torch.randn(8, 4), torch.randn(8, 2))
+    data = (torch.randn(64, 4), torch.randn(64, 2))
     with pytest.raises(ConfigError, match="split_points"):
         playground.run(RunConfig(model="custom", strategy="model", world_size=2, split_points=(2,)), model=seq, dataset=data)
     with pytest.raises(ConfigError, match="nn.Sequential"):

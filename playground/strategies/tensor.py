@@ -109,14 +109,14 @@ def plan_tensor_parallel(model: nn.Sequential, tp: int, unused: tuple[str, ...] 
     for name, module in chain:
         if name in idle:
             continue
-        if isinstance(module, nn.Linear) and name in tied:
-            leave_pending("Linear: the next layer's weights are tied to another module")
-            replicated[name] = "Linear: its weights are tied to another module; a shard would cut the tie"
-        elif uses[id(module)] > 1 and not _elementwise(module):
+        if uses[id(module)] > 1 and not _elementwise(module):
             # One set of weights run at two places: a shard fits at most one of them.
             leave_pending("Linear: the next layer is used at more than one place")
             if any(True for _ in module.parameters()):
                 replicated.setdefault(name, f"{type(module).__name__}: used at {uses[id(module)]} places in the model")
+        elif isinstance(module, nn.Linear) and name in tied:
+            leave_pending("Linear: the next layer's weights are tied to another module")
+            replicated[name] = "Linear: its weights are tied to another module; a shard would cut the tie"
         elif isinstance(module, TransformerBlock) and type(module).forward is TransformerBlock.forward:
             leave_pending("no row-parallel partner follows it")
             heads = module.attn.q.out_features // module.attn.head_dim
