@@ -99,11 +99,11 @@ def predict(config: RunConfig, infos: list[BlockInfo] | None = None, model: nn.S
     owner = {s: r for r in range(pp) for s in config.rank_stages(r)}
     cut_out = output_bytes(model, sample) if len(ranges) > 1 else []
     # Each tp rank's own layers (the model itself without tensor parallelism).
-    locals_ = [tensor_local_model(model, tp, r, config.unused_parameters) for r in range(tp)] if tp > 1 \
+    tp_locals = [tensor_local_model(model, tp, r, config.unused_parameters) for r in range(tp)] if tp > 1 \
         else [(model, {})]
     activations = [[stage_activations(local, first, end, sample, target, loss_fn) for first, end in ranges]
-                   for local, _ in locals_]
-    tp_all_reduces = [nbytes for _, nbytes in tensor_all_reduces(model, locals_[0][1], sample)] if tp > 1 else []
+                   for local, _ in tp_locals]
+    tp_all_reduces = [nbytes for _, nbytes in tensor_all_reduces(model, tp_locals[0][1], sample)] if tp > 1 else []
     fsdp = config.strategy == "fsdp" or (tp > 1 and dp > 1)  # hybrid dp x tp: FSDP over the dp ranks
     x_bytes = config.global_batch * bytes_per_sample(sample.unsqueeze(0))
     y_bytes = config.global_batch * bytes_per_sample(target.unsqueeze(0)) if target is not None else 0
@@ -111,7 +111,7 @@ def predict(config: RunConfig, infos: list[BlockInfo] | None = None, model: nn.S
     predictions = []
     for rank in range(config.world_size):
         place = Topology.for_config(config, rank)
-        local = locals_[place.tp_rank][0]
+        local = tp_locals[place.tp_rank][0]
         stages = config.rank_stages(place.pp_rank)
         blocks = [local[ranges[s][0]:ranges[s][1]] for s in stages]
         batch = config.rank_batches()[place.dp_rank]
