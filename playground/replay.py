@@ -1,11 +1,11 @@
 """The planned schedule replayed with a run's own measured times.
 
-``cost.bubble_fraction`` counts compute alone, in equal parts. A real step
+``predict.bubble_fraction`` counts compute alone, in equal parts. A real step
 also spends time moving each micro-batch across a cut and doing the
 pipeline runtime's own host work between actions (splitting the batch,
 posting messages, scaling gradients, reading the loss), and that grows with
 the number of micro-batches. The replay puts those back: it runs torch's
-action table (``pipeline.schedule_table``) through ``cost.replay_schedule``,
+action table (``pipeline.schedule_table``) through ``formulas.replay_schedule``,
 step after step, with, for every action, message and gap, what this run
 measured in that step. What is left idle in the replay is what the plan,
 with these costs, forces; where the measurement differs, the run waited
@@ -33,7 +33,7 @@ host work too.
 
 from __future__ import annotations
 
-from .cost import Action, RankReplay, ReplayCosts, output_stage, replay_schedule, replayed_idle
+from .predict.formulas import Action, RankReplay, ReplayCosts, output_stage, replay_schedule, replayed_idle
 from .result import RankReport
 
 PASS_KINDS = ("forward", "backward", "backward_weight")

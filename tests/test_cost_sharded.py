@@ -1,6 +1,6 @@
 """The cost model for sharded strategies (tensor, fsdp, hybrid) and the
-zero-bubble schedules: its formulas as tables, and its predictions against
-real runs (bytes exactly, activation peaks within 10%)."""
+zero-bubble schedules: what it reads off the model, and its predictions
+against real runs (bytes exactly, activation peaks within 10%)."""
 
 from __future__ import annotations
 
@@ -10,16 +10,15 @@ import torch
 from measured import compare_bytes, runs_once
 from playground import RunConfig
 from playground.cost import (
-    chunk_rows, ddp_initial_buckets, fsdp_gather_bytes, fsdp_shard_bytes, fsdp_units, pipeline_ddp_bytes, predict,
-    tensor_all_reduces, tensor_local_model,
+    chunk_rows, fsdp_gather_bytes, fsdp_shard_bytes, fsdp_units, predict, split_backward_step, tensor_all_reduces,
+    tensor_local_model,
 )
-from playground.models import LM_CONTEXT, LM_LAYERS, LM_WIDTH, MLP_WIDTH, build_model
-
-MiB = 1024 * 1024
+from playground.models import LM_CONTEXT, LM_LAYERS, LM_WIDTH, MLP_WIDTH, build_model, stage_ranges
+from playground.strategies.pipeline import schedule_table
 
 
 # --------------------------------------------------------------------------
-# Formulas
+# What each rank holds and moves, read off the model
 
 
 @pytest.mark.parametrize("n, parts, index, expected", [
@@ -70,19 +69,17 @@ def test_fsdp_shards_and_gathers_pad_to_the_first_rank():
     assert sum(sum(fsdp_shard_bytes(u, 3, r)) for u in units for r in range(3)) == whole
 
 
-@pytest.mark.parametrize("param_bytes, expected", [
-    ([400, 40], [440]),
-    # module order: the first 1 MiB closes the first bucket; the rest share one
-    ([MiB, 4, MiB, 40], [MiB, MiB + 44]),
-    ([10, 10, 30 * MiB], [30 * MiB + 20]),
-])
-def test_ddp_initial_buckets(param_bytes, expected):
-    assert sorted(ddp_initial_buckets(param_bytes)) == sorted(expected)
-
-
-def test_pipeline_ddp_reduces_steps_plus_one_times():
-    assert pipeline_ddp_bytes([400, 40], dp=2, steps=3) == 4 * 440
-    assert pipeline_ddp_bytes([400, 40], dp=4, steps=1) == 2 * (2 * 3 * 440 // 4)
+def test_split_backward_step_frees_every_saved_tensor_by_the_steps_end():
+    """zbv rank 0 holds stages 0 and 3: its weight passes free what the
+    input passes kept, so nothing saved outlives the step."""
+    model = build_model("mlp")
+    ranges = stage_ranges((2, 5, 8), len(model))
+    actions = schedule_table("zbvzerobubble", 2, 4, 2)[0]
+    peaks, left = split_backward_step(model, ranges, (0, 3), actions, torch.zeros(64), torch.tensor(3),
+                                      torch.nn.functional.cross_entropy, 2)
+    assert len(peaks) == len(actions) and max(peaks) > 0
+    assert left == 0
+    assert all(p.grad is None for p in model.parameters())
 
 
 def test_sharded_predictions_cover_the_model():
@@ -129,7 +126,8 @@ def test_sharded_bytes_match_a_real_run(measured, name):
 
 @pytest.mark.parametrize("name", ["zbv", "hybrid-dp-pp"])
 def test_activation_peaks_match_a_real_run(measured, name):
-    """zbv: the peak of the third step, the replayed split backward's."""
+    """zbv: the peak of one step with the backward split, measured by
+    ``split_backward_step``."""
     result = measured(name)
     for r, p in zip(result.ranks, predict(REAL_RUNS[name])):
         assert p.activations_peak == pytest.approx(r.memory["activations_peak"], rel=0.10)
