@@ -1,26 +1,40 @@
 """playground: choose how a network is split across devices, train it for
-real on local processes, and see what every rank did."""
+real on local processes, and see what every rank did.
 
-from .config import ConfigError, RunConfig
-from .data import Dataset, load_dataset
-from .launcher import Pool, RankDied, RankError, RunCancelled, RunError, RunTimeout, default_pool
-from .models import BlockInfo, balance_split_points, build_model, model_block_infos, propose_split_points
-from .result import RankReport, RunResult
-from .runner import load_result, run
+The names below are loaded when first used, so that a rank process
+(``python -m playground.worker``) imports what a rank needs and nothing of
+the caller's side: no launcher, no runner, no ipywidgets or matplotlib.
+"""
 
-__all__ = [
-    "RunConfig", "ConfigError", "run", "load_result", "Playground", "RunResult", "RankReport", "build_model", "model_block_infos",
-    "balance_split_points", "propose_split_points", "BlockInfo", "Dataset", "load_dataset",
-    "RunError", "RankError", "RankDied", "RunTimeout", "RunCancelled", "Pool", "default_pool",
-]
+from importlib import import_module
+
+_EXPORTS = {
+    "RunConfig": "config", "ConfigError": "config",
+    "Dataset": "data", "load_dataset": "data",
+    "Pool": "launcher", "RankDied": "launcher", "RankError": "launcher", "RunCancelled": "launcher",
+    "RunError": "launcher", "RunTimeout": "launcher", "default_pool": "launcher",
+    "BlockInfo": "models", "balance_split_points": "models", "build_model": "models",
+    "model_block_infos": "models", "propose_split_points": "models",
+    "RankReport": "result", "RunResult": "result",
+    "load_result": "runner", "run": "runner",
+    "Playground": "app",
+}
+
+__all__ = sorted(_EXPORTS)
 __version__ = "0.1.0"
 
 
 def __getattr__(name: str):
-    # The widget app imports ipywidgets: only when asked for, so that ranks
-    # and scripts never pay for it.
-    if name == "Playground":
-        from .app import Playground
+    module = _EXPORTS.get(name)
+    if module is None:
+        try:  # a submodule: playground.runner, playground.plots, ...
+            return import_module(f".{name}", __name__)
+        except ModuleNotFoundError:
+            raise AttributeError(f"module 'playground' has no attribute {name!r}") from None
+    value = getattr(import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
 
-        return Playground
-    raise AttributeError(f"module 'playground' has no attribute {name!r}")
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))
