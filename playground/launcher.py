@@ -300,13 +300,14 @@ def _end(ranks: list[_Rank]) -> None:
 
 
 def launch(config: RunConfig, device_type: str, backend: str, custom: tuple | None = None, *,
-           pool: "Pool | None" = None, cancel=None, on_step=None) -> list[dict[str, Any]]:
+           pool: "Pool | None" = None, cancel=None, on_progress=None) -> list[dict[str, Any]]:
     """Run ``config.world_size`` ranks; return their reports in rank order.
 
     ``pool``: run on its warm ranks (resized if needed) instead of starting
     fresh ones. ``cancel``: an object with ``is_set()`` (threading.Event);
-    when set, the ranks are ended and ``RunCancelled`` raised. ``on_step``:
-    called with each finished step's index, as rank 0 reports it.
+    when set, the ranks are ended and ``RunCancelled`` raised. ``on_progress``:
+    called in this thread as each rank finishes each step, with
+    {"rank", "step", "loss" (the rank's part, or None), "step_s"}.
     """
     import torch.distributed as dist
 
@@ -322,14 +323,14 @@ def launch(config: RunConfig, device_type: str, backend: str, custom: tuple | No
         listener.detach()  # the store owns the socket now, and closes it
     try:
         if pool is not None:
-            return pool.run(config, store.port, device_type, backend, custom, cancel, on_step)
+            return pool.run(config, store.port, device_type, backend, custom, cancel, on_progress)
         ranks: list[_Rank] = []
         try:
             env = _child_env()
             for rank in range(config.world_size):
                 ranks.append(_Rank(rank, env))
             _send_jobs(ranks, config, store.port, device_type, backend, custom)
-            return _collect(ranks, config.timeout_s, cancel, on_step)
+            return _collect(ranks, config.timeout_s, cancel, on_progress)
         finally:
             _end(ranks)
     finally:
@@ -374,13 +375,13 @@ class Pool:
             self._ensure(world_size)
 
     def run(self, config: RunConfig, store_port: int, device_type: str, backend: str, custom, cancel=None,
-            on_step=None) -> list[dict[str, Any]]:
+            on_progress=None) -> list[dict[str, Any]]:
         with self._lock:
             self._ensure(config.world_size)
             ranks = self._ranks[:config.world_size]
             try:
                 _send_jobs(ranks, config, store_port, device_type, backend, custom)
-                return _collect(ranks, config.timeout_s, cancel, on_step)
+                return _collect(ranks, config.timeout_s, cancel, on_progress)
             except BaseException:
                 self._shutdown()
                 raise
@@ -427,11 +428,11 @@ def default_pool() -> Pool:
     return _default_pool
 
 
-def _collect(ranks: list[_Rank], timeout_s: float, cancel=None, on_step=None) -> list[dict[str, Any]]:
+def _collect(ranks: list[_Rank], timeout_s: float, cancel=None, on_progress=None) -> list[dict[str, Any]]:
     """Each rank's report, with ``output``: what the rank printed meanwhile.
     A ``RunError`` carries the same in ``outputs``."""
     try:
-        reports = _reports(ranks, timeout_s, cancel, on_step)
+        reports = _reports(ranks, timeout_s, cancel, on_progress)
     except RunError as e:
         e.outputs = {r.rank: r.take_output() for r in ranks}
         raise
@@ -440,7 +441,7 @@ def _collect(ranks: list[_Rank], timeout_s: float, cancel=None, on_step=None) ->
     return reports
 
 
-def _reports(ranks: list[_Rank], timeout_s: float, cancel=None, on_step=None) -> list[dict[str, Any]]:
+def _reports(ranks: list[_Rank], timeout_s: float, cancel=None, on_progress=None) -> list[dict[str, Any]]:
     deadline = time.monotonic() + timeout_s
     reports: dict[int, dict] = {}
     errors: list[tuple[int, str, str]] = []
@@ -459,8 +460,8 @@ def _reports(ranks: list[_Rank], timeout_s: float, cancel=None, on_step=None) ->
             except (EOFError, OSError):
                 raise RankDied(rank, ranks[rank].exitcode()) from None
             if msg[0] == "progress":
-                if on_step is not None:
-                    on_step(msg[2])
+                if on_progress is not None:
+                    on_progress({"rank": rank, **msg[2]})
                 continue
             del open_conns[conn]
             if msg[0] == "ok":

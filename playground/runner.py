@@ -26,7 +26,7 @@ from .training import Groups, train_rank
 
 
 def run(config: RunConfig, *, model: nn.Sequential | None = None, dataset: Any = None, warm: bool = True,
-        cancel=None, on_step=None) -> RunResult:
+        cancel=None, on_step=None, on_progress=None) -> RunResult:
     """Train ``config`` on ``config.world_size`` real processes and return
     what every rank did, the trained model and the baseline check.
 
@@ -37,7 +37,14 @@ def run(config: RunConfig, *, model: nn.Sequential | None = None, dataset: Any =
     ``warm``: run on this process's pool of ranks, kept alive between runs
     (``False``: fresh processes, ended after the run). ``cancel``: a
     ``threading.Event``; setting it ends the run's processes and raises
-    ``RunCancelled``. ``on_step(step)``: called as each step finishes.
+    ``RunCancelled``. ``on_step(step)``: called with the step's index
+    (from 0) as rank 0 finishes it, unchanged from earlier versions.
+    ``on_progress(update)``: called as each rank finishes each step, with
+    {"rank": r, "step": s, "loss": rank r's part of step s's loss (None on
+    ranks that compute none; a step's loss is the sum of its parts),
+    "step_s": seconds rank r spent in step s}. Both are called in the
+    caller's thread that runs ``run``, between reads of the ranks' pipes:
+    keep them quick.
     """
     config, custom, notes = prepare_custom(config, model, dataset)
     device_type, backend = resolve_device(config)
@@ -48,10 +55,24 @@ def run(config: RunConfig, *, model: nn.Sequential | None = None, dataset: Any =
         config = config.replace(unused_parameters=facts.unused)
     started = time.perf_counter()
     reports = launch(config, device_type, backend, custom, pool=default_pool() if warm else None,
-                     cancel=cancel, on_step=on_step)
+                     cancel=cancel, on_progress=progress_callback(on_step, on_progress))
     result = assemble(config, reports, custom, device_type, backend, time.perf_counter() - started, facts=facts)
     result.notes[:0] = notes
     return result
+
+
+def progress_callback(on_step=None, on_progress=None):
+    """The launcher's per-rank progress callback that serves both of
+    ``run``'s: ``on_step`` sees rank 0's step index, ``on_progress`` every update."""
+    if on_step is None and on_progress is None:
+        return None
+
+    def progress(update: dict) -> None:
+        if on_step is not None and update["rank"] == 0:
+            on_step(update["step"])
+        if on_progress is not None:
+            on_progress(update)
+    return progress
 
 
 def load_result(directory: str) -> RunResult:
