@@ -20,12 +20,12 @@ from traitlets import TraitError
 
 from .. import runner
 from ..config import ConfigError, RunConfig
-from . import form
-from .jobs import Jobs, LiveProgress, Throttle
-from .panels import (AMBER, CSS, GREY, PAGE_WIDTH, RED, Controls, History, ResultsView, SplitStrip, SweepPanel,
-                     check_html, error_html, esc, live_html, notes_html, output_html, trace_link_html)
 from ..plots import run_title
 from ..result import RunResult
+from . import form
+from .jobs import Jobs, LiveProgress, Throttle
+from .panels import (AMBER, CSS, GREEN, GREY, PAGE_WIDTH, RED, Controls, History, ResultsView, SplitStrip,
+                     SweepPanel, check_html, error_html, esc, live_html, notes_html, output_html, trace_link_html)
 
 
 class Playground(W.VBox):
@@ -198,7 +198,7 @@ class Playground(W.VBox):
                 self.way_out.children = []
         else:
             self.config, self.error = built, None
-            self.message.value = (f"<div style='color:#1A7F37'>{esc(form.summary(built))}</div>" + "".join(
+            self.message.value = (f"<div style='color:{GREEN}'>{esc(form.summary(built))}</div>" + "".join(
                 f"<div style='color:{AMBER}'>⚠ {esc(n)}</div>" for n in form.run_notes(built, self.cores)))
         self._sync_buttons()
 
@@ -266,11 +266,11 @@ class Playground(W.VBox):
 
     def _begin(self, total: int, status: str) -> None:
         self.progress.max, self.progress.value, self.progress.bar_style = max(1, total), 0, "info"
-        self.progress.description = "starting"
+        self.progress.description = "0 s"
         self.status.value = esc(status)
 
     def _tick(self, elapsed: float) -> None:
-        self.progress.description = f"{'running' if self._live.last_step else 'starting'} {elapsed:.0f} s"
+        self.progress.description = f"{elapsed:.0f} s"  # time passes, even before the first step ends
 
     def _on_error(self, e: BaseException) -> None:
         self.status.value = f"<span style='color:{RED}'>playground error: {esc(type(e).__name__)}: {esc(e)}</span>"
