@@ -180,8 +180,41 @@ def scale() -> None:
            True, "ranks above 2 share the 2 cores")
 
 
+def app() -> None:
+    """The app's click to result drawn against ``run()`` alone, in one run:
+    Run clicked on the Playground, timed until its job has ended, which is
+    once the open tab's picture is set (the check and key numbers come
+    before it), against a call to ``run()`` of the same config; warm pool and
+    baseline, one untimed round first, then 5 rounds interleaved, medians."""
+    from playground.app import Playground
+
+    configs = {"seed-mlp data, 2 ranks, 20 steps": pg.RunConfig(model="seed-mlp", strategy="data", world_size=2,
+                                                                 steps=20),
+               "transformer 1f1b m=4, 2 ranks, 10 steps": pg.RunConfig(model="transformer", strategy="pipeline",
+                                                                        world_size=2, schedule="1f1b",
+                                                                        micro_batches=4, steps=10)}
+    for name, config in configs.items():
+        widget = Playground(config=config)
+        alone, drawn = [], []
+        for round in range(6):
+            t = time.perf_counter()
+            pg.run(config)
+            a = time.perf_counter() - t
+            t = time.perf_counter()
+            widget.run_button.click()
+            assert widget.wait(timeout=300) and widget.result is not None, widget.status.value
+            d = time.perf_counter() - t
+            assert "timeline" in widget.figures and len(widget.figures) == 1
+            if round:  # the first round starts the pool, trains the baseline and loads fonts
+                alone.append(a)
+                drawn.append(d)
+        a, d = statistics.median(alone), statistics.median(drawn)
+        report(f"app, {name}", f"click to drawn {d:.2f} s vs run() {a:.2f} s = {d / a:.2f}x (medians of 5, "
+               "interleaved)", "<= 1.5x", d / a <= 1.5)
+
+
 BENCHMARKS = {"warm": warm, "recording": recording, "comm": comm, "p2p": p2p, "fair": fair, "bubble": bubble,
-              "scale": scale}
+              "scale": scale, "app": app}
 
 
 def main(names: list[str]) -> None:

@@ -302,13 +302,14 @@ def _end(ranks: list[_Rank]) -> None:
 
 
 def launch(config: RunConfig, device_type: str, backend: str, custom: tuple | None = None, *,
-           pool: "Pool | None" = None, cancel=None, on_step=None) -> list[tuple[RankReport, dict[str, Any]]]:
+           pool: "Pool | None" = None, cancel=None, on_progress=None) -> list[tuple[RankReport, dict[str, Any]]]:
     """Run ``config.world_size`` ranks; return (report, trained parameters) of each, in rank order.
 
     ``pool``: run on its warm ranks (resized if needed) instead of starting
     fresh ones. ``cancel``: an object with ``is_set()`` (threading.Event);
-    when set, the ranks are ended and ``RunCancelled`` raised. ``on_step``:
-    called with each finished step's index, as rank 0 reports it.
+    when set, the ranks are ended and ``RunCancelled`` raised. ``on_progress``:
+    called in this thread as each rank finishes each step, with
+    {"rank", "step", "loss" (the rank's part, or None), "step_s"}.
     """
     import torch.distributed as dist
 
@@ -324,14 +325,14 @@ def launch(config: RunConfig, device_type: str, backend: str, custom: tuple | No
         listener.detach()  # the store owns the socket now, and closes it
     try:
         if pool is not None:
-            return pool.run(config, store.port, device_type, backend, custom, cancel, on_step)
+            return pool.run(config, store.port, device_type, backend, custom, cancel, on_progress)
         ranks: list[_Rank] = []
         try:
             env = _child_env()
             for rank in range(config.world_size):
                 ranks.append(_Rank(rank, env))
             _send_jobs(ranks, config, store.port, device_type, backend, custom)
-            return _collect(ranks, config.timeout_s, cancel, on_step)
+            return _collect(ranks, config.timeout_s, cancel, on_progress)
         finally:
             _end(ranks)
     finally:
@@ -376,13 +377,13 @@ class Pool:
             self._ensure(world_size)
 
     def run(self, config: RunConfig, store_port: int, device_type: str, backend: str, custom, cancel=None,
-            on_step=None) -> list[tuple[RankReport, dict[str, Any]]]:
+            on_progress=None) -> list[tuple[RankReport, dict[str, Any]]]:
         with self._lock:
             self._ensure(config.world_size)
             ranks = self._ranks[:config.world_size]
             try:
                 _send_jobs(ranks, config, store_port, device_type, backend, custom)
-                return _collect(ranks, config.timeout_s, cancel, on_step)
+                return _collect(ranks, config.timeout_s, cancel, on_progress)
             except BaseException:
                 self._shutdown()
                 raise
@@ -430,12 +431,12 @@ def default_pool() -> Pool:
 
 
 def _collect(ranks: list[_Rank], timeout_s: float, cancel=None,
-             on_step=None) -> list[tuple[RankReport, dict[str, Any]]]:
+             on_progress=None) -> list[tuple[RankReport, dict[str, Any]]]:
     """Each rank's (report, trained parameters), the report with ``output``:
     what the rank printed meanwhile. A ``RunError`` carries the same in
     ``outputs``."""
     try:
-        reports = _reports(ranks, timeout_s, cancel, on_step)
+        reports = _reports(ranks, timeout_s, cancel, on_progress)
     except RunError as e:
         e.outputs = {r.rank: r.take_output() for r in ranks}
         raise
@@ -444,7 +445,7 @@ def _collect(ranks: list[_Rank], timeout_s: float, cancel=None,
 
 
 def _reports(ranks: list[_Rank], timeout_s: float, cancel=None,
-             on_step=None) -> list[tuple[RankReport, dict[str, Any]]]:
+             on_progress=None) -> list[tuple[RankReport, dict[str, Any]]]:
     deadline = time.monotonic() + timeout_s
     reports: dict[int, tuple] = {}
     errors: list[tuple[int, str, str]] = []
@@ -463,8 +464,8 @@ def _reports(ranks: list[_Rank], timeout_s: float, cancel=None,
             except (EOFError, OSError):
                 raise RankDied(rank, ranks[rank].exitcode()) from None
             if msg[0] == "progress":
-                if on_step is not None:
-                    on_step(msg[2])
+                if on_progress is not None:
+                    on_progress({"rank": rank, **msg[2]})
                 continue
             del open_conns[conn]
             if msg[0] == "ok":

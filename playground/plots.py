@@ -504,3 +504,50 @@ def draw_planned_lanes(ax, result: RunResult, rows: dict[int, int], steps: Seque
                                        facecolor=KIND_COLORS[kind], edgecolor="white", linewidth=0.3,
                                        alpha=0.8, gid=f"planned:{kind}"))
         ax.text(1.003, row + top + height / 2, "planned", transform=lanes, fontsize=7, color="#555", va="center")
+
+
+def idle_share(result: RunResult) -> float:
+    """Mean over ranks of idle / window (``RankReport.time``)."""
+    return sum(r.time["idle"] / max(1e-12, r.time["window"]) for r in result.ranks) / len(result.ranks)
+
+
+def plot_sweep(over: str, points: Sequence[tuple[int, RunResult]]) -> Figure:
+    """Throughput T(n), speedup S(n) = T(n) / T(n0), efficiency S(n) / ideal
+    and the idle share against the count swept (``over``: "world_size" or
+    "micro_batches"; ``points``: (n, the run at n), ascending). Ideal
+    speedup: n / n0 for device counts; for micro-batches (1 - b(n)) /
+    (1 - b(n0)), with b the run's predicted pipeline bubble
+    (``RunResult.bubble["predicted"]``)."""
+    counts = [n for n, _ in points]
+    throughput = [r.throughput_samples_per_s for _, r in points]
+    speedup = [t / throughput[0] for t in throughput]
+    bubble = [r.bubble["predicted"] if r.bubble else None for _, r in points]
+    if over == "world_size":
+        ideal = [n / counts[0] for n in counts]
+    elif None not in bubble:
+        ideal = [(1 - b) / (1 - bubble[0]) for b in bubble]
+    else:
+        ideal = [1.0] * len(counts)
+    what = "device count" if over == "world_size" else "micro-batches"
+    fig = Figure(figsize=(11, 6.4))
+    fig.subplots_adjust(left=0.08, right=0.98, top=0.88, bottom=0.09, hspace=0.38, wspace=0.22)
+    axes = fig.subplots(2, 2).ravel()
+    panels = [("throughput (samples/s)", throughput, None),
+              (f"speedup over {what} = {counts[0]}", speedup, ideal),
+              ("efficiency = speedup / ideal", [s / i for s, i in zip(speedup, ideal)], [1.0] * len(counts)),
+              ("idle share (mean over ranks)", [idle_share(r) for _, r in points], bubble)]
+    for ax, (title, measured, theory) in zip(axes, panels):
+        ax.plot(counts, measured, marker="o", color=KIND_COLORS["forward"], label="measured")
+        if theory is not None and None not in theory:
+            label = "predicted bubble" if theory is bubble else "ideal"
+            ax.plot(counts, theory, ls="--", color="#555", label=label)
+            ax.legend(fontsize=8)
+        ax.set_title(title, fontsize=10)
+        ax.set_xticks(counts)
+        ax.set_xlabel(what)
+        ax.grid(color="#EEE")
+    c = points[0][1].config
+    fixed = f"{c.world_size} ranks" if over != "world_size" else f"batch {c.global_batch}"
+    fig.suptitle(f"Sweep over {what} = {', '.join(map(str, counts))}: {c.model} · {c.strategy}"
+                 f"{f' · {c.schedule}' if c.scheduled else ''} · {fixed} · {c.steps} steps", fontsize=11)
+    return fig

@@ -25,7 +25,7 @@ from .workload import Workload, resolve_workload
 
 
 def run(config: RunConfig, *, model: nn.Sequential | None = None, dataset: Any = None, warm: bool = True,
-        cancel=None, on_step=None) -> RunResult:
+        cancel=None, on_step=None, on_progress=None) -> RunResult:
     """Train ``config`` on ``config.world_size`` real processes and return
     what every rank did, the trained model and the baseline check.
 
@@ -36,14 +36,36 @@ def run(config: RunConfig, *, model: nn.Sequential | None = None, dataset: Any =
     ``warm``: run on this process's pool of ranks, kept alive between runs
     (``False``: fresh processes, ended after the run). ``cancel``: a
     ``threading.Event``; setting it ends the run's processes and raises
-    ``RunCancelled``. ``on_step(step)``: called as each step finishes.
+    ``RunCancelled``. ``on_step(step)``: called with the step's index
+    (from 0) as rank 0 finishes it.
+    ``on_progress(update)``: called as each rank finishes each step, with
+    {"rank": r, "step": s, "loss": rank r's part of step s's loss (None on
+    ranks that compute none; a step's loss is the sum of its parts),
+    "step_s": seconds rank r spent in step s}. Both are called in the
+    caller's thread that runs ``run``, between reads of the ranks' pipes:
+    keep them quick.
     """
     workload = resolve_workload(config, model, dataset)
     device_type, backend = resolve_device(workload.config)
     started = time.perf_counter()
     reports = launch(workload.config, device_type, backend, workload.rank_payload(),
-                     pool=default_pool() if warm else None, cancel=cancel, on_step=on_step)
+                     pool=default_pool() if warm else None, cancel=cancel,
+                     on_progress=progress_callback(on_step, on_progress))
     return assemble(workload, reports, device_type, backend, time.perf_counter() - started)
+
+
+def progress_callback(on_step=None, on_progress=None):
+    """The launcher's per-rank progress callback that serves both of
+    ``run``'s: ``on_step`` sees rank 0's step index, ``on_progress`` every update."""
+    if on_step is None and on_progress is None:
+        return None
+
+    def progress(update: dict) -> None:
+        if on_step is not None and update["rank"] == 0:
+            on_step(update["step"])
+        if on_progress is not None:
+            on_progress(update)
+    return progress
 
 
 def load_result(directory: str) -> RunResult:

@@ -59,6 +59,10 @@ def train_rank(config: RunConfig, topology: Topology, model: nn.Sequential, data
                recorder: Recorder, groups: Groups, device: torch.device, on_step=None) -> dict[str, Any]:
     """Train this rank's part of ``model`` for ``config.steps`` steps.
 
+    ``on_step(update)``: called after each step with {"step": step,
+    "loss": this rank's part of its loss (None where the rank computes
+    none), "step_s": the step's seconds on this rank}.
+
     Returns what the rank knows: its part of each step's loss, its memory,
     and its trained parameters and buffers (from the first data-parallel
     replica only, since the others hold copies). A loss part that is inf or NaN on any
@@ -89,7 +93,8 @@ def train_rank(config: RunConfig, topology: Topology, model: nn.Sequential, data
                     if optimizer is not None:
                         optimizer.step()
             if on_step is not None:
-                on_step(step)
+                start, end = recorder.step_times[-1]
+                on_step({"step": step, "loss": loss_parts[-1], "step_s": end - start})
             checks.append(DivergenceCheck(step, loss_parts[-1], recorder, device))
             # Read the agreement on the step before, which had a whole step to
             # arrive; without a process group, this step's is known already.

@@ -89,8 +89,8 @@ def serve(job_fd: int, report_fd: int, lifeline_fd: int, many: bool = False, ran
           status_fd: int | None = None, output_fd: int | None = None) -> None:
     """A rank started by the launcher: read a job from ``job_fd``, run it,
     write ("ok", rank, report) or ("error", rank, summary, traceback) to
-    ``report_fd`` (rank 0 also writes ("progress", 0, step) after each
-    step). With ``many`` (a warm pool's rank), wait for the next job; stop
+    ``report_fd``, after ("progress", rank, {"step", "loss", "step_s"}) for
+    each step (``train_rank``'s ``on_step`` update). With ``many`` (a warm pool's rank), wait for the next job; stop
     at the end of the job pipe or after a failed job, whose process state
     cannot be trusted. ``output_fd``: the file that takes this process's
     stdout and stderr from here on (the caller keeps what each rank printed
@@ -208,10 +208,10 @@ def _run_job(job: dict, reports, status=None) -> bool:
         config = RunConfig.from_dict(job["config"])
         store = dist.TCPStore("127.0.0.1", job["store_port"], is_master=False,
                               timeout=timedelta(seconds=config.timeout_s))
-        def progress(step: int) -> None:
-            reports.send_bytes(pickle.dumps(("progress", rank, step)))
+        def progress(update: dict) -> None:
+            reports.send_bytes(pickle.dumps(("progress", rank, update)))
         report, params = run_rank(config, rank, store, job["device_type"], job["backend"], job["custom"],
-                                  job["clock_origin"], progress if rank == 0 else None, status)
+                                  job["clock_origin"], progress, status)
         _flush()  # the caller reads what this rank printed once the report arrives
         reports.send_bytes(pickle.dumps(("ok", rank, report, params)))
         return True

@@ -15,7 +15,7 @@ import pytest
 
 import playground.runner as runner  # noqa: E402
 from faulty import child_pids  # noqa: E402
-from playground.app import Playground, mesh_options, plot_sweep, run_accepts, sweep_config  # noqa: E402
+from playground.app import Playground, mesh_options, plot_sweep, sweep_config  # noqa: E402
 from playground.config import RunConfig  # noqa: E402
 from playground.launcher import RunCancelled, default_pool  # noqa: E402
 
@@ -34,6 +34,9 @@ def no_launch(monkeypatch):
 def finished():
     """A Playground after one real run: mlp, pipeline, 2 ranks, 3 steps."""
     app = Playground(config=SMALL)
+    app.seen = {"live": [], "progress": [], "status": []}  # what the widgets showed while it ran
+    for name, widget in (("live", app.live), ("progress", app.progress), ("status", app.status)):
+        widget.observe(lambda ch, name=name: app.seen[name].append(ch["new"]), names="value")
     app.run_button.click()
     assert app.running
     assert app.wait(timeout=180), "the run did not finish within 180 s"
@@ -143,24 +146,44 @@ def test_json_round_trip_restores_the_same_state(no_launch):
     assert "cannot load" in broken.status.value
 
 
-def test_a_real_run_draws_every_result_and_passes_the_check(finished):
+def test_a_real_run_draws_the_visible_tab_then_each_tab_when_selected(finished):
     app = finished
     r = app.result
     assert r is not None and r.passed and r.world_size == 2
     assert "baseline check passed (max |Δparam| = " in app.status.value
     assert app.progress.bar_style == "success" and app.progress.value == app.progress.max
     assert app.results.titles == ("timeline", "compute / comm / idle", "memory", "loss and check", "data flow")
-    for pane in app.results.children:
-        caption, img = pane.children
-        assert bytes(img.value).startswith(PNG) and caption.value
+    assert app.results.selected_index == 0
+    # Only the tab on screen was rendered; every caption is there already.
+    assert set(app.figures) == {"timeline"}
+    assert bytes(app.results.children[0].children[1].value).startswith(PNG)
+    assert all(len(pane.children) == 1 and pane.children[0].value for pane in app.results.children[1:])
+    for i, title in enumerate(app.results.titles[1:], start=1):
+        app.results.selected_index = i
+        caption, img = app.results.children[i].children
+        assert bytes(img.value).startswith(PNG) and caption.value and title in app.figures
+    app.results.selected_index = 0
     assert "formula (p-1)/(m+p-1)" in app.results.children[1].children[0].value
     assert "The replay of the schedule" in app.results.children[1].children[0].value
     assert "stage balance: stage 0: " in app.results.children[1].children[0].value
     assert "prediction" in app.results.children[2].children[0].value
     assert set(app.figures) == set(app.results.titles)
     assert len(app.history.runs) == 1 and "passed" in app.history.table.value
+    assert app.history.side.children == ()  # the compare is drawn when it is opened
+    app.extras.selected_index = 0
+    assert len(app.history.side.children) == 2
     assert set(child_pids()) <= set(default_pool().process_pids())  # nothing but the warm ranks
     assert not app.run_button.disabled and app.stop_button.disabled
+
+
+def test_a_real_run_shows_progress_and_the_loss_live(finished):
+    seen, r = finished.seen, finished.result
+    assert seen["status"][0].startswith("starting 2 rank(s)")  # until the first rank reports a step
+    assert any(v.startswith("running: step ") for v in seen["status"])
+    assert [v for v in seen["progress"] if v] == list(range(1, SMALL.steps + 1))
+    last = seen["live"][-1]
+    assert "playground-live-loss" in last and last.count("playground-live-rank") == 2
+    assert f"<code>{r.losses[-1]:.4f}</code> at step {SMALL.steps - 1}" in last
 
 
 def test_chrome_trace_button_offers_the_last_runs_trace_as_a_download(finished, no_launch):
@@ -196,6 +219,8 @@ def test_sweep_fills_history_and_compare(finished, monkeypatch):
     assert bytes(app.sweep_plot.children[0].value).startswith(PNG)
     assert len(app.history.runs) == 2
     assert (app.history.a.value, app.history.b.value) == (1, 2)
+    assert app.history.side.children == ()  # closed: no timeline rendered for it
+    app.extras.selected_index = 0
     assert len(app.history.side.children) == 2
     assert all(bytes(p.children[1].value).startswith(PNG) for p in app.history.side.children)
 
@@ -217,7 +242,7 @@ def test_plot_sweep_draws_four_panels(finished):
 def test_stop_with_a_cancel_hook_reports_stopped(monkeypatch):
     started = threading.Event()
 
-    def fake_run(config, *, cancel=None):
+    def fake_run(config, *, cancel=None, on_progress=None):
         started.set()
         assert cancel.wait(30), "Stop did not set the cancel event"
         raise RunCancelled()
@@ -231,26 +256,11 @@ def test_stop_with_a_cancel_hook_reports_stopped(monkeypatch):
     assert not app.run_button.disabled
 
 
-def test_stop_without_a_cancel_hook_drops_the_result(finished, monkeypatch):
-    release = threading.Event()
-
-    def fake_run(config):
-        assert release.wait(30)
-        return finished.result
-    monkeypatch.setattr(runner, "run", fake_run)
-    app = Playground(config=SMALL)
-    app.run_button.click()
-    app.stop_button.click()
-    assert "no cancel hook" in app.status.value and app.stop_button.disabled
-    release.set()
-    assert app.wait(timeout=30)
-    assert app.result is None and app.history.runs[-1]["error"] == "stopped"
-
-
-def test_progress_follows_on_step_when_run_offers_it(finished, monkeypatch):
-    def fake_run(config, *, on_step=None):
-        for step in range(config.steps):  # as rank 0 finishes each step, from 0
-            on_step(step)
+def test_progress_follows_every_ranks_steps(finished, monkeypatch):
+    def fake_run(config, *, cancel=None, on_progress=None):
+        for step in range(config.steps):  # rank 1 finishes a step after rank 0; the step is done then
+            on_progress({"rank": 0, "step": step, "loss": None, "step_s": 0.01})
+            on_progress({"rank": 1, "step": step, "loss": 2.0 - step / 4, "step_s": 0.02})
         return finished.result
     monkeypatch.setattr(runner, "run", fake_run)
     app = Playground(config=SMALL)
@@ -260,10 +270,10 @@ def test_progress_follows_on_step_when_run_offers_it(finished, monkeypatch):
     assert app.wait(timeout=60)
     assert steps == list(range(1, SMALL.steps + 1))
     assert app.progress.value == app.progress.max == SMALL.steps
+    assert "<code>1.5000</code> at step 2" in app.live.value and "20.0 ms" in app.live.value
 
 
 def test_stop_ends_a_real_run_and_its_processes():
-    assert run_accepts("cancel") and run_accepts("on_step")
     app = Playground(config=SMALL.replace(steps=100_000, timeout_s=300))
     app.run_button.click()
     deadline = time.monotonic() + 60
@@ -275,3 +285,18 @@ def test_stop_ends_a_real_run_and_its_processes():
     assert app.status.value.startswith("stopped")
     assert child_pids() == []
     assert app.result is None and app.history.runs[-1]["error"] == "stopped"
+
+
+def test_too_few_blocks_for_the_devices_offers_ways_out(no_launch):
+    app = Playground(config=RunConfig(model="seed-mlp", strategy="pipeline", world_size=2, micro_batches=4))
+    assert app.error is None and app.way_out.children == ()
+    app.world.value = 4  # 4 stages of a 2-block model: a dead end without the buttons
+    assert app.error is not None and app.run_button.disabled
+    labels = [b.description for b in app.way_out.children[1:]]
+    assert "model mlp (10 blocks)" in labels and "2 devices (one per block)" in labels
+    assert any(label.startswith("strategy data") for label in labels)
+    for label in labels:
+        app.load(RunConfig(model="seed-mlp", strategy="pipeline", world_size=2, micro_batches=4))
+        app.world.value = 4
+        next(b for b in app.way_out.children[1:] if b.description == label).click()
+        assert app.error is None and not app.run_button.disabled and app.way_out.children == (), label

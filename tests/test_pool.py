@@ -156,3 +156,17 @@ def test_runs_started_together_do_not_mix(pool):
     assert [results[i].config.model for i in range(2)] == ["seed-mlp", "mlp"]
     assert all(results[i].passed for i in range(2))
     assert results[1].config.seed == 3 and results[1].config.strategy == "pipeline"
+
+
+def test_every_rank_reports_each_step_with_its_loss_part_and_time(pool):
+    updates: list[dict] = []
+    steps: list[int] = []
+    result = playground.run(CONFIG, on_progress=updates.append, on_step=steps.append)
+    assert steps == list(range(CONFIG.steps))  # on_step still sees rank 0's step indices
+    for rank in range(CONFIG.world_size):
+        mine = [u for u in updates if u["rank"] == rank]
+        assert [u["step"] for u in mine] == list(range(CONFIG.steps))
+        assert all(u["step_s"] > 0 for u in mine)
+    for step, loss in enumerate(result.losses):  # the parts sum to the step's loss, as the result has it
+        parts = [u["loss"] for u in updates if u["step"] == step and u["loss"] is not None]
+        assert abs(sum(parts) - loss) <= 1e-6 * max(1.0, abs(loss))
