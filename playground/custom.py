@@ -37,6 +37,7 @@ from torch import nn
 
 from .config import ConfigError, RunConfig
 from .data import Dataset
+from .models import GLOBAL_RNG
 
 PROBE_SAMPLES = 2
 """Training samples the copy of the model is run on."""
@@ -120,7 +121,7 @@ def probe(model: nn.Sequential, x: torch.Tensor) -> tuple[torch.Tensor, dict[str
              if isinstance(m, BATCH_NORMS)]
     out: Any = x
     try:
-        with torch.no_grad(), torch.random.fork_rng(devices=[]):
+        with torch.no_grad(), GLOBAL_RNG, torch.random.fork_rng(devices=[]):
             for i, block in enumerate(replica):
                 label = f"block {i} ({type(block).__name__})"
                 try:

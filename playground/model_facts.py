@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .models import GLOBAL_RNG
+
 PROBE_SAMPLES = 4
 """Rows of the training set the probes run (at least 2, so that BatchNorm in
 training mode has more than one value per channel)."""
@@ -69,7 +71,7 @@ def _random_blocks(model: nn.Sequential, x: torch.Tensor) -> tuple[int, ...]:
     probe = copy.deepcopy(model).train()
     found = []
     try:
-        with torch.random.fork_rng(devices=[]), torch.no_grad():
+        with GLOBAL_RNG, torch.random.fork_rng(devices=[]), torch.no_grad():
             for i, block in enumerate(probe):
                 outputs = []
                 for seed in (1, 2):
@@ -96,7 +98,7 @@ def _unused_parameters(model: nn.Sequential, x: torch.Tensor, y: torch.Tensor, l
     for mode in ("train", "eval"):
         probe = copy.deepcopy(model).train(mode == "train")
         try:
-            with torch.random.fork_rng(devices=[]):
+            with GLOBAL_RNG, torch.random.fork_rng(devices=[]):
                 loss_fn(probe(x), y).backward()
         except Exception:  # noqa: BLE001 - the run reports a model that cannot train
             continue

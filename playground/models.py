@@ -8,6 +8,7 @@ anything) and each block reports its parameters and a FLOP estimate.
 from __future__ import annotations
 
 import math
+import threading
 from dataclasses import dataclass
 from typing import Callable
 
@@ -184,9 +185,16 @@ def build_model(name: str, seed: int = 0) -> nn.Sequential:
     """The named model with weights drawn from ``seed``."""
     if name not in MODELS:
         raise ValueError(f"model={name!r}: must be one of {', '.join(MODEL_NAMES)}")
-    with torch.random.fork_rng():
+    with GLOBAL_RNG, torch.random.fork_rng():
         torch.manual_seed(seed)
         return MODELS[name].build()
+
+
+GLOBAL_RNG = threading.RLock()
+"""Held by whatever seeds or draws from torch's process-wide generator in
+the caller (building a model, probing its random blocks, the single-device
+baseline): two runs started from two threads would otherwise reseed each
+other's draws."""
 
 
 # --------------------------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import threading
 import time
 from typing import Any
 
@@ -247,8 +248,16 @@ def train_single(config: RunConfig, model: nn.Sequential, dataset: Dataset) -> l
     """The baseline: the same loop, one device, whole batch, no recording."""
     single = config.replace(strategy="single", world_size=1, split_points=None, batch_partition=None,
                             micro_batches=1, dp=None, pp=None, tp=None)
+    with _SINGLE_DEVICE_LOCK:  # threads and generators are the process's: one baseline at a time
+        return _train_single(single, model, dataset)
+
+
+_SINGLE_DEVICE_LOCK = threading.Lock()
+
+
+def _train_single(single: RunConfig, model: nn.Sequential, dataset: Dataset) -> list[float]:
     threads = torch.get_num_threads()
-    torch.set_num_threads(config.threads_per_rank)  # the same compute budget as one rank
+    torch.set_num_threads(single.threads_per_rank)  # the same compute budget as one rank
     try:
         out = train_rank(single, Topology(0, 1, 1), model, dataset, Recorder(enabled=False), Groups(),
                          torch.device("cpu"))

@@ -16,6 +16,7 @@ from torch import nn
 
 from .config import RunConfig
 from .data import Dataset, loss_fn
+from .models import GLOBAL_RNG
 from .recorder import Recorder, memory_bytes
 from .strategies import STRATEGY_CLASSES
 from .topology import Topology
@@ -138,7 +139,7 @@ def seeded(seed: int, stream: int):
 
     value = seed * 65_537 + stream
     py_state, np_state = random.getstate(), np.random.get_state()
-    with torch.random.fork_rng(devices=[torch.cuda.current_device()] if torch.cuda.is_initialized() else []):
+    with GLOBAL_RNG, torch.random.fork_rng(devices=[torch.cuda.current_device()] if torch.cuda.is_initialized() else []):
         torch.manual_seed(value)
         random.seed(value)
         np.random.seed(value % 2**32)

@@ -118,7 +118,8 @@ def test_a_pool_of_its_own():
         from playground.launcher import launch
 
         reports = launch(CONFIG, "cpu", "gloo", pool=own)
-        assert [r["rank"] for r in reports] == [0, 1]
+        assert [report.rank for report, _ in reports] == [0, 1]
+        assert all(len(report.step_times) == CONFIG.steps for report, _ in reports)
     finally:
         own.shutdown()
     assert own.size == 0
