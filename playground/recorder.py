@@ -36,6 +36,8 @@ from typing import Any, Iterator
 
 import torch
 
+from . import instrument
+
 COMPUTE_KINDS = ("setup", "forward", "loss", "backward", "backward_weight", "optimizer")
 COMM_KINDS = ("send", "recv", "all_reduce", "all_gather", "reduce_scatter")
 
@@ -169,10 +171,21 @@ class Recorder:
             yield
             return
         try:
-            with _waits_recorded(self):
+            with instrument.work_wait_hook(self._timed_wait):
                 yield
         finally:
             self._watcher.close()
+
+    def _timed_wait(self, wait):
+        """A wait made by the rank's own thread is recorded as blocked; other
+        threads (the completion watcher's) pass through."""
+        if threading.get_ident() != self._main_thread or self.unrecorded_collectives:
+            return wait()
+        start = self.now()
+        try:
+            return wait()
+        finally:
+            self.add_blocked(start, self.now())
 
     # -- activations saved for backward ---------------------------------
 
@@ -273,93 +286,46 @@ class Recorder:
         if not self.enabled:
             yield
             return
-        with _CollectiveTimer(self):
+        with instrument.collective_dispatch(self._functional_collective, self._c10d_collective):
             yield
 
+    def _functional_collective(self, kind: str, op, args: tuple, kwargs: dict):
+        """A functional collective (DTensor's), waited on at once: its result
+        is the next op's input anyway, so this rank's compute stood still
+        until it was done (``inline``)."""
+        if self.unrecorded_collectives:
+            return op(*args, **kwargs)
+        self.say(kind)
+        group_name = args[-1] if isinstance(args[-1], str) else kwargs.get("group_name")
+        group = None if group_name is None else _group_size_of_pg(instrument.process_group_named(group_name))
+        start = self.now()
+        out = instrument.wait_tensor(op(*args, **kwargs))
+        self.add(kind, start, self.now(), inline=True, **_collective_fields(self, kind, args[0], out, group))
+        return out
 
-_FUNCTIONAL = {"all_reduce": "all_reduce", "all_gather_into_tensor": "all_gather",
-               "reduce_scatter_tensor": "reduce_scatter"}
-_C10D = {"allreduce_": "all_reduce", "_allgather_base_": "all_gather", "_reduce_scatter_base_": "reduce_scatter"}
+    def _c10d_collective(self, kind: str, op, args: tuple, kwargs: dict):
+        """A c10d collective (FSDP's), left asynchronous: it ends when its
+        future completes."""
+        if self.unrecorded_collectives:
+            return op(*args, **kwargs)
+        self.say(kind)
+        start = self.now()
+        out = op(*args, **kwargs)
+        tensors = [a for a in args if isinstance(a, torch.Tensor)]
+        flat = [t for a in args if isinstance(a, (list, tuple)) for t in a if isinstance(t, torch.Tensor)]
+        inp = (flat or tensors)[-1] if kind == "all_gather" else (tensors or flat)[-1]
+        outp = (tensors or flat)[0]
+        group = next((_group_size_of_pg(g) for g in map(instrument.unbox_process_group, args) if g is not None), None)
+        fields = _collective_fields(self, kind, inp, outp, group)
 
+        def done(_fut):
+            self.add(kind, start, self.now(), **fields)
 
-def _collective_timer_class():
-    from torch.distributed.tensor import DTensor
-    from torch.utils._python_dispatch import TorchDispatchMode
-
-    class CollectiveTimer(TorchDispatchMode):
-        """Sees the collectives that DTensor and FSDP lower to.
-
-        Functional collectives (DTensor) are waited on at once: their result
-        is the next op's input anyway. c10d collectives (FSDP) stay
-        asynchronous; their end is when their future completes."""
-
-        def __init__(self, recorder: "Recorder"):
-            super().__init__()
-            self.recorder = recorder
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            kwargs = kwargs or {}
-            if any(issubclass(t, DTensor) for t in types):
-                return NotImplemented  # let DTensor lower itself to plain collectives first
-            if isinstance(func, torch._ops.HigherOrderOperator) or self.recorder.unrecorded_collectives:
-                return func(*args, **kwargs)
-            ns, name = func.namespace, func._overloadpacket.__name__
-            rec = self.recorder
-            if ns == "_c10d_functional" and name in _FUNCTIONAL:
-                kind, tensor = _FUNCTIONAL[name], args[0]
-                rec.say(kind)
-                group = _group_of(args[-1] if isinstance(args[-1], str) else kwargs.get("group_name"))
-                start = rec.now()
-                out = torch.ops._c10d_functional.wait_tensor(func(*args, **kwargs))
-                # inline: this rank's compute stood still until it was done.
-                rec.add(kind, start, rec.now(), inline=True, **_collective_fields(rec, kind, tensor, out, group))
-                return out
-            if ns == "c10d" and name in _C10D:
-                kind = _C10D[name]
-                rec.say(kind)
-                start = rec.now()
-                out = func(*args, **kwargs)
-                tensors = [a for a in args if isinstance(a, torch.Tensor)]
-                flat = [t for a in args if isinstance(a, (list, tuple)) for t in a if isinstance(t, torch.Tensor)]
-                inp = (flat or tensors)[-1] if kind == "all_gather" else (tensors or flat)[-1]
-                outp = (tensors or flat)[0]
-                group = next((g for g in map(_unbox_group, args) if g is not None), None)
-                fields = _collective_fields(rec, kind, inp, outp, group)
-                work = out[-1]
-
-                def done(_fut, fields=fields, start=start, kind=kind):
-                    rec.add(kind, start, rec.now(), **fields)
-
-                try:
-                    import torch.distributed as dist
-
-                    dist.distributed_c10d.Work.unbox(work).get_future().then(done)
-                except (RuntimeError, AttributeError):  # no future on this backend: count it, untimed
-                    rec.add(kind, start, start, **fields)
-                return out
-            return func(*args, **kwargs)
-
-    return CollectiveTimer
-
-
-def _group_of(group_name: str | None):
-    if group_name is None:
-        return None
-    from torch.distributed.distributed_c10d import _resolve_process_group
-
-    return _group_size_of_pg(_resolve_process_group(group_name))
-
-
-def _unbox_group(arg):
-    """The (name, size) of a c10d op's process-group argument, else None."""
-    if isinstance(arg, (torch.Tensor, list, tuple, int, float, bool)) or arg is None:
-        return None
-    import torch.distributed as dist
-
-    try:
-        return _group_size_of_pg(dist.ProcessGroup.unbox(arg))
-    except (RuntimeError, TypeError, AttributeError):
-        return None
+        try:
+            instrument.work_future(out[-1]).then(done)
+        except (RuntimeError, AttributeError):  # no future on this backend: count it, untimed
+            self.add(kind, start, start, **fields)
+        return out
 
 
 def _group_size_of_pg(pg) -> tuple[str, int]:
@@ -375,18 +341,6 @@ def _collective_fields(rec: "Recorder", kind: str, inp: torch.Tensor, out: torch
     payload = out if kind == "all_gather" else inp
     return {"bytes": payload.numel() * payload.element_size(), "group": name, "group_size": size,
             "seq": rec.next_seq(kind, name)}
-
-
-class _CollectiveTimer:
-    def __init__(self, recorder: "Recorder"):
-        self._mode = _collective_timer_class()(recorder)
-
-    def __enter__(self):
-        self._mode.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        return self._mode.__exit__(*exc)
 
 
 class StatusSlot:
@@ -537,32 +491,6 @@ class _CompletionWatcher:
         for t in self._threads:
             t.join(timeout=5)
         self._channels, self._threads = {}, []
-
-
-@contextmanager
-def _waits_recorded(recorder: Recorder) -> Iterator[None]:
-    """Patch ``Work.wait`` (torch's pybind class) so that a wait made by the
-    rank's own thread is recorded as blocked; other threads pass through."""
-    import torch.distributed as dist
-
-    work_cls = dist.distributed_c10d.Work
-    original = work_cls.wait
-    main = recorder._main_thread
-
-    def wait(self, *args, **kwargs):
-        if threading.get_ident() != main or recorder.unrecorded_collectives:
-            return original(self, *args, **kwargs)
-        start = recorder.now()
-        try:
-            return original(self, *args, **kwargs)
-        finally:
-            recorder.add_blocked(start, recorder.now())
-
-    work_cls.wait = wait
-    try:
-        yield
-    finally:
-        work_cls.wait = original
 
 
 class _CudaSpans:

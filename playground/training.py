@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 import math
 import random
-import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,6 +15,7 @@ from torch import nn
 
 from .config import RunConfig
 from .data import Dataset, loss_fn
+from .instrument import quiet_known_warnings
 from .models import GLOBAL_RNG
 from .recorder import Recorder, memory_bytes
 from .strategies import STRATEGY_CLASSES
@@ -70,7 +70,17 @@ def train_rank(config: RunConfig, topology: Topology, model: nn.Sequential, data
     rank ends training on every rank after the next step (after that very
     step without a process group); see ``DivergenceCheck``. ``diverged`` is
     then {"step": step, "ranks": [ranks whose part was not finite]}, else None.
+
+    Warnings torch gives about this package's deliberate choices are
+    silenced for the call only (``instrument.KNOWN_WARNINGS``): the
+    baseline runs here in the caller's process, whose filters stay as they were.
     """
+    with quiet_known_warnings():
+        return _train(config, topology, model, dataset, recorder, groups, device, on_step)
+
+
+def _train(config: RunConfig, topology: Topology, model: nn.Sequential, dataset: Dataset,
+           recorder: Recorder, groups: Groups, device: torch.device, on_step) -> dict[str, Any]:
     recorder.ignore_storages_of(model.parameters())
     if config.sync_batchnorm and topology.dp > 1:
         from .strategies.syncbn import convert_sync_batchnorm
@@ -110,7 +120,6 @@ def train_rank(config: RunConfig, topology: Topology, model: nn.Sequential, data
     memory["activations_peak"] = recorder.activations_peak
     memory["allocator_peak"] = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
     # Sharded parameters (DTensor) are gathered whole: a collective, so every rank takes part.
-    warnings.filterwarnings("ignore", message=".*sequential all_gather.*")  # a 2-D mesh gathers dim by dim
     state = [*local.named_parameters(), *local.named_buffers()]
     full = {name: (t.full_tensor() if hasattr(t, "full_tensor") else t).detach().cpu().clone() for name, t in state}
     params = full if topology.dp_rank == 0 and topology.tp_rank == 0 else {}

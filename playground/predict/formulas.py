@@ -266,11 +266,14 @@ def _covered(intervals: list[tuple[float, float]]) -> float:
 # --------------------------------------------------------------------------
 # Collectives
 
+# These two mirror torch's values (this module imports no torch);
+# tests/test_torch_internals.py checks them against
+# instrument.ddp_default_bucket_bytes().
 DDP_FIRST_BUCKET_BYTES = 1024 * 1024
 """torch.distributed._DEFAULT_FIRST_BUCKET_BYTES: the cap of the bucket
 holding the gradients that are ready first (the last layers)."""
 DDP_BUCKET_BYTES = 25 * 1024 * 1024
-"""DDP's default ``bucket_cap_mb`` (25 MiB) for every later bucket."""
+"""DDP's default ``bucket_cap_mb`` (25 MiB, ``_DEFAULT_BUCKET_CAP_MB``) for every later bucket."""
 
 
 def all_reduce_bytes(nbytes: int, group_size: int) -> int:

@@ -19,9 +19,9 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.distributed.pipelining._backward import stage_backward, stage_backward_input, stage_backward_weight
 from torch.distributed.tensor.parallel import ColwiseParallel
 
+from ..instrument import stage_backward_functions
 from ..recorder import Recorder
 from ..strategies.tensor import tensor_plan
 from .formulas import Action, chunk_rows, gather_bytes, shard_bytes
@@ -251,6 +251,7 @@ def split_backward_step(model: nn.Sequential, ranges: list[tuple[int, int]], hel
     a stage on the same rank takes that stage's output, detached, as
     ``stage.set_local_fwd_input`` does. Gradients accumulate into
     ``model``'s parameters and are cleared after."""
+    stage_backward, stage_backward_input, stage_backward_weight = stage_backward_functions()
     rec = Recorder()
     rec.ignore_storages_of(model.parameters())
     micro_batches = 1 + max(mb for _, _, mb in actions)

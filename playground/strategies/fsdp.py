@@ -10,8 +10,6 @@ n * b_r / B, as in data parallel: the reduction averages over n ranks.
 
 from __future__ import annotations
 
-import warnings
-
 from torch.distributed.fsdp import fully_shard
 
 from ..data import BatchShare
@@ -22,9 +20,6 @@ def shard_blocks(model, mesh, recorder: Recorder):
     """FSDP2 over ``mesh``: one unit per block (each gathers its weights
     just in time), then the root. Blocks that share a parameter (tied
     weights) form one unit, so the Parameter is sharded once and stays shared."""
-    # Blocks here return views (reshape, slicing) but never modify them in
-    # place, the case FSDP warns about.
-    warnings.filterwarnings("ignore", message="FSDP2-wrapped module .* returned a view tensor")
     for unit in shard_units(model):
         fully_shard(unit if len(unit) > 1 else unit[0], mesh=mesh)
         for block in unit:

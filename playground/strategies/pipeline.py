@@ -19,8 +19,6 @@ computed apart from the input gradients that the previous stage waits for.
 from __future__ import annotations
 
 import contextlib
-import functools
-import warnings
 
 import torch
 import torch.distributed as dist
@@ -29,11 +27,11 @@ from torch.distributed.pipelining import (
     PipelineStage, Schedule1F1B, ScheduleDualPipeV, ScheduleGPipe, ScheduleInterleaved1F1B,
     ScheduleInterleavedZeroBubble, ScheduleLoopedBFS, ScheduleZBVZeroBubble,
 )
-from torch.distributed.pipelining import schedules as pipeline_schedules
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from ..config import V_SCHEDULES
 from ..data import BatchShare
+from ..instrument import batch_p2p_hook, is_single_stage_schedule, planned_actions, stage_hooks
 from ..models import stage_ranges
 from ..recorder import Recorder
 
@@ -77,28 +75,29 @@ class Pipeline:
                 # find_unused_parameters keeps DDP from rebuilding its buckets after
                 # the first step, which it cannot do when several micro-batches
                 # ran backward (under no_sync) in that step.
-                warnings.filterwarnings("ignore", message=".*find_unused_parameters=True was specified.*")
                 submodule = DDP(submodule, process_group=groups.dp, find_unused_parameters=True)
                 if recorder.enabled:
                     submodule.register_comm_hook(None, recorder.ddp_comm_hook(groups.dp, topology.dp))
-            stage = PipelineStage(submodule, index, config.stages, device, group=groups.pp)
-            _keep_buffers_through_setup(stage, submodule)
-            self._record_stage(stage)
-            self.stages.append(stage)
+            self.stages.append(PipelineStage(submodule, index, config.stages, device, group=groups.pp))
         self.module = self.local_model = slices[0] if len(slices) == 1 else _blocks_of(slices)
         self.ties = tie_groups(model, ranges, config, topology)
         self.holds_first = any(s.is_first for s in self.stages)
         self.holds_last = any(s.is_last for s in self.stages)
         schedule_cls = SCHEDULE_CLASSES[self.schedule_name or config.schedule]
-        if issubclass(schedule_cls, pipeline_schedules.PipelineScheduleSingle):
-            stages = self.stages[0]
-        else:
-            stages = self.stages
+        stages = self.stages[0] if is_single_stage_schedule(schedule_cls) else self.stages
         self.schedule = schedule_cls(stages, n_microbatches=config.micro_batches,
                                      loss_fn=self._recorded_loss(loss_fn))
 
+    @contextlib.contextmanager
     def context(self):
-        return recorded_p2p(self.recorder)
+        """The stages' hooks (recording; buffers kept through set-up) and
+        the timed sends and receives, for the training loop; removed after."""
+        with contextlib.ExitStack() as hooks:
+            for stage in self.stages:
+                hooks.enter_context(self._stage_hooks(stage))
+            if self.recorder.enabled:
+                hooks.enter_context(batch_p2p_hook(self._timed_p2p))
+            yield
 
     def train_step(self, x, y) -> float | None:
         if self.topology.dp > 1:
@@ -130,56 +129,42 @@ class Pipeline:
 
     # -- recording --------------------------------------------------------
 
-    def _record_stage(self, stage: PipelineStage) -> None:
+    def _stage_hooks(self, stage: PipelineStage):
         rec, index = self.recorder, stage.stage_index
+        keep_buffers = _buffers_kept(list(stage.submod.buffers()))
         if not rec.enabled:
-            return
-        forward, backward = stage.forward_one_chunk, stage.backward_one_chunk
-        backward_weight = stage.backward_weight_one_chunk
+            return stage_hooks(stage, setup_forward=keep_buffers)
 
-        @functools.wraps(forward)
-        def forward_one_chunk(chunk, *args, **kwargs):
+        def forward(chunk):
             self._last_forward = chunk
-            with rec.span("forward", stage=index, micro_batch=chunk), rec.saving_activations():
-                return forward(chunk, *args, **kwargs)
+            return _both(rec.span("forward", stage=index, micro_batch=chunk), rec.saving_activations())
 
-        # Zero-bubble schedules call this for the input gradients only
-        # (full_backward=False) and compute the weights' in backward_weight.
-        @functools.wraps(backward)
-        def backward_one_chunk(chunk, *args, **kwargs):
-            with rec.backward_span(stage=index, micro_batch=chunk):
-                return backward(chunk, *args, **kwargs)
-
-        @functools.wraps(backward_weight)
-        def backward_weight_one_chunk(chunk, *args, **kwargs):
-            with rec.span("backward_weight", stage=index, micro_batch=chunk):
-                return backward_weight(chunk, *args, **kwargs)
-
-        stage.forward_one_chunk = forward_one_chunk
-        stage.backward_one_chunk = backward_one_chunk
-        stage.backward_weight_one_chunk = backward_weight_one_chunk
         # The first step infers the shapes crossing each cut by running
-        # extra forwards: label that as set-up, not as micro-batches.
-        prepare = getattr(stage, "_prepare_forward_infra", None)
-        if prepare is not None:
-            @functools.wraps(prepare)
-            def prepare_forward_infra(*args, **kwargs):
-                with rec.span("setup", stage=index):
-                    return prepare(*args, **kwargs)
+        # extra forwards: label that as set-up, not as micro-batches...
+        def setup_forward():
+            return _both(rec.span("setup", stage=index), keep_buffers())
 
-            stage._prepare_forward_infra = prepare_forward_infra
-        # ...and, on the last stage, one more loss and backward.
-        prepare_backward = getattr(stage, "_prepare_backward_infra", None)
-        if prepare_backward is not None:
-            @functools.wraps(prepare_backward)
-            def prepare_backward_infra(*args, **kwargs):
-                self._in_setup = True
-                try:
-                    return prepare_backward(*args, **kwargs)
-                finally:
-                    self._in_setup = False
+        # Zero-bubble schedules call backward_one_chunk for the input
+        # gradients only and compute the weights' in backward_weight.
+        return stage_hooks(
+            stage, forward=forward,
+            backward=lambda chunk: rec.backward_span(stage=index, micro_batch=chunk),
+            backward_weight=lambda chunk: rec.span("backward_weight", stage=index, micro_batch=chunk),
+            setup_forward=setup_forward,
+            # ...and, on the last stage, one more loss and backward.
+            setup_backward=self._in_setup_backward)
 
-            stage._prepare_backward_infra = prepare_backward_infra
+    @contextlib.contextmanager
+    def _in_setup_backward(self):
+        self._in_setup = True
+        try:
+            yield
+        finally:
+            self._in_setup = False
+
+    def _timed_p2p(self, ops, post):
+        start = self.recorder.now()  # before posting: posting a small send may already complete it
+        return self.recorder.wrap_p2p(ops, post(), start)
 
     def _recorded_loss(self, loss_fn):
         rec = self.recorder
@@ -225,26 +210,30 @@ def tie_groups(model: nn.Sequential, ranges: list[tuple[int, int]], config, topo
     return mine
 
 
-def _keep_buffers_through_setup(stage: PipelineStage, module: nn.Module) -> None:
-    """The first step's shape inference runs extra forwards; buffers they
-    update (BatchNorm's running statistics, num_batches_tracked) are put
-    back as they were, so that they count the training forwards only."""
-    prepare = getattr(stage, "_prepare_forward_infra", None)
-    buffers = list(module.buffers())
-    if prepare is None or not buffers:
-        return
+def _buffers_kept(buffers: list[torch.Tensor]):
+    """A context manager factory: the first step's shape inference runs
+    extra forwards; buffers they update (BatchNorm's running statistics,
+    num_batches_tracked) are put back as they were, so that they count
+    the training forwards only."""
 
-    @functools.wraps(prepare)
-    def prepare_forward_infra(*args, **kwargs):
+    @contextlib.contextmanager
+    def kept():
         saved = [b.detach().clone() for b in buffers]
         try:
-            return prepare(*args, **kwargs)
+            yield
         finally:
             with torch.no_grad():
                 for b, value in zip(buffers, saved):
                     b.copy_(value)
 
-    stage._prepare_forward_infra = prepare_forward_infra
+    return kept
+
+
+@contextlib.contextmanager
+def _both(first, second):
+    """Two context managers entered in order, as one."""
+    with first, second:
+        yield
 
 
 def _blocks_of(slices: list[nn.Sequential]) -> nn.ModuleDict:
@@ -269,14 +258,6 @@ class _PlannedStage:
         self.is_first, self.is_last = index == 0, index == num_stages - 1
 
 
-_ACTION_KINDS = {
-    pipeline_schedules.FORWARD: "forward",
-    pipeline_schedules.FULL_BACKWARD: "backward",
-    pipeline_schedules.BACKWARD_INPUT: "backward_input",
-    pipeline_schedules.BACKWARD_WEIGHT: "backward_weight",
-}
-
-
 def schedule_table(schedule: str, pp: int, micro_batches: int, virtual: int = 1) -> dict[int, list[tuple[str, int, int]]]:
     """Each rank's compute actions, in the order its schedule runs them:
     rank -> [(kind, stage, micro_batch)], kind one of forward, backward
@@ -296,29 +277,16 @@ def schedule_table(schedule: str, pp: int, micro_batches: int, virtual: int = 1)
     numbered by their place among the rank's forwards.
     """
     cls = SCHEDULE_CLASSES[schedule]
-    if issubclass(cls, pipeline_schedules.PipelineScheduleSingle):
+    if is_single_stage_schedule(cls):
         if virtual != 1:
             raise ValueError(f"schedule={schedule!r}: one stage per rank (virtual=1), not virtual={virtual}")
         built = cls(_PlannedStage(0, pp, pp, 0), n_microbatches=micro_batches, loss_fn=_no_loss)
-        return {rank: _forwards_in_order(actions) for rank, actions in _computations(built.pipeline_order).items()}
+        return {rank: _forwards_in_order(actions) for rank, actions in planned_actions(built).items()}
     n = pp * virtual
     # Every rank's schedule holds the whole table; rank 0's stages build it.
     held = (0, 2 * pp - 1) if schedule in V_SCHEDULES else range(0, n, pp)
     built = cls([_PlannedStage(i, n, pp, 0) for i in held], n_microbatches=micro_batches, loss_fn=_no_loss)
-    return _computations(built.pipeline_order)
-
-
-def _computations(pipeline_order) -> dict[int, list[tuple[str, int, int]]]:
-    """The compute actions of torch's table (its idle slots, None, and its
-    gradient reductions left out), fused actions unpacked."""
-    table = {}
-    for rank in sorted(pipeline_order):
-        table[rank] = []
-        for action in pipeline_order[rank]:
-            for a in (action.sub_actions or (action,)) if action is not None else ():
-                if a.computation_type in _ACTION_KINDS:
-                    table[rank].append((_ACTION_KINDS[a.computation_type], a.stage_index, a.microbatch_index))
-    return table
+    return planned_actions(built)
 
 
 def _forwards_in_order(actions: list[tuple[str, int, int]]) -> list[tuple[str, int, int]]:
@@ -333,25 +301,3 @@ def _forwards_in_order(actions: list[tuple[str, int, int]]) -> list[tuple[str, i
 
 def _no_loss(output, target):  # pragma: no cover - never called: no step runs
     raise NotImplementedError
-
-
-@contextlib.contextmanager
-def recorded_p2p(recorder: Recorder):
-    """Time every send and receive the schedules post: the single-stage
-    schedules, PipelineScheduleMulti and the _PipelineScheduleRuntime that
-    runs the multi-stage ones all post them through ``schedules._batch_p2p``
-    and only ever ``wait()`` on the works it returns."""
-    original = pipeline_schedules._batch_p2p
-    if not recorder.enabled:
-        yield
-        return
-
-    def batch_p2p(p2p_ops, desc=None):
-        start = recorder.now()
-        return recorder.wrap_p2p(p2p_ops, original(p2p_ops, desc), start)
-
-    pipeline_schedules._batch_p2p = batch_p2p
-    try:
-        yield
-    finally:
-        pipeline_schedules._batch_p2p = original

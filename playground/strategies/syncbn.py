@@ -17,22 +17,23 @@ as BatchNorm does, with the unbiased variance var * n / (n - 1).
 
 from __future__ import annotations
 
-import warnings
-
 import torch
 import torch.distributed as dist
 from torch import nn
 from torch.distributed.nn.functional import all_reduce
 
-# Its suggested successor, _functional_collectives.all_reduce, has no backward;
-# this one's backward is the all-reduce of the gradients the math needs.
-warnings.filterwarnings("ignore", message="torch.distributed.nn.functional.all_reduce is deprecated")
+from ..instrument import BatchNormBase
+
+# torch deprecates this all_reduce, but its suggested successor,
+# _functional_collectives.all_reduce, has no backward; this one's backward is
+# the all-reduce of the gradients the math needs. training.train_rank
+# silences the warning (instrument.quiet_known_warnings).
 
 
-class CpuSyncBatchNorm(nn.modules.batchnorm._BatchNorm):
+class CpuSyncBatchNorm(BatchNormBase):
     """A BatchNorm whose training-mode statistics span ``process_group``."""
 
-    def __init__(self, bn: nn.modules.batchnorm._BatchNorm, process_group):
+    def __init__(self, bn: BatchNormBase, process_group):
         super().__init__(bn.num_features, bn.eps, bn.momentum, bn.affine, bn.track_running_stats,
                          device=bn.weight.device if bn.affine else None)
         # The same Parameters and buffers: the optimizer and state dict see no change.
@@ -81,7 +82,7 @@ def convert_sync_batchnorm(model: nn.Module, group, device_type: str) -> nn.Modu
     if dist.get_world_size(group) == 1:
         return model
     for name, child in model.named_children():
-        if isinstance(child, nn.modules.batchnorm._BatchNorm):
+        if isinstance(child, BatchNormBase):
             setattr(model, name, CpuSyncBatchNorm(child, group))
         else:
             convert_sync_batchnorm(child, group, device_type)
