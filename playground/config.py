@@ -30,6 +30,10 @@ OPTIMIZERS = ("sgd", "adam")
 DEVICES = ("auto", "cpu", "cuda")
 BACKENDS = ("auto", "gloo", "nccl")
 DEFAULT_MAX_WORLD_SIZE = 8
+MODEL_BLOCKS = {"seed-mlp": 2, "mlp": 10, "cnn": 5, "transformer": 6}
+"""The zoo's models by name and their number of blocks: what a config is
+checked against without building or importing any model (the zoo's own
+MODELS must agree: tests/test_config.py)."""
 
 
 class ConfigError(ValueError):
@@ -208,7 +212,7 @@ class RunConfig:
         """The split points, or balanced ones when none were given."""
         if self.split_points is not None:
             return self.split_points
-        from .models import balance_split_points
+        from .partition import balance_split_points
 
         return balance_split_points(block_costs, self.stages)
 
@@ -326,9 +330,7 @@ def _check_mesh(c: RunConfig) -> None:
 
 
 def _validate(c: RunConfig) -> None:
-    from .models import MODEL_NAMES, model_num_blocks
-
-    _check_choice("model", c.model, MODEL_NAMES + ("custom",))
+    _check_choice("model", c.model, tuple(MODEL_BLOCKS) + ("custom",))
     _check_choice("strategy", c.strategy, STRATEGIES)
     _check_choice("schedule", c.schedule, SCHEDULES)
     _check_choice("optimizer", c.optimizer, OPTIMIZERS)
@@ -357,7 +359,7 @@ def _validate(c: RunConfig) -> None:
 
     # A custom model's blocks are known once run() is given the module;
     # it checks the config again then, before any process starts.
-    blocks = c.num_blocks if c.model == "custom" else model_num_blocks(c.model)
+    blocks = c.num_blocks if c.model == "custom" else MODEL_BLOCKS[c.model]
 
     _check_mesh(c)
     if c.pipelined and not c.scheduled and c.micro_batches != 1:

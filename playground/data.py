@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from importlib import resources
 
 import torch
 
+from .corpus import corpus_text, corpus_vocab
 from .models import LM_CONTEXT, MODELS, SEED_IN, SEED_OUT
 
 
@@ -107,19 +107,6 @@ def _seed_mlp_dataset() -> Dataset:
     x = torch.randn(640, SEED_IN, generator=g)
     y = x @ teacher.T + 0.05 * torch.randn(640, SEED_OUT, generator=g)
     return Dataset(x[128:], y[128:], x[:128], y[:128], task="regression")
-
-
-@functools.lru_cache(maxsize=None)
-def corpus_text() -> str:
-    return resources.files("playground").joinpath("corpus.txt").read_text(encoding="utf-8")
-
-
-def corpus_vocab() -> str:
-    return "".join(sorted(set(corpus_text())))
-
-
-def corpus_vocab_size() -> int:
-    return len(corpus_vocab())
 
 
 def _corpus_dataset() -> Dataset:

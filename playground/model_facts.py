@@ -132,3 +132,16 @@ def differences(facts: ModelFacts, model: nn.Module, world_size: int, dp_size: i
                    f"seeded from (seed, rank): their masks differ from one device's, so only the losses are "
                    f"compared")
     return why
+
+
+def tied_stages(model: nn.Sequential, ranges: list[tuple[int, int]], config) -> list[tuple[tuple[str, ...], list[int]]]:
+    """Each tied parameter (names of one Parameter) with the pipeline ranks
+    whose stages hold a copy, where more than one does."""
+    stage_of_block = {b: s for s, (first, end) in enumerate(ranges) for b in range(first, end)}
+    rank_of_stage = {s: r for r in range(config.pp_size) for s in config.rank_stages(r)}
+    found = []
+    for names in tied_parameters(model):
+        pp_ranks = sorted({rank_of_stage[stage_of_block[block_of(n)]] for n in names})
+        if len(pp_ranks) > 1:
+            found.append((names, pp_ranks))
+    return found

@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .partition import balance_split_points
+
 # --------------------------------------------------------------------------
 # Blocks
 
@@ -148,7 +150,7 @@ def _cnn() -> nn.Sequential:
 
 
 def _transformer() -> nn.Sequential:
-    from .data import corpus_vocab_size
+    from .corpus import corpus_vocab_size
 
     vocab = corpus_vocab_size()
     return nn.Sequential(
@@ -271,44 +273,8 @@ def remember_zoo_block_infos(name: str, profile: Callable[[], list[BlockInfo]]) 
     return _ZOO_BLOCK_INFOS[name]
 
 
-def balance_split_points(costs: list[float], stages: int) -> tuple[int, ...]:
-    """Split points cutting ``costs`` into ``stages`` contiguous non-empty
-    runs that minimise the largest run's total (the pipeline's slowest stage).
-
-    Exact dynamic programme over (blocks, stages): O(n^2 * stages).
-    """
-    n = len(costs)
-    if not 1 <= stages <= n:
-        raise ValueError(f"stages={stages}: must be between 1 and the number of blocks ({n})")
-    prefix = [0.0]
-    for c in costs:
-        prefix.append(prefix[-1] + c)
-    inf = float("inf")
-    # best[s][i]: smallest max-stage cost for the first i blocks in s stages.
-    best = [[inf] * (n + 1) for _ in range(stages + 1)]
-    cut = [[0] * (n + 1) for _ in range(stages + 1)]
-    best[0][0] = 0.0
-    for s in range(1, stages + 1):
-        for i in range(s, n + 1):
-            for j in range(s - 1, i):
-                v = max(best[s - 1][j], prefix[i] - prefix[j])
-                if v < best[s][i] - 1e-12:
-                    best[s][i], cut[s][i] = v, j
-    points, i = [], n
-    for s in range(stages, 1, -1):
-        i = cut[s][i]
-        points.append(i)
-    return tuple(sorted(points))
-
-
 def propose_split_points(model: str | nn.Sequential, stages: int, sample: torch.Tensor | None = None) -> tuple[int, ...]:
     """Split points that balance the stages' estimated forward FLOPs (a
     model name, or a Sequential with one input ``sample``)."""
     infos = model_block_infos(model) if isinstance(model, str) else block_infos(model, sample)
     return balance_split_points([max(1, b.flops) for b in infos], stages)
-
-
-def stage_ranges(split_points: tuple[int, ...], num_blocks: int) -> list[tuple[int, int]]:
-    """[(first block, end block exclusive)] per stage."""
-    edges = (0, *split_points, num_blocks)
-    return list(zip(edges, edges[1:]))

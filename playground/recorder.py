@@ -27,7 +27,7 @@ device's work, not the host's launch of it.
 
 from __future__ import annotations
 
-import os
+import contextlib
 import queue
 import threading
 import time
@@ -37,6 +37,7 @@ from typing import Any, Iterator
 import torch
 
 from . import instrument
+from .predict.saved import SavedTensors
 
 COMPUTE_KINDS = ("setup", "forward", "loss", "backward", "backward_weight", "optimizer")
 COMM_KINDS = ("send", "recv", "all_reduce", "all_gather", "reduce_scatter")
@@ -61,10 +62,8 @@ class Recorder:
         self._cuda = _CudaSpans(self) if enabled and device_type == "cuda" else None
         self.last_bucket_ready: float | None = None
         # Saved-for-backward activation bytes, live and peak, per storage.
-        self._live: dict[int, list[int]] = {}
-        self.activation_bytes = 0
-        self.activations_peak = 0
-        self._param_storages: set[int] = set()
+        self.saved = SavedTensors()
+        """Bytes of the activations autograd holds for backward."""
         self.unrecorded_collectives = False
         """True while the run's own bookkeeping (not the strategy) communicates."""
 
@@ -190,59 +189,18 @@ class Recorder:
     # -- activations saved for backward ---------------------------------
 
     def ignore_only_storages_of(self, tensors) -> None:
-        """Forget the storages ignored so far (freed memory is reused: an
-        activation may later live where a gathered weight was) and ignore
-        those of ``tensors``."""
-        self._param_storages = set()
-        self.ignore_storages_of(tensors)
+        self.saved.ignore_only_storages_of(tensors)
 
     def ignore_storages_of(self, tensors) -> None:
-        """Parameters are saved by many ops; they are not activations."""
-        for t in tensors:
-            local = t.to_local() if hasattr(t, "to_local") else t  # a DTensor's shard
-            self._param_storages.add(local.untyped_storage().data_ptr())
+        self.saved.ignore_storages_of(tensors)
 
-    @contextmanager
-    def saving_activations(self) -> Iterator[None]:
-        """Count every tensor autograd saves, by storage, until it is freed."""
-        if not self.enabled:
-            yield
-            return
-        with torch.autograd.graph.saved_tensors_hooks(self._pack, _unpack):
-            yield
+    def saving_activations(self):
+        """Count every tensor autograd saves (``SavedTensors``)."""
+        return self.saved.counting() if self.enabled else contextlib.nullcontext()
 
-    def _pack(self, t: torch.Tensor):
-        if isinstance(t, torch.nn.Parameter):
-            return t
-        local = t.to_local() if hasattr(t, "to_local") else t  # a DTensor's shard
-        local = getattr(local, "elem", local)  # an AsyncCollectiveTensor's result
-        try:
-            storage = local.untyped_storage()
-            key = storage.data_ptr()
-        except (RuntimeError, NotImplementedError):  # a tensor without storage: nothing held
-            return t
-        if key in self._param_storages or key == 0:
-            return t
-        entry = self._live.get(key)
-        if entry is None:
-            self._live[key] = [1, storage.nbytes()]
-            self.activation_bytes += storage.nbytes()
-            self.activations_peak = max(self.activations_peak, self.activation_bytes)
-        else:
-            entry[0] += 1
-        # Detached: a tensor saved as its own node's output would otherwise
-        # form a cycle with that node (tensor -> grad_fn -> saved -> tensor)
-        # that outlives backward when a zero-bubble schedule keeps the graph.
-        return _Saved(t.detach(), key, self)
-
-    def _release(self, key: int) -> None:
-        entry = self._live.get(key)
-        if entry is None:
-            return
-        entry[0] -= 1
-        if entry[0] == 0:
-            del self._live[key]
-            self.activation_bytes -= entry[1]
+    @property
+    def activations_peak(self) -> int:
+        return self.saved.peak
 
     # -- communication ---------------------------------------------------
 
@@ -341,49 +299,6 @@ def _collective_fields(rec: "Recorder", kind: str, inp: torch.Tensor, out: torch
     payload = out if kind == "all_gather" else inp
     return {"bytes": payload.numel() * payload.element_size(), "group": name, "group_size": size,
             "seq": rec.next_seq(kind, name)}
-
-
-class StatusSlot:
-    """A few bytes of shared memory where a rank writes what it is doing;
-    its caller reads them if the rank stops answering (a hang in a
-    collective leaves no other way to ask)."""
-
-    SIZE = 256
-
-    def __init__(self, fd: int):
-        import mmap
-
-        self.fd = fd
-        self._map = mmap.mmap(fd, self.SIZE)
-
-    @classmethod
-    def create(cls) -> int:
-        """A new slot's file descriptor (to pass to the rank)."""
-        fd = os.memfd_create("playground-rank-status")
-        os.ftruncate(fd, cls.SIZE)
-        return fd
-
-    def write(self, text: str) -> None:
-        data = text.encode()[: self.SIZE - 1]
-        self._map[: len(data) + 1] = data + b"\0"
-
-    @staticmethod
-    def read(fd: int) -> str:
-        return os.pread(fd, StatusSlot.SIZE, 0).split(b"\0", 1)[0].decode(errors="replace")
-
-
-class _Saved:
-    __slots__ = ("tensor", "key", "recorder")
-
-    def __init__(self, tensor: torch.Tensor, key: int, recorder: Recorder):
-        self.tensor, self.key, self.recorder = tensor, key, recorder
-
-    def __del__(self) -> None:
-        self.recorder._release(self.key)
-
-
-def _unpack(x):
-    return x.tensor if isinstance(x, _Saved) else x
 
 
 class _TimedWork:

@@ -20,7 +20,6 @@ import threading
 import time
 import traceback
 from datetime import timedelta
-from typing import Any
 
 import torch
 

@@ -104,3 +104,11 @@ def test_custom_model_is_checked_before_launch(monkeypatch):
         playground.run(RunConfig(model="custom"), model=seq, dataset=[1, 2])
     with pytest.raises(ConfigError, match="pass the module and dataset"):
         playground.run(RunConfig(model="custom"))
+
+
+def test_the_configs_catalog_of_models_is_the_zoos():
+    from playground.config import MODEL_BLOCKS
+    from playground.models import MODELS, build_model
+
+    assert MODEL_BLOCKS == {name: spec.num_blocks for name, spec in MODELS.items()}
+    assert all(len(build_model(name)) == n for name, n in MODEL_BLOCKS.items())

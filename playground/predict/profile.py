@@ -22,7 +22,7 @@ from torch import nn
 from torch.distributed.tensor.parallel import ColwiseParallel
 
 from ..instrument import stage_backward_functions
-from ..recorder import Recorder
+from .saved import SavedTensors
 from ..strategies.tensor import tensor_plan
 from .formulas import Action, chunk_rows, gather_bytes, shard_bytes
 
@@ -44,7 +44,7 @@ def bytes_per_sample(batch: torch.Tensor) -> int:
 @dataclass(frozen=True)
 class StageActivations:
     """Bytes autograd saves for one micro-batch of b samples through a stage:
-    fixed + per_sample * b, counted per storage as ``Recorder`` counts them.
+    fixed + per_sample * b, counted per storage as ``SavedTensors`` counts them.
     The batch's inputs and targets are counted apart: a rank's micro-batches
     are views into the global batch, so their storage counts once, whole."""
 
@@ -228,7 +228,7 @@ def split_backward_step(model: nn.Sequential, ranges: list[tuple[int, int]], hel
                         loss_fn, samples: int) -> tuple[list[int], int]:
     """Run one rank's actions of one step (``pipeline.schedule_table``) on
     micro-batches of ``samples`` samples with torch.distributed.pipelining's
-    own backward functions, counting saved tensors with the ``Recorder``
+    own backward functions, counting saved tensors with ``SavedTensors``
     the ranks use. Returns the peak of saved bytes during each action, and
     the bytes still held when the step is over.
 
@@ -252,7 +252,7 @@ def split_backward_step(model: nn.Sequential, ranges: list[tuple[int, int]], hel
     ``stage.set_local_fwd_input`` does. Gradients accumulate into
     ``model``'s parameters and are cleared after."""
     stage_backward, stage_backward_input, stage_backward_weight = stage_backward_functions()
-    rec = Recorder()
+    rec = SavedTensors()
     rec.ignore_storages_of(model.parameters())
     micro_batches = 1 + max(mb for _, _, mb in actions)
     x = _batch(sample, samples * micro_batches)
@@ -277,7 +277,7 @@ def split_backward_step(model: nn.Sequential, ranges: list[tuple[int, int]], hel
         block = model[ranges[s][0]:ranges[s][1]]
         if kind == "forward":
             inp = chunk(x, mb) if s == 0 else inputs.pop((s, mb)).requires_grad_(True)
-            with torch.enable_grad(), rec.saving_activations():
+            with torch.enable_grad(), rec.counting():
                 out = block(inp)
                 loss = loss_fn(out, chunk(y, mb)) if s == last and y is not None else None
             if s + 1 in held:
@@ -305,12 +305,12 @@ def split_backward_step(model: nn.Sequential, ranges: list[tuple[int, int]], hel
 
     peaks = []
     for kind, s, mb in actions:
-        rec.activations_peak = rec.activation_bytes
+        rec.peak = rec.bytes
         run(kind, s, mb)
-        peaks.append(rec.activations_peak)
+        peaks.append(rec.peak)
     for p in model.parameters():
         p.grad = None
-    return peaks, rec.activation_bytes
+    return peaks, rec.bytes
 
 
 def split_backward_peak(model: nn.Sequential, ranges: list[tuple[int, int]], held: tuple[int, ...],

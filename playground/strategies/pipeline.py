@@ -23,28 +23,15 @@ import contextlib
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.distributed.pipelining import (
-    PipelineStage, Schedule1F1B, ScheduleDualPipeV, ScheduleGPipe, ScheduleInterleaved1F1B,
-    ScheduleInterleavedZeroBubble, ScheduleLoopedBFS, ScheduleZBVZeroBubble,
-)
+from torch.distributed.pipelining import PipelineStage
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from ..config import V_SCHEDULES
 from ..data import BatchShare
-from ..instrument import batch_p2p_hook, is_single_stage_schedule, planned_actions, stage_hooks
+from ..instrument import batch_p2p_hook, is_single_stage_schedule, stage_hooks
+from ..model_facts import tied_stages
 from ..models import stage_ranges
 from ..recorder import Recorder
-
-SCHEDULE_CLASSES = {
-    "gpipe": ScheduleGPipe,
-    "1f1b": Schedule1F1B,
-    "interleaved1f1b": ScheduleInterleaved1F1B,
-    "loopedbfs": ScheduleLoopedBFS,
-    "interleavedzerobubble": ScheduleInterleavedZeroBubble,
-    "zbvzerobubble": ScheduleZBVZeroBubble,
-    "dualpipev": ScheduleDualPipeV,
-}
-
+from ..schedules import SCHEDULE_CLASSES
 
 class Pipeline:
     schedule_name: str | None = None  # None: the config's schedule
@@ -179,21 +166,6 @@ class Pipeline:
         return loss
 
 
-def tied_stages(model: nn.Sequential, ranges: list[tuple[int, int]], config) -> list[tuple[tuple[str, ...], list[int]]]:
-    """Each tied parameter (names of one Parameter) with the pipeline ranks
-    whose stages hold a copy, where more than one does."""
-    from ..model_facts import block_of, tied_parameters
-
-    stage_of_block = {b: s for s, (first, end) in enumerate(ranges) for b in range(first, end)}
-    rank_of_stage = {s: r for r in range(config.pp_size) for s in config.rank_stages(r)}
-    found = []
-    for names in tied_parameters(model):
-        pp_ranks = sorted({rank_of_stage[stage_of_block[block_of(n)]] for n in names})
-        if len(pp_ranks) > 1:
-            found.append((names, pp_ranks))
-    return found
-
-
 def tie_groups(model: nn.Sequential, ranges: list[tuple[int, int]], config, topology) -> list[tuple]:
     """(parameter, process group) for each tied parameter this rank holds a
     copy of. Every rank creates every tie's group (one per data-parallel
@@ -241,63 +213,3 @@ def _blocks_of(slices: list[nn.Sequential]) -> nn.ModuleDict:
     full model ("4" holds "4.0.weight"), for the optimizer and the state
     dict. Not callable: the stages are not adjacent."""
     return nn.ModuleDict({name: block for s in slices for name, block in s.named_children()})
-
-
-# --------------------------------------------------------------------------
-# The schedule as data
-
-
-class _PlannedStage:
-    """What a schedule's constructor reads of a stage: enough to build its
-    action table in one process, without a process group."""
-
-    submod = None
-
-    def __init__(self, index: int, num_stages: int, pp: int, rank: int):
-        self.stage_index, self.num_stages, self.group_size, self.group_rank = index, num_stages, pp, rank
-        self.is_first, self.is_last = index == 0, index == num_stages - 1
-
-
-def schedule_table(schedule: str, pp: int, micro_batches: int, virtual: int = 1) -> dict[int, list[tuple[str, int, int]]]:
-    """Each rank's compute actions, in the order its schedule runs them:
-    rank -> [(kind, stage, micro_batch)], kind one of forward, backward
-    (input and weight gradients together), backward_input and
-    backward_weight (the zero-bubble split). Built by the torch schedule
-    class itself, from stand-in stages; its ValueError when it refuses
-    (pp, micro_batches, virtual).
-
-    The multi-stage schedules run their own table (``pipeline_order``).
-    gpipe and 1f1b run a loop of their own; their ``pipeline_order`` (the
-    table torch 2.13 builds beside that loop, one stage per rank, stage =
-    rank) lists the same actions in the same order, with one fault that
-    is corrected here: Schedule1F1B numbers the last rank's forwards 1..m
-    instead of 0..m-1 (with no warm-up forward there, its steady phase
-    increments the micro-batch before the first forward). Every executor
-    runs a rank's forwards in micro-batch order, so the forwards are
-    numbered by their place among the rank's forwards.
-    """
-    cls = SCHEDULE_CLASSES[schedule]
-    if is_single_stage_schedule(cls):
-        if virtual != 1:
-            raise ValueError(f"schedule={schedule!r}: one stage per rank (virtual=1), not virtual={virtual}")
-        built = cls(_PlannedStage(0, pp, pp, 0), n_microbatches=micro_batches, loss_fn=_no_loss)
-        return {rank: _forwards_in_order(actions) for rank, actions in planned_actions(built).items()}
-    n = pp * virtual
-    # Every rank's schedule holds the whole table; rank 0's stages build it.
-    held = (0, 2 * pp - 1) if schedule in V_SCHEDULES else range(0, n, pp)
-    built = cls([_PlannedStage(i, n, pp, 0) for i in held], n_microbatches=micro_batches, loss_fn=_no_loss)
-    return planned_actions(built)
-
-
-def _forwards_in_order(actions: list[tuple[str, int, int]]) -> list[tuple[str, int, int]]:
-    """The k-th forward of a one-stage rank is micro-batch k."""
-    out, k = [], 0
-    for kind, stage, mb in actions:
-        if kind == "forward":
-            mb, k = k, k + 1
-        out.append((kind, stage, mb))
-    return out
-
-
-def _no_loss(output, target):  # pragma: no cover - never called: no step runs
-    raise NotImplementedError
