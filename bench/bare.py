@@ -41,8 +41,8 @@ def _train(rank: int, world: int, port: int, model_name: str, batch: int, steps:
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    from playground.data import load_dataset, loss_fn
-    from playground.models import build_model
+    from playground.zoo.datasets import load_dataset, loss_fn
+    from playground.zoo.models import build_model
 
     os.environ["GLOO_SOCKET_IFNAME"] = "lo"
     torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // world))

@@ -14,7 +14,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import playground as pg  # noqa: E402
-from playground.health import snapshot  # noqa: E402
+from playground.host.health import snapshot  # noqa: E402
 
 CONFIGS = [
     pg.RunConfig(model="seed-mlp", strategy="data", world_size=2, steps=2),

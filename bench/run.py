@@ -25,7 +25,7 @@ from torch import nn  # noqa: E402
 
 import bare  # noqa: E402
 import playground as pg  # noqa: E402
-from playground.cost import bubble_fraction  # noqa: E402
+from playground.predict.predict import bubble_fraction  # noqa: E402
 
 ROWS: list[dict] = []
 
@@ -186,7 +186,7 @@ def app() -> None:
     once the open tab's picture is set (the check and key numbers come
     before it), against a call to ``run()`` of the same config; warm pool and
     baseline, one untimed round first, then 5 rounds interleaved, medians."""
-    from playground.app import Playground
+    from playground.views.app import Playground
 
     configs = {"seed-mlp data, 2 ranks, 20 steps": pg.RunConfig(model="seed-mlp", strategy="data", world_size=2,
                                                                  steps=20),

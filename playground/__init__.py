@@ -2,32 +2,35 @@
 real on local processes, and see what every rank did.
 
 The names below are loaded when first used, so that a rank process
-(``python -m playground.worker``) imports what a rank needs and nothing of
+(``python -m playground.rank.worker``) imports what a rank needs and nothing of
 the caller's side: no launcher, no runner, no ipywidgets or matplotlib.
 """
 
 from importlib import import_module
 
 _EXPORTS = {
-    "RunConfig": "config", "ConfigError": "config",
-    "Dataset": "data", "load_dataset": "data",
-    "Pool": "launcher", "RankDied": "launcher", "RankError": "launcher", "RunCancelled": "launcher",
-    "RunError": "launcher", "RunTimeout": "launcher", "default_pool": "launcher",
-    "BlockInfo": "models", "balance_split_points": "models", "build_model": "models",
-    "model_block_infos": "models", "propose_split_points": "models",
-    "RankReport": "result", "RunResult": "result",
-    "load_result": "runner", "run": "runner",
-    "Playground": "app",
+    "RunConfig": "spec.config", "ConfigError": "spec.config",
+    "Dataset": "zoo.datasets", "load_dataset": "zoo.datasets",
+    "BlockInfo": "zoo.models", "balance_split_points": "zoo.models", "build_model": "zoo.models",
+    "model_block_infos": "zoo.models", "propose_split_points": "zoo.models",
+    "RankReport": "rank.report", "RunResult": "result.run_result",
+    "Pool": "host.launcher", "RankDied": "host.launcher", "RankError": "host.launcher",
+    "RunCancelled": "host.launcher", "RunError": "host.launcher", "RunTimeout": "host.launcher",
+    "default_pool": "host.launcher",
+    "load_result": "host.runner", "run": "host.runner",
+    "Playground": "views.app",
 }
+_MODULES = {"plots": "views.plots", "cost": "cost"}
+"""Modules reachable as attributes: ``playground.plots.plot_timeline(result)``."""
 
-__all__ = sorted(_EXPORTS)
+__all__ = sorted(_EXPORTS) + sorted(_MODULES)
 __version__ = "0.1.0"
 
 
 def __getattr__(name: str):
     module = _EXPORTS.get(name)
     if module is None:
-        try:  # a submodule: playground.runner, playground.plots, ...
+        try:  # a submodule: playground.host.runner, playground.views.plots, ...
             return import_module(f".{name}", __name__)
         except ModuleNotFoundError:
             raise AttributeError(f"module 'playground' has no attribute {name!r}") from None
@@ -37,4 +40,4 @@ def __getattr__(name: str):
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS))
+    return sorted(set(globals()) | set(_EXPORTS) | set(_MODULES))

@@ -10,8 +10,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .config import OPTIMIZERS, SCHEDULES, STRATEGIES, ConfigError, RunConfig
-from .models import MODEL_NAMES
+from playground.spec.config import OPTIMIZERS, SCHEDULES, STRATEGIES, ConfigError, RunConfig
+from playground.zoo.models import MODEL_NAMES
 
 
 class _Parser(argparse.ArgumentParser):
@@ -82,9 +82,9 @@ def config_from_args(a: argparse.Namespace) -> RunConfig:
 
 def _run_and_print(config: RunConfig, json_path: str | None = None, plots_dir: str | None = None,
                    warm: bool = True, trace_path: str | None = None) -> int:
-    from .launcher import RunError
-    from .result import labelled_output
-    from .runner import run
+    from playground.host.launcher import RunError
+    from playground.result.run_result import labelled_output
+    from playground.host.runner import run
 
     try:
         result = run(config, warm=warm)
@@ -112,7 +112,9 @@ def _show(result, json_path: str | None = None, plots_dir: str | None = None, tr
     if trace_path:
         print(f"trace written to {result.save_chrome_trace(trace_path)}")
     if plots_dir:
-        for path in result.save_plots(plots_dir):
+        from playground.views.plots import save_all
+
+        for path in save_all(result, plots_dir):
             print(f"picture written to {path}")
     return 0 if result.passed else 1
 
@@ -159,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.exit(2, f"{parser.prog}: error: {e}\n")
         return 0
     if args.command == "load":
-        from .runner import load_result
+        from playground.host.runner import load_result
 
         try:
             result = load_result(args.directory)
@@ -171,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
                 f.write(result.to_json(indent=1))
         return 0 if result.passed else 1
     if args.command == "show":
-        from .result import RunResult
+        from playground.result.run_result import RunResult
 
         try:
             with open(args.result) as f:
@@ -180,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.exit(2, f"{parser.prog}: error: {args.result}: not a saved result ({type(e).__name__}: {e})\n")
         return _show(result, plots_dir=args.plots, trace_path=args.trace)
     if args.command == "models":
-        from .models import MODELS, model_block_infos
+        from playground.zoo.models import MODELS, model_block_infos
 
         for name, spec in MODELS.items():
             print(f"{name}: {spec.description}")

@@ -10,7 +10,7 @@ import time
 import torch
 from torch import nn
 
-from playground.health import worker_pids as child_pids  # ranks left behind (the tests' browser is not one)
+from playground.host.health import worker_pids as child_pids  # ranks left behind (the tests' browser is not one)
 
 __all__ = ["Fault", "faulty_model", "regression_data", "child_pids"]
 

@@ -9,7 +9,8 @@ import pytest
 
 import playground
 from playground import RunConfig
-from playground.result import RankReport, account
+from playground.rank.report import RankReport
+from playground.result.accounting import account
 
 
 def _rank(rank: int, timeline: list[dict], blocked: list[tuple[float, float]]) -> RankReport:

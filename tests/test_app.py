@@ -13,11 +13,11 @@ import time
 import pytest
 
 
-import playground.runner as runner  # noqa: E402
+import playground.host.runner as runner  # noqa: E402
 from faulty import child_pids  # noqa: E402
-from playground.app import Playground, mesh_options, plot_sweep, sweep_config  # noqa: E402
-from playground.config import RunConfig  # noqa: E402
-from playground.launcher import RunCancelled, default_pool  # noqa: E402
+from playground.views.app import Playground, mesh_options, plot_sweep, sweep_config  # noqa: E402
+from playground.spec.config import RunConfig  # noqa: E402
+from playground.host.launcher import RunCancelled, default_pool  # noqa: E402
 
 PNG = b"\x89PNG"
 SMALL = RunConfig(model="mlp", strategy="pipeline", world_size=2, micro_batches=2, steps=3)

@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from playground.app import form
-from playground.config import ConfigError, RunConfig
+from playground.views.app import form
+from playground.spec.config import ConfigError, RunConfig
 
 
 def values(config: RunConfig, **changes) -> dict:
@@ -21,7 +21,7 @@ BASE = RunConfig(model="mlp", strategy="pipeline", world_size=2, micro_batches=4
 
 
 def test_the_form_imports_no_widgets():
-    code = ("import sys, playground.app.form, playground.app.jobs; "
+    code = ("import sys, playground.views.app.form, playground.views.app.jobs; "
             "assert not {'ipywidgets', 'matplotlib'} & set(sys.modules)")
     subprocess.run([sys.executable, "-c", code], check=True)
 

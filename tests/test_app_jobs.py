@@ -6,7 +6,7 @@ from __future__ import annotations
 import threading
 import time
 
-from playground.app.jobs import Jobs, LiveProgress, Throttle
+from playground.views.app.jobs import Jobs, LiveProgress, Throttle
 
 
 def test_one_job_at_a_time_and_stop_sets_its_cancel_event():

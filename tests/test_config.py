@@ -76,7 +76,7 @@ def test_cli_bad_arguments_exit_2_with_one_line_and_start_nothing(monkeypatch, c
     def no_launch(*args, **kwargs):
         raise AssertionError("a process was started for bad input")
 
-    monkeypatch.setattr(playground.runner, "launch", no_launch)
+    monkeypatch.setattr(playground.host.runner, "launch", no_launch)
     for argv in (["run", "--model", "mlp", "--strategy", "model", "--world-size", "2", "--split-points", "4,4"],
                  ["run", "--lr", "-1"],
                  ["run", "--world-size", "x"],
@@ -93,7 +93,7 @@ def test_cli_bad_arguments_exit_2_with_one_line_and_start_nothing(monkeypatch, c
 def test_custom_model_is_checked_before_launch(monkeypatch):
     import torch
 
-    monkeypatch.setattr(playground.runner, "launch", lambda *a, **k: pytest.fail("launched"))
+    monkeypatch.setattr(playground.host.runner, "launch", lambda *a, **k: pytest.fail("launched"))
     seq = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 2))
     data = (torch.randn(64, 4), torch.randn(64, 2))
     with pytest.raises(ConfigError, match="split_points"):
@@ -107,8 +107,8 @@ def test_custom_model_is_checked_before_launch(monkeypatch):
 
 
 def test_the_configs_catalog_of_models_is_the_zoos():
-    from playground.config import MODEL_BLOCKS
-    from playground.models import MODELS, build_model
+    from playground.spec.config import MODEL_BLOCKS
+    from playground.zoo.models import MODELS, build_model
 
     assert MODEL_BLOCKS == {name: spec.num_blocks for name, spec in MODELS.items()}
     assert all(len(build_model(name)) == n for name, n in MODEL_BLOCKS.items())

@@ -10,8 +10,10 @@ from torch import nn
 
 from measured import compare_bytes, runs_once
 from playground import RunConfig, run
-from playground.cost import bubble_fraction, ddp_buckets, predict, stage_activations, stage_shares
-from playground.models import CLASSES, MLP_WIDTH, build_model, model_block_infos
+from playground.predict.predict import bubble_fraction, predict
+from playground.predict.formulas import ddp_buckets, stage_shares
+from playground.predict.profile import stage_activations
+from playground.zoo.models import CLASSES, MLP_WIDTH, build_model, model_block_infos
 
 
 # --------------------------------------------------------------------------

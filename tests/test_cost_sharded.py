@@ -9,12 +9,14 @@ import torch
 
 from measured import compare_bytes, runs_once
 from playground import RunConfig
-from playground.cost import (
-    chunk_rows, fsdp_gather_bytes, fsdp_shard_bytes, fsdp_units, predict, split_backward_step, tensor_all_reduces,
-    tensor_local_model,
+from playground.predict.formulas import chunk_rows
+from playground.predict.profile import (
+    fsdp_gather_bytes, fsdp_shard_bytes, fsdp_units, split_backward_step, tensor_all_reduces, tensor_local_model,
 )
-from playground.models import LM_CONTEXT, LM_LAYERS, LM_WIDTH, MLP_WIDTH, build_model, stage_ranges
-from playground.strategies.pipeline import schedule_table
+from playground.predict.predict import predict
+from playground.zoo.models import LM_CONTEXT, LM_LAYERS, LM_WIDTH, MLP_WIDTH, build_model
+from playground.spec.partition import stage_ranges
+from playground.spec.schedules import schedule_table
 
 
 # --------------------------------------------------------------------------

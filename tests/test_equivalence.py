@@ -40,7 +40,7 @@ def test_parallel_run_matches_single_device(fields):
     assert len(result.losses) == 3 and len(result.baseline["losses"]) == 3
     # The run really trained: the parameters moved away from their start.
     start = playground.build_model(config.model, config.seed)
-    moved = playground.runner.max_abs_param_diff(result.model, start)
+    moved = playground.host.runner.max_abs_param_diff(result.model, start)
     assert moved > 1e-4
     assert result.world_size == config.world_size == len(result.ranks)
     assert (result.device, result.backend) == ("cpu", "gloo")

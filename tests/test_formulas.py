@@ -12,9 +12,7 @@ import pytest
 
 import playground
 from playground.predict.formulas import (
-    UNIT_TIMES, ReplayCosts, all_reduce_bytes, bubble_overhead, data_parallel_bytes, ddp_buckets, ddp_initial_buckets,
-    fsdp_step_bytes, gather_bytes, held_peak, in_flight, optimizer_bytes, output_stage, pipeline_bubble,
-    pipeline_ddp_bytes, replay_schedule, replayed_idle, shard_bytes, stage_shares, table_bubble,
+    UNIT_TIMES, ReplayCosts, all_reduce_bytes, bubble_overhead, data_parallel_bytes, ddp_buckets, ddp_initial_buckets, fsdp_step_bytes, gather_bytes, held_peak, in_flight, optimizer_bytes, output_stage, pipeline_bubble, pipeline_ddp_bytes, replay_schedule, replayed_idle, shard_bytes, stage_shares, table_bubble,
 )
 
 MiB = 1024 * 1024

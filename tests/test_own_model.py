@@ -11,8 +11,8 @@ from torch import nn
 import own_blocks as ob
 import playground
 from playground import ConfigError, RunConfig
-from playground.strategies.fsdp import shard_units
-from playground.strategies.tensor import plan_tensor_parallel, tensor_plan
+from playground.rank.strategies.fsdp import shard_units
+from playground.zoo.plans import plan_tensor_parallel, tensor_plan
 
 
 def run(model, data, **fields):

@@ -13,8 +13,8 @@ from torch import nn
 
 import playground
 from playground import ConfigError, RunConfig
-from playground.custom import prepare_custom
-from playground.strategies.tensor import plan_tensor_parallel
+from playground.zoo.custom import prepare_custom
+from playground.zoo.plans import plan_tensor_parallel
 
 
 @pytest.fixture(autouse=True)
@@ -23,8 +23,8 @@ def no_process(monkeypatch):
     def launch(*args, **kwargs):
         raise AssertionError("a process was started for a run that should have been refused")
 
-    monkeypatch.setattr("playground.runner.launch", launch)
-    monkeypatch.setattr("playground.launcher._Rank", launch)
+    monkeypatch.setattr("playground.host.runner.launch", launch)
+    monkeypatch.setattr("playground.host.launcher._Rank", launch)
 
 
 class Residual(nn.Module):
@@ -259,7 +259,7 @@ def test_named_models_keep_their_plans():
 
 
 def test_non_finite_numbers_become_null():
-    from playground.result import finite_or_null
+    from playground.result.run_result import finite_or_null
 
     assert finite_or_null({"a": [1.0, math.inf, (math.nan, -math.inf)], "b": 2, "c": "nan"}) == \
         {"a": [1.0, None, [None, None]], "b": 2, "c": "nan"}
@@ -282,9 +282,9 @@ def test_subclasses_that_change_forward_are_not_taken_for_what_they_extend():
 def test_cli_turns_a_refusal_into_exit_2_and_one_line(monkeypatch, capsys):
     from playground.__main__ import _run_and_print
 
-    real_run = playground.runner.run
+    real_run = playground.host.runner.run
     net = nn.Sequential(nn.Linear(8, 16), nn.LSTM(16, 4), nn.Linear(4, 4))
-    monkeypatch.setattr("playground.runner.run",
+    monkeypatch.setattr("playground.host.runner.run",
                         lambda config, warm=True: real_run(config, model=net, dataset=_data(), warm=warm))
     assert _run_and_print(_config("data")) == 2
     err = capsys.readouterr().err

@@ -111,7 +111,7 @@ def test_each_rank_output_is_kept_in_order_and_labelled(printed, capfd):
 def test_cli_prints_each_rank_output_prefixed(printed, capsys, monkeypatch):
     from playground.__main__ import _run_and_print
 
-    monkeypatch.setattr("playground.runner.run", lambda config, warm=True: printed["data"])
+    monkeypatch.setattr("playground.host.runner.run", lambda config, warm=True: printed["data"])
     assert _run_and_print(printed["data"].config) == 0
     out = capsys.readouterr().out
     assert out.startswith("[rank 0] probe-line: batch of 8\n[rank 0] probe-err")
@@ -119,7 +119,7 @@ def test_cli_prints_each_rank_output_prefixed(printed, capsys, monkeypatch):
 
 
 def test_app_shows_notes_and_rank_output(printed):
-    from playground.app import notes_html
+    from playground.views.app import notes_html
 
     html = notes_html(printed["data"])
     assert "what the ranks printed (4 lines)" in html and "[rank 1] probe-err: after the line above" in html

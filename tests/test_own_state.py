@@ -11,11 +11,11 @@ from torch import nn
 import own_blocks as ob
 import playground
 from playground import RunConfig
-from playground.model_facts import inspect_model
-from playground.runner import evaluate
-from playground.data import Dataset, loss_fn
-from playground.topology import Topology
-from playground.training import rng_stream, seeded
+from playground.zoo.facts import inspect_model
+from playground.host.runner import evaluate
+from playground.zoo.datasets import Dataset, loss_fn
+from playground.spec.topology import Topology
+from playground.rank.training import rng_stream, seeded
 
 
 def run(model, data, warm=True, **fields):

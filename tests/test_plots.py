@@ -11,7 +11,7 @@ pytest.importorskip("matplotlib")
 
 import playground as pg  # noqa: E402
 from playground import plots  # noqa: E402
-from playground.recorder import COMM_KINDS, COMPUTE_KINDS  # noqa: E402
+from playground.rank.recorder import COMM_KINDS, COMPUTE_KINDS  # noqa: E402
 
 RUNS = {
     "pipeline": pg.RunConfig(model="mlp", strategy="pipeline", schedule="1f1b", world_size=2, micro_batches=4,

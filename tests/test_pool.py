@@ -115,7 +115,7 @@ def test_a_pool_of_its_own():
     try:
         own.start(2)
         assert own.size == 2
-        from playground.launcher import launch
+        from playground.host.launcher import launch
 
         reports = launch(CONFIG, "cpu", "gloo", pool=own)
         assert [report.rank for report, _ in reports] == [0, 1]

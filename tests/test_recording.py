@@ -9,7 +9,8 @@ import pytest
 
 import playground
 from playground import RunConfig
-from playground.models import model_block_infos, stage_ranges
+from playground.zoo.models import model_block_infos
+from playground.spec.partition import stage_ranges
 
 STEPS, M, BATCH, WIDTH = 3, 4, 64, 128  # mlp hidden width
 
@@ -123,7 +124,7 @@ def test_result_json_has_the_documented_keys(gpipe):
 
 
 def test_tensor_parallel_cuts_each_pair_of_layers_and_counts_its_all_reduces():
-    from playground.strategies.tensor import tensor_plan
+    from playground.zoo.plans import tensor_plan
 
     plan = tensor_plan(playground.build_model("seed-mlp"), 2)
     assert {k: type(v).__name__ for k, v in plan.items()} == {"0": "ColwiseParallel", "1": "RowwiseParallel"}

@@ -13,10 +13,13 @@ from torch.distributed.pipelining import schedules as torch_schedules
 
 import playground
 from playground import ConfigError, RunConfig
-from playground.config import LOOPED_SCHEDULES, SCHEDULES, SINGLE_STAGE_SCHEDULES, V_SCHEDULES
-from playground.cost import ReplayCosts, bubble_fraction, predict, replay_schedule, replayed_idle, simulated_bubble
-from playground.models import model_block_infos, stage_ranges
-from playground.strategies.pipeline import SCHEDULE_CLASSES, _PlannedStage, schedule_table
+from playground.spec.config import LOOPED_SCHEDULES, SCHEDULES, SINGLE_STAGE_SCHEDULES, V_SCHEDULES
+from playground.predict.formulas import ReplayCosts, replay_schedule, replayed_idle
+from playground.predict.predict import bubble_fraction, predict, simulated_bubble
+from playground.views import plots
+from playground.zoo.models import model_block_infos
+from playground.spec.partition import stage_ranges
+from playground.spec.schedules import SCHEDULE_CLASSES, _PlannedStage, schedule_table
 
 STEPS, M, SPLIT, BLOCKS = 3, 4, (3, 5, 8), 10  # mlp: 10 blocks, cut into 4 stages
 MULTI = LOOPED_SCHEDULES + V_SCHEDULES
@@ -318,7 +321,7 @@ def test_one_stage_per_rank_runs_its_table_and_replays_it(one_stage_runs, schedu
 
 
 def test_the_timeline_draws_the_planned_lane_above_each_rank(one_stage_runs):
-    fig = one_stage_runs("1f1b").plot_timeline()
+    fig = plots.plot_timeline(one_stage_runs("1f1b"))
     ax = fig.axes[0]
     planned = [p for p in ax.patches if (p.get_gid() or "").startswith("planned:")]
     kinds = {p.get_gid() for p in planned}

@@ -140,7 +140,7 @@ def test_work_wait_hook_and_collective_dispatch_see_a_real_all_reduce_then_nothi
 
 
 def test_recorder_hooks_are_gone_after_their_blocks(world_of_one):
-    from playground.recorder import Recorder
+    from playground.rank.recorder import Recorder
 
     rec = Recorder()
     original = dist.distributed_c10d.Work.__dict__["wait"]

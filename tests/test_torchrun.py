@@ -35,7 +35,7 @@ def test_two_torchrun_nodes_give_the_same_result_as_run(tmp_path):
     env = dict(os.environ, GLOO_SOCKET_IFNAME="lo")
     nodes = [subprocess.Popen([torchrun, "--nnodes", "2", "--nproc-per-node", "2", "--rdzv-backend", "c10d",
                                "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "test",
-                               "-m", "playground.worker", "--config", str(exp), "--out", str(out)],
+                               "-m", "playground.rank.worker", "--config", str(exp), "--out", str(out)],
                               env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
              for _ in range(2)]
     try:

@@ -19,8 +19,10 @@ from combinations import combinations, config_or_refusal, path_of  # noqa: E402
 
 import playground as pg  # noqa: E402
 from playground import dataflow, plots  # noqa: E402
-from playground.config import ConfigError  # noqa: E402
-from playground.result import RankReport, RunResult, step_of, timed_steps, traffic_per_step  # noqa: E402
+from playground.spec.config import ConfigError  # noqa: E402
+from playground.rank.report import RankReport
+from playground.result.run_result import RunResult
+from playground.result.accounting import step_of, timed_steps, traffic_per_step  # noqa: E402
 
 COMBINATIONS = combinations()
 RECORDED = [stem for stem, fields in COMBINATIONS.items() if not isinstance(config_or_refusal(fields), ConfigError)]

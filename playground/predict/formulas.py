@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Sequence
 
 if TYPE_CHECKING:
-    from ..models import BlockInfo
+    from playground.zoo.models import BlockInfo
 
 
 # --------------------------------------------------------------------------

@@ -45,18 +45,17 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..config import SINGLE_STAGE_SCHEDULES, SPLIT_BACKWARD_SCHEDULES, RunConfig
-from ..data import load_dataset, loss_fn as task_loss
-from ..models import MODELS, BlockInfo, block_infos, build_model, model_block_infos, stage_ranges
-from ..strategies.pipeline import schedule_table
-from ..topology import Topology
-from .formulas import (
-    UNIT_TIMES, all_reduce_bytes, data_parallel_bytes, fsdp_step_bytes, held_peak, in_flight, optimizer_bytes,
-    pipeline_bubble, pipeline_ddp_bytes, table_bubble,
+from playground.spec.config import SINGLE_STAGE_SCHEDULES, SPLIT_BACKWARD_SCHEDULES, RunConfig
+from playground.zoo.datasets import load_dataset, loss_fn as task_loss
+from playground.zoo.models import MODELS, BlockInfo, block_infos, build_model, model_block_infos
+from playground.spec.partition import stage_ranges
+from playground.spec.schedules import schedule_table
+from playground.spec.topology import Topology
+from playground.predict.formulas import (
+    UNIT_TIMES, all_reduce_bytes, data_parallel_bytes, fsdp_step_bytes, held_peak, in_flight, optimizer_bytes, pipeline_bubble, pipeline_ddp_bytes, table_bubble,
 )
-from .profile import (
-    bytes_per_sample, fsdp_gather_bytes, fsdp_shard_bytes, fsdp_units, output_bytes, param_bytes,
-    split_backward_peak, stage_activations, tensor_all_reduces, tensor_local_model,
+from playground.predict.profile import (
+    bytes_per_sample, fsdp_gather_bytes, fsdp_shard_bytes, fsdp_units, output_bytes, param_bytes, split_backward_peak, stage_activations, tensor_all_reduces, tensor_local_model,
 )
 
 LOOPED = ("interleaved", "interleaved1f1b", "loopedbfs")

@@ -21,10 +21,10 @@ import torch
 from torch import nn
 from torch.distributed.tensor.parallel import ColwiseParallel
 
-from ..instrument import stage_backward_functions
-from .saved import SavedTensors
-from ..strategies.tensor import tensor_plan
-from .formulas import Action, chunk_rows, gather_bytes, shard_bytes
+from playground.instrument import stage_backward_functions
+from playground.predict.saved import SavedTensors
+from playground.zoo.plans import tensor_plan
+from playground.predict.formulas import Action, chunk_rows, gather_bytes, shard_bytes
 
 
 def param_bytes(module: nn.Module) -> list[int]:

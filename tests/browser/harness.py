@@ -22,8 +22,8 @@ ARTIFACTS = REPO / "artifacts" / "browser"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run", "--disable-quic"]
 VIEWPORT = {"width": 1280, "height": 800}
-WORKER = "playground.worker"
-"""What a rank's command line holds (``python -m playground.worker``)."""
+WORKER = "playground.rank.worker"
+"""What a rank's command line holds (``python -m playground.rank.worker``)."""
 
 
 def free_port() -> int:
@@ -130,7 +130,7 @@ class Server:
         return found
 
     def workers(self) -> dict[int, int]:
-        """The ranks (``playground.worker`` processes) the server's kernels have running now: pid -> start time."""
+        """The ranks (``playground.rank.worker`` processes) the server's kernels have running now: pid -> start time."""
         return {p: s for p, s in self.processes().items() if WORKER in _cmdline(p)}
 
     def stop(self, grace: float = 15) -> None:

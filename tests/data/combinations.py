@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import os
 
-from playground.config import SCHEDULES, SINGLE_STAGE_SCHEDULES, ConfigError, RunConfig
-from playground.models import MODEL_NAMES
+from playground.spec.config import SCHEDULES, SINGLE_STAGE_SCHEDULES, ConfigError, RunConfig
+from playground.zoo.models import MODEL_NAMES
 
 RESULTS_DIR = os.path.join(os.path.dirname(__file__), "results")
 SMALL = {"steps": 2, "global_batch": 16}

@@ -1,0 +1,73 @@
+"""fsdp: parameters, gradients and optimizer state sharded among the ranks
+(FSDP2 ``fully_shard``), each rank training on its share of the batch.
+
+Before a block runs, an all-gather assembles its full weights; after its
+backward, a reduce-scatter leaves each rank the sum of the gradients for its
+own shard only. Memory per rank for parameters, gradients and optimizer
+state is about 1/n of the whole. Rank r's loss is weighted by
+n * b_r / B, as in data parallel: the reduction averages over n ranks.
+"""
+
+from __future__ import annotations
+
+from torch.distributed.fsdp import fully_shard
+
+from playground.zoo.datasets import BatchShare
+from playground.rank.recorder import Recorder
+
+
+def shard_blocks(model, mesh, recorder: Recorder):
+    """FSDP2 over ``mesh``: one unit per block (each gathers its weights
+    just in time), then the root. Blocks that share a parameter (tied
+    weights) form one unit, so the Parameter is sharded once and stays shared."""
+    for unit in shard_units(model):
+        fully_shard(unit if len(unit) > 1 else unit[0], mesh=mesh)
+        for block in unit:
+            # Runs after FSDP's own pre-forward hook has gathered the block's
+            # weights: they are parameters, not activations.
+            block.register_forward_pre_hook(lambda m, args: recorder.ignore_storages_of(m.parameters()))
+    return fully_shard(model, mesh=mesh)
+
+
+def shard_units(model) -> list[list]:
+    """The blocks with trainable parameters, grouped so that blocks sharing
+    a Parameter fall in one group, in the order of their first block."""
+    units: list[list] = []
+    owner: dict[int, list] = {}  # id(parameter) -> its unit
+    for block in model:
+        params = [p for p in block.parameters() if p.requires_grad]
+        if not params:
+            continue
+        joined = [owner[id(p)] for p in params if id(p) in owner]
+        unit = joined[0] if joined else []
+        if not joined:
+            units.append(unit)
+        for other in joined[1:]:
+            if other is not unit:
+                unit.extend(b for b in other if b not in unit)
+                units.remove(other)
+        unit.append(block)
+        for b in unit:
+            for p in b.parameters():
+                owner[id(p)] = unit
+    return units
+
+
+class FullyShardedDataParallel:
+    def __init__(self, model, topology, config, recorder: Recorder, loss_fn, groups):
+        self.topology = topology
+        self.recorder = recorder
+        self.loss_fn = loss_fn
+        self.part = BatchShare(config.rank_batches(), topology.dp_rank)
+        self.module = self.local_model = shard_blocks(model, groups.mesh["dp"], recorder)
+
+    def context(self):
+        return self.recorder.recording_collectives()
+
+    def train_step(self, x, y) -> float:
+        rec = self.recorder
+        x, y = self.part.take(x), self.part.take(y)
+        loss = rec.forward_and_loss(self.module, self.loss_fn, x, y)
+        with rec.span("backward", stage=0, micro_batch=0):
+            (loss * self.part.weight).backward()
+        return loss.item() * self.part.share

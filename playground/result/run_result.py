@@ -1,0 +1,160 @@
+"""What a run produced: the config, each rank's report (accounted), the
+losses, the check against one device, the predictions beside the
+measurements; to JSON and back."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from playground.spec.config import RunConfig
+from playground.rank.report import RankReport
+
+BASELINE_TOLERANCE = 1e-5
+LOSS_TOLERANCE = 0.1
+"""Where a run cannot equal one device (BatchNorm statistics per rank or
+per micro-batch, random layers), the baseline check compares the mean loss
+over the steps: |mean(run) - mean(one device)| / mean(one device) <= 0.1.
+Ten percent: the spread of a few steps' mean loss under different Dropout
+masks, well below what a wrong gradient (a missing reduction, a stage left
+untrained) costs."""
+
+@dataclass
+class RunResult:
+    config: RunConfig
+    device: str
+    backend: str
+    world_size: int
+    losses: list[float]
+    throughput_samples_per_s: float
+    baseline: dict[str, Any]
+    ranks: list[RankReport]
+    split_points: tuple[int, ...]
+    accuracy: float | None = None
+    wall_s: float = 0.0
+    notes: list[str] = field(default_factory=list)
+    predictions: list[dict[str, Any]] | None = None
+    """The cost model's per-rank figures (params, grads, optimizer,
+    activations_peak, bytes_sent, bytes_recv), beside the measured ones."""
+    stage_balance: list[dict[str, Any]] = field(default_factory=list)
+    """Per stage: its blocks, share of parameters and FLOPs (estimates), and
+    measured compute seconds over the timed steps (mean over replicas)."""
+    bubble: dict[str, Any] | None = None
+    """Pipelines: ``predicted`` by the schedule's formula (``formula`` says
+    which), ``measured``: each rank's idle share of the timed window,
+    ``replayed``: each rank's idle share when the schedule's table is
+    replayed with this run's measured times (``replay.replay_run``; None if
+    the recorded actions are not the table's), and ``replayed_timeline``:
+    {"<rank>": [[kind, stage, micro_batch, step, start, end], ...]}, the
+    replay's actions and optimizer steps (stage and micro_batch None) on
+    the run's clock, in seconds."""
+    schedule_table: dict[str, list[list]] | None = None
+    """Pipelines: each pp rank's planned actions in order, torch's own table
+    (``pipeline.schedule_table``): {"<pp_rank>": [[kind, stage, micro_batch], ...]}."""
+    blocks: list[dict[str, Any]] = field(default_factory=list)
+    """The full model's blocks, in order: {"index", "label", "params",
+    "flops"} (parameters counted from the model; forward FLOPs per sample)."""
+    traffic: dict[str, list[dict[str, Any]]] = field(default_factory=lambda: {"p2p": [], "collectives": []})
+    """Bytes moved per timed step (``traffic_per_step``): point-to-point
+    per (src, dst) and collectives per (rank, kind, group)."""
+    tensor_plan: dict[str, str] = field(default_factory=dict)
+    """Tensor parallel: module name -> "colwise" or "rowwise", as the
+    strategy applied it (empty for other strategies); the layers it left
+    replicated, and why, are in ``notes``."""
+    model: Any = field(default=None, repr=False)
+    """The trained full model, gathered from the ranks (not in the JSON)."""
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.baseline["passed"])
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "config": self.config.to_dict(),
+            "device": self.device,
+            "backend": self.backend,
+            "world_size": self.world_size,
+            "losses": self.losses,
+            "throughput_samples_per_s": self.throughput_samples_per_s,
+            "baseline": self.baseline,
+            "accuracy": self.accuracy,
+            "split_points": list(self.split_points),
+            "wall_s": self.wall_s,
+            "notes": self.notes,
+            "predictions": self.predictions,
+            "bubble": self.bubble,
+            "schedule_table": self.schedule_table,
+            "stage_balance": self.stage_balance,
+            "blocks": self.blocks,
+            "traffic": self.traffic,
+            "tensor_plan": self.tensor_plan,
+            "ranks": [r.to_dict() for r in self.ranks],
+        }
+
+    def to_json(self, indent: int | None = None) -> str:
+        """``to_dict`` as strict JSON: a number that is NaN or +-infinity
+        (a diverged loss, its parameter difference) is written as null, since
+        JSON has no token for it."""
+        return json.dumps(finite_or_null(self.to_dict()), indent=indent, allow_nan=False)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "RunResult":
+        """The result ``to_dict`` wrote, without the trained model
+        (``model`` is None): enough to draw every figure again."""
+        return cls(config=RunConfig.from_dict(d["config"]), device=d["device"], backend=d["backend"],
+                   world_size=d["world_size"], losses=d["losses"],
+                   throughput_samples_per_s=d["throughput_samples_per_s"], baseline=d["baseline"],
+                   ranks=[RankReport.from_dict(r) for r in d["ranks"]], split_points=tuple(d["split_points"]),
+                   accuracy=d.get("accuracy"), wall_s=d.get("wall_s", 0.0), notes=d.get("notes", []),
+                   predictions=d.get("predictions"), stage_balance=d.get("stage_balance", []),
+                   bubble=d.get("bubble"), blocks=d.get("blocks", []),
+                   traffic=d.get("traffic") or {"p2p": [], "collectives": []},
+                   tensor_plan=d.get("tensor_plan", {}), schedule_table=d.get("schedule_table"))
+
+    @classmethod
+    def from_json(cls, text: str) -> "RunResult":
+        return cls.from_dict(json.loads(text))
+
+    def to_chrome_trace(self) -> dict[str, Any]:
+        """The timeline in the Chrome trace event format (Perfetto,
+        chrome://tracing): one process per rank, one thread per stream
+        (compute, point-to-point, collectives), times in microseconds."""
+        from playground.result.trace import chrome_trace
+
+        return chrome_trace(self)
+
+    def save_chrome_trace(self, path: str) -> str:
+        with open(path, "w") as f:
+            json.dump(self.to_chrome_trace(), f)
+        return path
+
+    def summary(self) -> str:
+        """The per-rank table the CLI prints."""
+        from playground.result.table import format_table
+
+        return format_table(self)
+
+    def rank_output(self) -> str:
+        """What every rank printed, each line prefixed with ``[rank r]``,
+        rank by rank (empty when none printed anything)."""
+        return labelled_output({r.rank: r.output for r in self.ranks})
+
+
+def labelled_output(outputs: dict[int, str]) -> str:
+    """``{rank: text}`` as lines ``[rank r] line``, rank by rank."""
+    return "\n".join(f"[rank {rank}] {line}" for rank, text in sorted(outputs.items())
+                     for line in text.splitlines())
+
+
+def finite_or_null(value: Any) -> Any:
+    """``value`` with every float that is NaN or infinite replaced by None,
+    through dicts, lists and tuples."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite_or_null(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_or_null(v) for v in value]
+    return value

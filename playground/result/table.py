@@ -1,0 +1,45 @@
+"""The per-rank table the CLI prints."""
+
+from __future__ import annotations
+
+
+
+
+
+def _mib(n: int | None) -> str:
+    return "-" if n is None else f"{n / 2**20:.2f}"
+
+
+def format_table(result) -> str:
+    c = result.config
+    head = (f"{c.model} · {c.strategy} · world {result.world_size} · {result.device}/{result.backend} · "
+            f"{c.steps} steps · split {list(result.split_points) or '-'} · "
+            f"{result.throughput_samples_per_s:.0f} samples/s")
+    cols = ("rank", "stage", "dp", "blocks", "compute ms", "comm ms", "wait ms", "overhead ms",
+            "params MiB", "grads MiB", "optim MiB", "activ MiB", "sent MiB", "recv MiB")
+    rows = []
+    for r in result.ranks:
+        t = r.time
+        rows.append((str(r.rank), str(r.stage), str(r.dp_rank), f"{r.blocks[0]}-{r.blocks[1] - 1}",
+                     f"{1e3 * t['compute']:.1f}", f"{1e3 * t['comm']:.1f}", f"{1e3 * t.get('wait', t['idle']):.1f}",
+                     f"{1e3 * t.get('overhead', 0.0):.1f}",
+                     _mib(r.memory["params"]), _mib(r.memory["grads"]), _mib(r.memory["optimizer"]),
+                     _mib(r.memory["activations_peak"]), _mib(r.bytes_sent), _mib(r.bytes_recv)))
+    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(cols)]
+    lines = [head, "  ".join(h.rjust(w) for h, w in zip(cols, widths))]
+    lines += ["  ".join(v.rjust(w) for v, w in zip(row, widths)) for row in rows]
+    b = result.baseline
+    verdict = "PASS" if b["passed"] else "FAIL"
+    lines.append(f"baseline check: {verdict}  max |Δparam| = {b['max_abs_param_diff']:.2e} "
+                 f"(tolerance {b['tolerance']:.0e}), final loss {result.losses[-1]:.6f} vs "
+                 f"{b['losses'][-1]:.6f} single-device (Δ {b['final_loss_diff']:.2e})")
+    if result.bubble is not None:
+        measured = ", ".join(f"{b:.0%}" for b in result.bubble["measured"])
+        replayed = result.bubble.get("replayed")
+        replay = f"; replayed schedule {', '.join(f'{b:.0%}' for b in replayed)}" if replayed else ""
+        lines.append(f"pipeline bubble: measured idle share per rank {measured}{replay}; "
+                     f"formula {result.bubble['formula']} = {result.bubble['predicted']:.0%}")
+    if result.accuracy is not None:
+        lines.append(f"held-out accuracy: {result.accuracy:.3f} (single-device {b['accuracy']:.3f})")
+    lines += [f"note: {n}" for n in result.notes]
+    return "\n".join(lines)
