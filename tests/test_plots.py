@@ -10,7 +10,7 @@ import pytest
 pytest.importorskip("matplotlib")
 
 import playground as pg  # noqa: E402
-from playground import plots  # noqa: E402
+from playground.views import plots  # noqa: E402
 from playground.rank.recorder import COMM_KINDS, COMPUTE_KINDS  # noqa: E402
 
 RUNS = {
@@ -129,7 +129,7 @@ def test_time_breakdown_bars_are_the_accounted_times(results, name):
 
 def test_memory_bars_and_predictions(results):
     result = results["pipeline"]
-    fig = plots.plot_memory(result)
+    fig = plots.plot_memory(result, predicted=None)
     ax = fig.axes[0]
     measured = patches(ax, "measured")
     assert len(measured) == len(plots.MEMORY_FIELDS) * len(result.ranks)
@@ -147,6 +147,8 @@ def test_memory_bars_and_predictions(results):
     assert "predicted (outline)" in legend_labels(fig)
     with pytest.raises(ValueError, match="one per rank"):
         plots.plot_memory(result, predicted=predicted[:1])
+    # By default the figure draws the prediction the result carries.
+    assert len(patches(plots.plot_memory(result).axes[0], "predicted")) == len(plots.MEMORY_FIELDS) * len(result.ranks)
 
 
 def test_memory_of_a_tiny_model_is_in_kib(results):

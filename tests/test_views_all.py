@@ -18,7 +18,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "data"))
 from combinations import combinations, config_or_refusal, path_of  # noqa: E402
 
 import playground as pg  # noqa: E402
-from playground import dataflow, plots  # noqa: E402
+from playground.views import dataflow, plots  # noqa: E402
 from playground.spec.config import ConfigError  # noqa: E402
 from playground.rank.report import RankReport
 from playground.result.run_result import RunResult

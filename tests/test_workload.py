@@ -8,7 +8,9 @@ import dataclasses
 import pytest
 
 import playground
-from playground import RunConfig, models, runner, workload
+from playground import RunConfig
+from playground.host import runner
+from playground.zoo import models, workload
 
 
 @pytest.fixture

@@ -301,7 +301,7 @@ class ResultsView(W.Tab):
         result = self.result
         if result is None or index is None or self.TITLES[index] in self.figures:
             return
-        fig = getattr(result, self.PLOTS[index])()
+        fig = getattr(plots, self.PLOTS[index])(result)
         data = png(fig)
         if result is not self.result:  # a newer run arrived meanwhile: this picture is stale
             return
