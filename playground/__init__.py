@@ -28,9 +28,11 @@ __version__ = "0.1.0"
 
 
 def __getattr__(name: str):
+    if name in _MODULES:
+        return import_module(f".{_MODULES[name]}", __name__)
     module = _EXPORTS.get(name)
     if module is None:
-        try:  # a submodule: playground.host.runner, playground.views.plots, ...
+        try:  # a layer or a top-level module: playground.host, playground.instrument, ...
             return import_module(f".{name}", __name__)
         except ModuleNotFoundError:
             raise AttributeError(f"module 'playground' has no attribute {name!r}") from None
