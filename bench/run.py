@@ -213,8 +213,63 @@ def app() -> None:
                "interleaved)", "<= 1.5x", d / a <= 1.5)
 
 
+def sizes() -> None:
+    """A change of device count on the warm pool: the first run at a new
+    size against the next run at that size, and the 1-2-4-8 sweep against
+    the sum of its four warm runs (mlp, data; one device is single)."""
+    pool = pg.default_pool()
+    pool.shutdown()
+
+    def config(n: int) -> pg.RunConfig:
+        return pg.RunConfig(model="mlp", strategy="single" if n == 1 else "data", world_size=n, global_batch=256,
+                            steps=10)
+
+    pg.run(config(1))  # the pool's rank factory starts here, once
+    first, again = {}, {}
+    t0 = time.perf_counter()
+    for n in (1, 2, 4, 8):
+        t = time.perf_counter()
+        pg.run(config(n))
+        first[n] = time.perf_counter() - t
+    sweep = time.perf_counter() - t0
+    for n in (1, 2, 4, 8):
+        t = time.perf_counter()
+        pg.run(config(n))
+        again[n] = time.perf_counter() - t
+    worst = max((first[n] / again[n], n) for n in (2, 4, 8))
+    report("first run at a new device count", ", ".join(f"{n}: {first[n]:.2f} s vs {again[n]:.2f} s" for n in (2, 4, 8))
+           + f"; worst {worst[0]:.2f}x (at {worst[1]})", "<= 3x the next run at that size", worst[0] <= 3)
+    warm_sum = sum(again.values())
+    report("sweep 1-2-4-8 on the pool", f"{sweep:.2f} s vs {warm_sum:.2f} s for its four warm runs = "
+           f"{sweep / warm_sum:.2f}x", "<= 5x", sweep / warm_sum <= 5, "ranks above 2 share the 2 cores")
+
+
+def _pss(pid: int) -> int:
+    with open(f"/proc/{pid}/smaps_rollup") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("Pss:"))
+
+
+def binder() -> None:
+    """Memory of a notebook session with the app and 4 devices, as Binder
+    counts it: the proportional set size (PSS) of the kernel (this process,
+    with the widget app, ipywidgets and matplotlib loaded) plus every
+    process of its pool, after a 4-device run."""
+    import playground.views.app  # noqa: F401 - what the notebook's first cell loads
+    from playground.views import plots
+
+    pool = pg.default_pool()
+    pool.shutdown()
+    result = pg.run(pg.RunConfig(model="mlp", strategy="data", world_size=4, global_batch=256, steps=5))
+    plots.plot_timeline(result)
+    pids = [os.getpid()] + pool.process_pids()
+    total = sum(_pss(p) for p in pids)
+    parts = ", ".join(f"{_pss(p) / 2**20:.0f}" for p in pids)
+    report("Binder-sized: 4 devices + the notebook (PSS)", f"{total / 2**30:.2f} GiB (MiB per process: kernel, "
+           f"ranks, factory: {parts})", "<= 1.2 GiB", total <= 1.2 * 2**30)
+
+
 BENCHMARKS = {"warm": warm, "recording": recording, "comm": comm, "p2p": p2p, "fair": fair, "bubble": bubble,
-              "scale": scale, "app": app}
+              "sizes": sizes, "binder": binder, "scale": scale, "app": app}
 
 
 def main(names: list[str]) -> None:

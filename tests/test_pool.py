@@ -171,3 +171,21 @@ def test_every_rank_reports_each_step_with_its_loss_part_and_time(pool):
     for step, loss in enumerate(result.losses):  # the parts sum to the step's loss, as the result has it
         parts = [u["loss"] for u in updates if u["step"] == step and u["loss"] is not None]
         assert abs(sum(parts) - loss) <= 1e-6 * max(1.0, abs(loss))
+
+
+def test_an_idle_pool_gives_its_processes_back():
+    own = Pool(idle_release_s=1.0)
+    try:
+        from playground.host.launcher import launch
+
+        launch(CONFIG, "cpu", "gloo", pool=own)
+        held = own.process_pids()
+        assert len(held) == 3 and all(_alive(p) for p in held)
+        deadline = time.monotonic() + 20
+        while (own.size or any(_alive(p) for p in held)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert own.size == 0 and not any(_alive(p) for p in held)
+        launch(CONFIG, "cpu", "gloo", pool=own)  # and the next run starts them again
+        assert own.size == 2
+    finally:
+        own.shutdown()

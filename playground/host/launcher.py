@@ -354,10 +354,16 @@ class Pool:
     (the next run starts fresh ones), and by themselves when this process
     dies (their lifeline pipe closes; the factory sees its socket close)."""
 
-    def __init__(self):
+    def __init__(self, idle_release_s: float | None = None):
         self._ranks: list[_Rank] = []
         self._zygote: _Zygote | None = None
         self._lock = threading.Lock()  # one run at a time on these ranks
+        self.idle_release_s = float(os.environ.get("PLAYGROUND_POOL_IDLE_S", 600)) if idle_release_s is None \
+            else idle_release_s
+        """Seconds without a run after which the pool ends its processes (a
+        shared machine, such as a Binder session, gets their memory back);
+        the next run starts them again. ``PLAYGROUND_POOL_IDLE_S`` sets it."""
+        self._idle_timer: threading.Timer | None = None
 
     @property
     def size(self) -> int:
@@ -379,14 +385,35 @@ class Pool:
     def run(self, config: RunConfig, store_port: int, device_type: str, backend: str, custom, cancel=None,
             on_progress=None) -> list[tuple[RankReport, dict[str, Any]]]:
         with self._lock:
+            self._cancel_idle_release()
             self._ensure(config.world_size)
             ranks = self._ranks[:config.world_size]
             try:
                 _send_jobs(ranks, config, store_port, device_type, backend, custom)
-                return _collect(ranks, config.timeout_s, cancel, on_progress)
+                reports = _collect(ranks, config.timeout_s, cancel, on_progress)
             except BaseException:
                 self._shutdown()
                 raise
+            self._schedule_idle_release()
+            return reports
+
+    def _schedule_idle_release(self) -> None:
+        if self.idle_release_s > 0:
+            self._idle_timer = threading.Timer(self.idle_release_s, self._release_if_idle)
+            self._idle_timer.daemon = True
+            self._idle_timer.start()
+
+    def _cancel_idle_release(self) -> None:
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
+
+    def _release_if_idle(self) -> None:
+        if self._lock.acquire(blocking=False):  # a run in progress keeps its ranks
+            try:
+                self._shutdown()
+            finally:
+                self._lock.release()
 
     def shutdown(self) -> None:
         with self._lock:
@@ -409,6 +436,7 @@ class Pool:
             raise
 
     def _shutdown(self) -> None:
+        self._cancel_idle_release()
         ranks, self._ranks = self._ranks, []
         zygote, self._zygote = self._zygote, None
         try:

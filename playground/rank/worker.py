@@ -124,6 +124,7 @@ def serve(job_fd: int, report_fd: int, lifeline_fd: int, many: bool = False, ran
                 break
             if not _run_job(job, reports, status) or not many:
                 break
+            _give_back_memory()
     finally:
         try:
             reports.close()
@@ -199,6 +200,20 @@ def zygote(control_fd: int) -> None:
             os.close(fd)
         fds = []
         sock.sendall(json.dumps({"pid": pid}).encode() + b"\n")
+
+
+def _give_back_memory() -> None:
+    """Between jobs a pooled rank keeps only what it imported: the last
+    job's model, data and timeline are collected and the allocator returns
+    its free pages to the system."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: the pages stay with the process
+        pass
 
 
 def _run_job(job: dict, reports, status=None) -> bool:
