@@ -178,7 +178,7 @@ TIME_PARTS = (
     ("compute", "compute (forward, backward, optimizer, …)"),
     ("comm", "communication not hidden under compute"),
     ("wait", "waiting for a peer"),
-    ("overhead", "runtime overhead: the framework's own host work between recorded actions"),
+    ("overhead", "runtime overhead (host work between actions)"),
 )
 IDLE_LABEL = "idle (waiting for peers, runtime overhead)"
 
@@ -222,7 +222,7 @@ def plot_time_breakdown(result: RunResult) -> Figure:
     if any(overlapped):
         ax.bar([i - 0.33 for i in x], overlapped, width=0.08, facecolor="none", edgecolor=KIND_COLORS["comm"],
                hatch="////", linewidth=0.8, gid="time:overlapped",
-               label="communication overlapped with compute (beside; not in the sum)")
+               label="comm hidden under compute (not in the sum)")
     bubble = result.bubble
     if bubble is not None:
         _bubble_marks(ax, ranks, bubble)
