@@ -325,8 +325,10 @@ class _TimedWork:
         rec.add_blocked(waited_from, rec.now())
         if not self._recorded:
             self._recorded = True
+            # ``waited``: when the rank first looked; the transfer may have
+            # completed long before (its end), or the rank waited for it.
             rec.add(self.kind, self.start, max(self.start, self._done.at), bytes=self.bytes, peer=self.peer,
-                    seq=self.seq)
+                    seq=self.seq, waited=waited_from)
         if self._done.error is not None:
             raise self._done.error
         return True
