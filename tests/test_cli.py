@@ -20,7 +20,7 @@ def test_cli_run_prints_table_and_writes_json(tmp_path):
         capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
-    header = next(i for i, line in enumerate(lines) if line.split()[:2] == ["rank", "stage"])
+    header = next(i for i, line in enumerate(lines) if line.split()[:2] == ["rank", "pp"])
     assert [line.split()[0] for line in lines[header + 1:header + 3]] == ["0", "1"]
     assert "baseline check: PASS" in proc.stdout
     d = json.loads(out.read_text())

@@ -34,11 +34,11 @@ def _events(rank, kind):
 def test_pipeline_timeline_has_every_micro_batch_send_and_receive(gpipe):
     act_bytes = BATCH // M * WIDTH * 4  # one micro-batch's activation across the cut, fp32
     for r in gpipe.ranks:
-        assert r.stage == r.rank and r.blocks == stage_ranges((5,), 10)[r.rank]
+        assert r.pp_rank == r.rank and r.blocks == stage_ranges((5,), 10)[r.rank]
         for kind in ("forward", "backward"):
             events = _events(r, kind)
             assert [e["micro_batch"] for e in events] == list(range(M)) * STEPS
-            assert {e["stage"] for e in events} == {r.stage}
+            assert {e["stage"] for e in events} == {r.pp_rank}
         assert len(_events(r, "optimizer")) == STEPS
         assert len(_events(r, "setup")) == 1  # shape inference, step 0 only
         sends, recvs = _events(r, "send"), _events(r, "recv")

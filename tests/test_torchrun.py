@@ -49,7 +49,7 @@ def test_two_torchrun_nodes_give_the_same_result_as_run(tmp_path):
     result = playground.load_result(str(out))
     assert result.passed and result.baseline["max_abs_param_diff"] <= 1e-5
     assert [r.rank for r in result.ranks] == [0, 1, 2, 3]
-    assert [(r.dp_rank, r.stage) for r in result.ranks] == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    assert [(r.dp_rank, r.pp_rank) for r in result.ranks] == [(0, 0), (0, 1), (1, 0), (1, 1)]
     assert all(r.time["compute"] > 0 for r in result.ranks)
     assert result.config == config
     # The CLI reads the same folder.
