@@ -168,7 +168,7 @@ def test_chrome_trace_has_a_process_per_rank_and_every_event(gpipe, tmp_path):
         trace = json.load(f)
     events = trace["traceEvents"]
     names = {e["pid"]: e["args"]["name"] for e in events if e["name"] == "process_name"}
-    assert names == {0: "rank 0 · stage 0 · dp 0", 1: "rank 1 · stage 1 · dp 0"}
+    assert names == {0: "rank 0 · pp 0 · dp 0", 1: "rank 1 · pp 1 · dp 0"}
     threads = {(e["pid"], e["args"]["name"]) for e in events if e["name"] == "thread_name"}
     assert threads == {(p, s) for p in (0, 1) for s in ("compute", "p2p", "collective")}
     for r in gpipe.ranks:
