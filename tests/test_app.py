@@ -14,7 +14,7 @@ import pytest
 
 
 import playground.host.runner as runner  # noqa: E402
-from faulty import child_pids  # noqa: E402
+from support import rank_pids  # noqa: E402
 from playground.views.app import Playground, mesh_options, plot_sweep, sweep_config  # noqa: E402
 from playground.spec.config import RunConfig  # noqa: E402
 from playground.host.launcher import RunCancelled, default_pool  # noqa: E402
@@ -45,7 +45,7 @@ def finished():
 
 
 def test_invalid_choices_show_the_field_disable_run_and_spawn_nothing(no_launch):
-    before = set(child_pids())
+    before = set(rank_pids())
     app = Playground(config=SMALL)
     assert app.error is None and not app.run_button.disabled
     settings = [
@@ -64,7 +64,7 @@ def test_invalid_choices_show_the_field_disable_run_and_spawn_nothing(no_launch)
         app.run_button.click()
         app.start_run()  # the method behind the button refuses too
         assert not app.running and app.history.runs == []
-    assert set(child_pids()) == before
+    assert set(rank_pids()) == before
 
 
 def test_a_cut_too_many_is_refused_and_balance_repairs_it(no_launch):
@@ -172,7 +172,7 @@ def test_a_real_run_draws_the_visible_tab_then_each_tab_when_selected(finished):
     assert app.history.side.children == ()  # the compare is drawn when it is opened
     app.extras.selected_index = 0
     assert len(app.history.side.children) == 2
-    assert set(child_pids()) <= set(default_pool().process_pids())  # nothing but the warm ranks
+    assert set(rank_pids()) <= set(default_pool().process_pids())  # nothing but the warm ranks
     assert not app.run_button.disabled and app.stop_button.disabled
 
 
@@ -279,11 +279,11 @@ def test_stop_ends_a_real_run_and_its_processes():
     deadline = time.monotonic() + 60
     while app.progress.value < 2 and time.monotonic() < deadline:  # into training: steps are finishing
         time.sleep(0.1)
-    assert app.running and app.progress.value >= 2 and len(child_pids()) >= 2
+    assert app.running and app.progress.value >= 2 and len(rank_pids()) >= 2
     app.stop_button.click()
     assert app.wait(timeout=30), "Stop did not end the run within 30 s"
     assert app.status.value.startswith("stopped")
-    assert child_pids() == []
+    assert rank_pids() == []
     assert app.result is None and app.history.runs[-1]["error"] == "stopped"
 
 

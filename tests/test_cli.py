@@ -7,7 +7,7 @@ import pathlib
 import subprocess
 import sys
 
-from faulty import child_pids
+from support import rank_pids
 
 RESULTS = pathlib.Path(__file__).parent / "data" / "results"
 
@@ -42,7 +42,7 @@ def test_cli_bad_argument_in_a_real_process():
     # Nothing but this process's own warm pool (if earlier tests started it).
     import playground
 
-    assert sorted(child_pids()) == sorted(playground.default_pool().process_pids())
+    assert sorted(rank_pids()) == sorted(playground.default_pool().process_pids())
 
 
 def test_cli_plots_a_v_schedule(tmp_path):
