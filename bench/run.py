@@ -25,6 +25,7 @@ from torch import nn  # noqa: E402
 
 import bare  # noqa: E402
 import playground as pg  # noqa: E402
+from playground.spec.config import cpu_count  # noqa: E402
 from playground.predict.predict import bubble_fraction  # noqa: E402
 
 ROWS: list[dict] = []
@@ -176,7 +177,7 @@ def scale() -> None:
     ax.plot(sizes, [throughput[0] * n for n in sizes], linestyle="--", color="grey", label="linear speed-up")
     ax.set_xlabel("ranks (world size)")
     ax.set_ylabel("samples / s")
-    ax.set_title(f"mlp, data parallel, batch 256, on {pg.config.cpu_count()} cores")
+    ax.set_title(f"mlp, data parallel, batch 256, on {cpu_count()} cores")
     ax.legend()
     path = os.path.join(os.path.dirname(__file__), "scale.png")
     fig.savefig(path, dpi=100, bbox_inches="tight")

@@ -254,13 +254,17 @@ _MISSING = object()
 
 
 def stage_hooks(stage, *, forward: Around | None = None, backward: Around | None = None,
-                backward_weight: Around | None = None, setup_forward: Around | None = None,
-                setup_backward: Around | None = None) -> ContextManager:
+                backward_input: Around | None = None, backward_weight: Around | None = None,
+                setup_forward: Around | None = None, setup_backward: Around | None = None) -> ContextManager:
     """Run a PipelineStage's calls inside the caller's context managers:
 
       forward(micro_batch)          each forward_one_chunk
-      backward(micro_batch)         each backward_one_chunk (zero-bubble
-                                    schedules: input gradients only)
+      backward(micro_batch)         each full backward_one_chunk (input and
+                                    weight gradients)
+      backward_input(micro_batch)   each backward_one_chunk with
+                                    full_backward=False (zero-bubble
+                                    schedules: input gradients only);
+                                    ``backward`` when not given
       backward_weight(micro_batch)  each backward_weight_one_chunk
       setup_forward()               the first step's shape inference
                                     (``_prepare_forward_infra``)
@@ -285,11 +289,25 @@ def stage_hooks(stage, *, forward: Around | None = None, backward: Around | None
             return call
         return wrap
 
-    chosen = {"forward_one_chunk": (forward, per_chunk), "backward_one_chunk": (backward, per_chunk),
+    def full_or_inputs(method):
+        def call(chunk, *args, **kwargs):
+            # backward_one_chunk(chunk, loss=None, full_backward=True, last_backward=False)
+            full = kwargs.get("full_backward", args[1] if len(args) > 1 else True)
+            around = backward if full else (backward_input or backward)
+            if around is None:
+                return method(chunk, *args, **kwargs)
+            with around(chunk):
+                return method(chunk, *args, **kwargs)
+        return call
+
+    chosen = {"forward_one_chunk": (forward, per_chunk),
               "backward_weight_one_chunk": (backward_weight, per_chunk),
               "_prepare_forward_infra": (setup_forward, whole),
               "_prepare_backward_infra": (setup_backward, whole)}
-    return instance_methods(stage, {name: how(around) for name, (around, how) in chosen.items() if around is not None})
+    wrappers = {name: how(around) for name, (around, how) in chosen.items() if around is not None}
+    if backward is not None or backward_input is not None:
+        wrappers["backward_one_chunk"] = full_or_inputs
+    return instance_methods(stage, wrappers)
 
 
 @contextlib.contextmanager

@@ -1,5 +1,6 @@
 """Blocks that misbehave on one rank, for fault tests. They live in an
-importable module so the ranks can unpickle them."""
+importable module of their own so the ranks can unpickle them by its name;
+tests import them through ``support``."""
 
 from __future__ import annotations
 
@@ -10,9 +11,7 @@ import time
 import torch
 from torch import nn
 
-from playground.host.health import worker_pids as child_pids  # ranks left behind (the tests' browser is not one)
-
-__all__ = ["Fault", "faulty_model", "regression_data", "child_pids"]
+__all__ = ["Fault", "faulty_model", "regression_data"]
 
 
 def _rank() -> int:

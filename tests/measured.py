@@ -20,7 +20,7 @@ def runs_once(configs: dict):
 
 def compare_bytes(result, predictions) -> None:
     """Parameters, gradients, optimizer state and traffic, rank by rank: equal."""
-    assert [(p.rank, p.stage, p.dp_rank) for p in predictions] == [(r.rank, r.stage, r.dp_rank) for r in result.ranks]
+    assert [(p.rank, p.pp_rank, p.dp_rank) for p in predictions] == [(r.rank, r.pp_rank, r.dp_rank) for r in result.ranks]
     for r, p in zip(result.ranks, predictions):
         assert (r.memory["params"], r.memory["grads"], r.memory["optimizer"]) == (p.params, p.grads, p.optimizer)
         assert (r.bytes_sent, r.bytes_recv) == (p.bytes_sent, p.bytes_recv)

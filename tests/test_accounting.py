@@ -14,7 +14,7 @@ from playground.result.accounting import account
 
 
 def _rank(rank: int, timeline: list[dict], blocked: list[tuple[float, float]]) -> RankReport:
-    return RankReport(rank=rank, dp_rank=rank, stage=0, blocks=(0, 1), timeline=timeline,
+    return RankReport(rank=rank, dp_rank=rank, pp_rank=0, blocks=(0, 1), timeline=timeline,
                       step_times=[(-5.0, 0.0), (0.0, 10.0)], memory={}, blocked=blocked)
 
 

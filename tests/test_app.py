@@ -14,7 +14,7 @@ import pytest
 
 
 import playground.host.runner as runner  # noqa: E402
-from faulty import child_pids  # noqa: E402
+from support import rank_pids  # noqa: E402
 from playground.views.app import Playground, mesh_options, plot_sweep, sweep_config  # noqa: E402
 from playground.spec.config import RunConfig  # noqa: E402
 from playground.host.launcher import RunCancelled, default_pool  # noqa: E402
@@ -45,13 +45,13 @@ def finished():
 
 
 def test_invalid_choices_show_the_field_disable_run_and_spawn_nothing(no_launch):
-    before = set(child_pids())
+    before = set(rank_pids())
     app = Playground(config=SMALL)
     assert app.error is None and not app.run_button.disabled
     settings = [
         ({"schedule": "1f1b", "micro_batches": 1}, "micro_batches"),
-        ({"strategy": "data", "shares": "3,1", "global_batch": 30}, "global_batch"),
-        ({"strategy": "data", "shares": "3,x"}, "batch_partition"),
+        ({"strategy": "data", "batch_shares": "3,1", "global_batch": 30}, "global_batch"),
+        ({"strategy": "data", "batch_shares": "3,x"}, "batch_partition"),
         ({"lr": -1.0}, "lr"),
     ]
     for changes, field in settings:
@@ -64,7 +64,7 @@ def test_invalid_choices_show_the_field_disable_run_and_spawn_nothing(no_launch)
         app.run_button.click()
         app.start_run()  # the method behind the button refuses too
         assert not app.running and app.history.runs == []
-    assert set(child_pids()) == before
+    assert set(rank_pids()) == before
 
 
 def test_a_cut_too_many_is_refused_and_balance_repairs_it(no_launch):
@@ -74,11 +74,11 @@ def test_a_cut_too_many_is_refused_and_balance_repairs_it(no_launch):
     free = next(t for i, t in enumerate(app.strip.toggles) if i + 1 not in balanced)
     free.value = True
     assert app.error.field == "split_points" and app.run_button.disabled
-    assert app.strip.shares.value.count("stage ") == 3
+    assert app.strip.stage_shares.value.count("stage ") == 3
     app.strip.balance.click()
     assert app.strip.cuts == balanced and app.error is None
     app.strip.toggles[0].value, app.strip.toggles[balanced[0] - 1].value = True, False
-    assert app.config.split_points == (1,) and "stage 0: blocks 0–0" in app.strip.shares.value
+    assert app.config.split_points == (1,) and "stage 0: blocks 0–0" in app.strip.stage_shares.value
     app.world.value = 4  # three cuts now: start again from balanced ones
     assert len(app.strip.cuts) == 3 and app.error is None
     app.strategy.value = "data"
@@ -106,7 +106,7 @@ def test_strategy_single_means_one_rank_and_hybrid_keeps_the_mesh_product(no_lau
 def test_layout_fits_the_page_and_hides_only_the_mesh(no_launch):
     app = Playground(config=SMALL)
     assert app.layout.max_width == "1260px"
-    controls = [app.model, app.strategy, app.world, app.global_batch, app.shares, app.micro_batches,
+    controls = [app.model, app.strategy, app.world, app.global_batch, app.batch_shares, app.micro_batches,
                 app.schedule, app.virtual_stages, app.steps, app.lr, app.optimizer, app.seed]
     assert app.mesh.layout.display == "none" and all(w.layout.display != "none" for w in controls)
     assert len({id(w.layout) for w in controls + [app.mesh]}) == len(controls) + 1
@@ -135,13 +135,13 @@ def test_json_round_trip_restores_the_same_state(no_launch):
     assert Playground(config=app.config).config == app.config
     assert Playground(config=json.loads(state)["config"]).config == app.config
     app.export_button.click()
-    assert json.loads(app.share.value) == json.loads(state)
+    assert json.loads(app.state_json.value) == json.loads(state)
 
     app.micro_batches.value = 3  # an invalid state round-trips too, error and all
     assert app.error.field == "micro_batches"
     broken = Playground(config=app.to_json())
     assert broken.error is not None and broken.error.field == "micro_batches" and broken.run_button.disabled
-    broken.share.value = "{not json"
+    broken.state_json.value = "{not json"
     broken.load_button.click()
     assert "cannot load" in broken.status.value
 
@@ -172,13 +172,13 @@ def test_a_real_run_draws_the_visible_tab_then_each_tab_when_selected(finished):
     assert app.history.side.children == ()  # the compare is drawn when it is opened
     app.extras.selected_index = 0
     assert len(app.history.side.children) == 2
-    assert set(child_pids()) <= set(default_pool().process_pids())  # nothing but the warm ranks
+    assert set(rank_pids()) <= set(default_pool().process_pids())  # nothing but the warm ranks
     assert not app.run_button.disabled and app.stop_button.disabled
 
 
 def test_a_real_run_shows_progress_and_the_loss_live(finished):
     seen, r = finished.seen, finished.result
-    assert seen["status"][0].startswith("starting 2 rank(s)")  # until the first rank reports a step
+    assert seen["status"][0].startswith("starting 2 devices")  # until the first rank reports a step
     assert any(v.startswith("running: step ") for v in seen["status"])
     assert [v for v in seen["progress"] if v] == list(range(1, SMALL.steps + 1))
     last = seen["live"][-1]
@@ -198,7 +198,7 @@ def test_chrome_trace_button_offers_the_last_runs_trace_as_a_download(finished, 
     trace = json.loads(base64.b64decode(href.split(",", 1)[1]))
     assert trace == json.loads(json.dumps(app.result.to_chrome_trace()))
     names = {e["pid"]: e["args"]["name"] for e in trace["traceEvents"] if e["name"] == "process_name"}
-    assert sorted(names) == [0, 1] and names[1].startswith("rank 1 · stage 1")
+    assert sorted(names) == [0, 1] and names[1].startswith("rank 1 · pp 1")
     caption = app.results.children[0].children[0].value  # the timeline's alt text, its rows as drawn
     assert "timeline picture: 2 rows, one per rank: rank 0 · stage 0; rank 1 · stage 1" in caption
 
@@ -279,11 +279,11 @@ def test_stop_ends_a_real_run_and_its_processes():
     deadline = time.monotonic() + 60
     while app.progress.value < 2 and time.monotonic() < deadline:  # into training: steps are finishing
         time.sleep(0.1)
-    assert app.running and app.progress.value >= 2 and len(child_pids()) >= 2
+    assert app.running and app.progress.value >= 2 and len(rank_pids()) >= 2
     app.stop_button.click()
     assert app.wait(timeout=30), "Stop did not end the run within 30 s"
     assert app.status.value.startswith("stopped")
-    assert child_pids() == []
+    assert rank_pids() == []
     assert app.result is None and app.history.runs[-1]["error"] == "stopped"
 
 

@@ -58,12 +58,12 @@ def test_a_bad_value_comes_back_as_the_configs_error(changes, field):
 ])
 def test_which_controls_apply(strategy, world, schedule, shares, stages, mesh):
     a = form.applies(values(BASE, strategy=strategy, world_size=world))
-    assert (a.schedule, a.shares, a.stages, a.mesh) == (schedule, shares, stages, mesh)
+    assert (a.schedule, a.batch_shares, a.stages, a.mesh) == (schedule, shares, stages, mesh)
 
 
 def test_hybrid_reads_its_mesh_and_an_unknown_probe_says_none():
     a = form.applies(values(BASE, strategy="hybrid", world_size=4, mesh=(2, 2, 1), virtual_stages=1))
-    assert (a.schedule, a.shares, a.stages, a.mesh) == (True, True, 2, True)
+    assert (a.schedule, a.batch_shares, a.stages, a.mesh) == (True, True, 2, True)
     assert form.applies(values(BASE, lr=-1.0)) == form.Applies(None, None, None, False)
 
 
@@ -90,7 +90,7 @@ def test_ways_out_of_more_stages_than_blocks_each_lead_to_a_valid_config():
 
 def test_notes_say_core_and_cores():
     one = RunConfig(model="seed-mlp", strategy="data", world_size=2)
-    assert form.run_notes(one, 1) == ["2 ranks × 1 thread share 1 CPU core: timings include contention "
+    assert form.run_notes(one, 1) == ["2 devices × 1 thread share 1 CPU core: timings include contention "
                                       "(the results stay exact)"]
     assert "share 2 CPU cores" not in " ".join(form.run_notes(one, 2))
     assert "share 2 CPU cores" in form.run_notes(one.replace(threads_per_rank=2), 2)[0]

@@ -7,7 +7,7 @@ import pathlib
 import subprocess
 import sys
 
-from faulty import child_pids
+from support import rank_pids
 
 RESULTS = pathlib.Path(__file__).parent / "data" / "results"
 
@@ -20,7 +20,7 @@ def test_cli_run_prints_table_and_writes_json(tmp_path):
         capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
-    header = next(i for i, line in enumerate(lines) if line.split()[:2] == ["rank", "stage"])
+    header = next(i for i, line in enumerate(lines) if line.split()[:2] == ["rank", "pp"])
     assert [line.split()[0] for line in lines[header + 1:header + 3]] == ["0", "1"]
     assert "baseline check: PASS" in proc.stdout
     d = json.loads(out.read_text())
@@ -42,7 +42,7 @@ def test_cli_bad_argument_in_a_real_process():
     # Nothing but this process's own warm pool (if earlier tests started it).
     import playground
 
-    assert sorted(child_pids()) == sorted(playground.default_pool().process_pids())
+    assert sorted(rank_pids()) == sorted(playground.default_pool().process_pids())
 
 
 def test_cli_plots_a_v_schedule(tmp_path):

@@ -91,7 +91,7 @@ def test_pipeline_stages_hold_the_whole_model_and_gpipe_holds_more():
     gpipe = predict(RunConfig(model="mlp", strategy="pipeline", world_size=4, micro_batches=8))
     one_f_one_b = predict(RunConfig(model="mlp", strategy="pipeline", world_size=4, micro_batches=8, schedule="1f1b"))
     assert sum(p.params for p in gpipe) == whole.params
-    assert [p.stage for p in gpipe] == [0, 1, 2, 3]
+    assert [p.pp_rank for p in gpipe] == [0, 1, 2, 3]
     for g, f in zip(gpipe, one_f_one_b):
         assert f.activations_peak < g.activations_peak
         assert f.bytes_sent == g.bytes_sent

@@ -15,17 +15,9 @@ import pytest
 
 import playground
 from playground import Pool, RunCancelled, RunConfig
-from faulty import child_pids
+from support import alive, proc_stat, rank_pids, socket_fds
 
 CONFIG = RunConfig(model="seed-mlp", strategy="data", world_size=2, steps=5)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 @pytest.fixture
@@ -38,7 +30,7 @@ def pool():
 def test_warm_runs_reuse_the_same_ranks_and_outlive_a_device_count(pool):
     first = playground.run(CONFIG)
     pids = pool.pids()
-    assert len(pids) == 2 and sorted(child_pids()) == sorted(pool.process_pids())
+    assert len(pids) == 2 and sorted(rank_pids()) == sorted(pool.process_pids())
     factory = pool.process_pids()[-1]
     second = playground.run(CONFIG.replace(strategy="model", split_points=(1,)))
     assert pool.pids() == pids  # no new interpreters
@@ -49,14 +41,12 @@ def test_warm_runs_reuse_the_same_ranks_and_outlive_a_device_count(pool):
     assert pool.process_pids()[-1] == factory
     # A smaller run uses the first ranks; the third waits, holding no socket.
     fourth = playground.run(CONFIG.replace(strategy="single", world_size=1))
-    assert fourth.passed and len(pool.pids()) == 3 and all(_alive(p) for p in pool.pids())
+    assert fourth.passed and len(pool.pids()) == 3 and all(alive(p) for p in pool.pids())
     idle = pool.pids()[2]
-    sockets = [fd for fd in os.listdir(f"/proc/{idle}/fd") if os.readlink(f"/proc/{idle}/fd/{fd}").startswith("socket:")]
-    assert sockets == [], f"an idle rank holds sockets {sockets}"
-    with open(f"/proc/{idle}/stat") as f:
-        assert f.read().rsplit(")", 1)[1].split()[0] == "S"  # asleep on its job pipe
+    assert socket_fds(idle) == [], f"an idle rank holds sockets {socket_fds(idle)}"
+    assert proc_stat(idle)[0] == "S"  # asleep on its job pipe
     pool.shutdown()
-    assert not any(_alive(p) for p in pids + [factory])
+    assert not any(alive(p) for p in pids + [factory])
 
 
 def test_cold_run_leaves_the_pool_alone_and_nothing_behind(pool):
@@ -64,7 +54,7 @@ def test_cold_run_leaves_the_pool_alone_and_nothing_behind(pool):
     pids = sorted(pool.process_pids())
     result = playground.run(CONFIG, warm=False)
     assert result.passed
-    assert sorted(child_pids()) == pids
+    assert sorted(rank_pids()) == pids
 
 
 def test_progress_is_reported_step_by_step(pool):
@@ -85,7 +75,7 @@ def test_cancel_ends_the_run_and_its_processes(pool):
     with pytest.raises(RunCancelled):
         playground.run(CONFIG.replace(model="mlp", steps=500), cancel=cancel, on_step=on_step)
     assert seen[:3] == [0, 1, 2] and len(seen) < 500
-    assert child_pids() == [] and pool.size == 0
+    assert rank_pids() == [] and pool.size == 0
     assert playground.run(CONFIG).passed  # the next run starts a fresh pool
 
 
@@ -101,13 +91,13 @@ def test_ranks_exit_when_their_caller_is_killed(tmp_path):
     caller = subprocess.Popen([sys.executable, str(script)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                               text=True)
     pids = [int(p) for p in caller.stdout.readline().split()]
-    assert len(pids) == 3 and all(_alive(p) for p in pids)  # two ranks and their factory
+    assert len(pids) == 3 and all(alive(p) for p in pids)  # two ranks and their factory
     os.kill(caller.pid, signal.SIGKILL)
     caller.wait()
     deadline = time.monotonic() + 20
-    while any(_alive(p) for p in pids) and time.monotonic() < deadline:
+    while any(alive(p) for p in pids) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert not any(_alive(p) for p in pids)
+    assert not any(alive(p) for p in pids)
 
 
 def test_a_pool_of_its_own():
@@ -136,7 +126,7 @@ def test_keyboard_interrupt_ends_the_ranks_and_the_next_run_works(pool):
 
     with pytest.raises(KeyboardInterrupt):
         playground.run(CONFIG.replace(model="mlp", steps=500), on_step=interrupt)
-    assert child_pids() == [] and pool.size == 0
+    assert rank_pids() == [] and pool.size == 0
     assert playground.run(CONFIG).passed
 
 

@@ -34,11 +34,11 @@ def _events(rank, kind):
 def test_pipeline_timeline_has_every_micro_batch_send_and_receive(gpipe):
     act_bytes = BATCH // M * WIDTH * 4  # one micro-batch's activation across the cut, fp32
     for r in gpipe.ranks:
-        assert r.stage == r.rank and r.blocks == stage_ranges((5,), 10)[r.rank]
+        assert r.pp_rank == r.rank and r.blocks == stage_ranges((5,), 10)[r.rank]
         for kind in ("forward", "backward"):
             events = _events(r, kind)
             assert [e["micro_batch"] for e in events] == list(range(M)) * STEPS
-            assert {e["stage"] for e in events} == {r.stage}
+            assert {e["stage"] for e in events} == {r.pp_rank}
         assert len(_events(r, "optimizer")) == STEPS
         assert len(_events(r, "setup")) == 1  # shape inference, step 0 only
         sends, recvs = _events(r, "send"), _events(r, "recv")
@@ -168,7 +168,7 @@ def test_chrome_trace_has_a_process_per_rank_and_every_event(gpipe, tmp_path):
         trace = json.load(f)
     events = trace["traceEvents"]
     names = {e["pid"]: e["args"]["name"] for e in events if e["name"] == "process_name"}
-    assert names == {0: "rank 0 · stage 0 · dp 0", 1: "rank 1 · stage 1 · dp 0"}
+    assert names == {0: "rank 0 · pp 0 · dp 0", 1: "rank 1 · pp 1 · dp 0"}
     threads = {(e["pid"], e["args"]["name"]) for e in events if e["name"] == "thread_name"}
     assert threads == {(p, s) for p in (0, 1) for s in ("compute", "p2p", "collective")}
     for r in gpipe.ranks:

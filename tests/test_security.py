@@ -7,31 +7,20 @@ import time
 
 import playground
 from playground import RunConfig
+from support import listening_addresses
 
 LOOPBACK = {"0100007F", "00000000000000000000000001000000", "0000000000000000FFFF00000100007F"}
 
 
-def _listening() -> set[tuple[str, str]]:
-    """(address hex, port hex) of every listening TCP socket on the machine."""
-    out = set()
-    for path in ("/proc/net/tcp", "/proc/net/tcp6"):
-        with open(path) as f:
-            for line in f.readlines()[1:]:
-                fields = line.split()
-                if fields[3] == "0A":  # LISTEN
-                    out.add(tuple(fields[1].split(":")))
-    return out
-
-
 def test_a_run_listens_on_loopback_only():
     playground.default_pool().shutdown()
-    before = _listening()
+    before = listening_addresses()
     seen: set[tuple[str, str]] = set()
     done = threading.Event()
 
     def watch():
         while not done.is_set():
-            seen.update(_listening() - before)
+            seen.update(listening_addresses() - before)
             time.sleep(0.02)
 
     watcher = threading.Thread(target=watch)

@@ -73,11 +73,12 @@ def test_stage_hooks_see_each_micro_batch_then_leave_the_class_methods(world_of_
     stage = PipelineStage(nn.Sequential(nn.Linear(3, 2)), 0, 1, torch.device("cpu"))
     schedule = ScheduleGPipe(stage, n_microbatches=2, loss_fn=lambda out, y: ((out - y) ** 2).mean())
     seen: list = []
-    hooks = {k: _noting(seen, k) for k in ("forward", "backward", "setup_forward", "setup_backward")}
+    hooks = {k: _noting(seen, k) for k in ("forward", "backward", "backward_input", "setup_forward", "setup_backward")}
     with instrument.stage_hooks(stage, **hooks):
         assert set(stage.__dict__) >= {"forward_one_chunk", "_prepare_forward_infra"}
         schedule.step(torch.randn(4, 3), target=torch.randn(4, 2), losses=[])
-    # Shape inference (forward set-up, then the last stage's backward set-up) runs once, in the first step.
+    # Shape inference (forward set-up, then the last stage's backward set-up) runs once, in the first step;
+    # GPipe's backwards are full ones, not input-gradient passes.
     assert seen == [("setup_forward",), ("setup_backward",), ("forward", 0), ("forward", 1),
                     ("backward", 0), ("backward", 1)]
     assert not set(stage.__dict__) & set(instrument.STAGE_METHODS)

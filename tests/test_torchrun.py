@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 
@@ -15,12 +14,7 @@ import pytest
 
 import playground
 from playground import RunConfig
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from support import free_port
 
 
 def test_two_torchrun_nodes_give_the_same_result_as_run(tmp_path):
@@ -31,7 +25,7 @@ def test_two_torchrun_nodes_give_the_same_result_as_run(tmp_path):
     exp = tmp_path / "exp.json"
     exp.write_text(config.to_json())
     out = tmp_path / "out"
-    port = _free_port()
+    port = free_port()
     env = dict(os.environ, GLOO_SOCKET_IFNAME="lo")
     nodes = [subprocess.Popen([torchrun, "--nnodes", "2", "--nproc-per-node", "2", "--rdzv-backend", "c10d",
                                "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "test",
@@ -49,7 +43,7 @@ def test_two_torchrun_nodes_give_the_same_result_as_run(tmp_path):
     result = playground.load_result(str(out))
     assert result.passed and result.baseline["max_abs_param_diff"] <= 1e-5
     assert [r.rank for r in result.ranks] == [0, 1, 2, 3]
-    assert [(r.dp_rank, r.stage) for r in result.ranks] == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    assert [(r.dp_rank, r.pp_rank) for r in result.ranks] == [(0, 0), (0, 1), (1, 0), (1, 1)]
     assert all(r.time["compute"] > 0 for r in result.ranks)
     assert result.config == config
     # The CLI reads the same folder.

@@ -73,8 +73,8 @@ def events_per_step(result: RunResult, kind: str, rank: int) -> tuple[float, flo
 
 
 def test_every_combination_is_recorded_or_refused():
-    assert {stem.split("-pipeline-")[-1] for stem in COMBINATIONS if "-pipeline-" in stem} == set(pg.config.SCHEDULES)
-    assert {stem.rsplit("-", 1)[0] for stem in COMBINATIONS if stem.endswith("-single")} == set(pg.models.MODEL_NAMES)
+    assert {stem.split("-pipeline-")[-1] for stem in COMBINATIONS if "-pipeline-" in stem} == set(pg.spec.config.SCHEDULES)
+    assert {stem.rsplit("-", 1)[0] for stem in COMBINATIONS if stem.endswith("-single")} == set(pg.zoo.models.MODEL_NAMES)
     for stem in REFUSED:
         with pytest.raises(ConfigError, match="blocks"):
             pg.RunConfig(**COMBINATIONS[stem])
@@ -107,14 +107,14 @@ def test_the_traffic_is_the_events(stem):
                  if x["kind"] == "send" and x["peer"] == e["dst"] and step_of(r, x["start"]) in steps]
         assert e["bytes_per_step"] == pytest.approx(sum(x["bytes"] for x in sends) / len(steps))
     assert [b["index"] for b in result.blocks] == list(range(len(result.blocks)))
-    assert [b["label"] for b in result.blocks] == list(pg.models.MODELS[result.config.model].block_labels)
+    assert [b["label"] for b in result.blocks] == list(pg.zoo.models.MODELS[result.config.model].block_labels)
     model = pg.build_model(result.config.model)
     assert [b["params"] for b in result.blocks] == [sum(p.numel() for p in block.parameters()) for block in model]
 
 
 def test_traffic_per_step_counts_the_timed_steps_only():
     def rank(r, events):
-        return RankReport(rank=r, dp_rank=0, stage=r, blocks=(r, r + 1), timeline=events,
+        return RankReport(rank=r, dp_rank=0, pp_rank=r, blocks=(r, r + 1), timeline=events,
                           step_times=[(0.0, 1.0), (1.0, 2.0), (2.0, 3.0)], memory={})
     send = {"kind": "send", "peer": 1, "bytes": 100, "end": 0.0}
     ar = {"kind": "all_reduce", "group": "ranks:0,1", "group_size": 2, "bytes": 64, "end": 0.0}

@@ -66,10 +66,10 @@ LOOPED = ("interleaved", "interleaved1f1b", "loopedbfs")
 @dataclass(frozen=True)
 class RankPrediction:
     """What one rank should hold and move; bytes throughout, traffic over the
-    whole run. ``stage`` is the rank's pp_rank."""
+    whole run."""
 
     rank: int
-    stage: int
+    pp_rank: int
     dp_rank: int
     params: int
     grads: int
@@ -145,7 +145,7 @@ def predict(config: RunConfig, infos: list[BlockInfo] | None = None, model: nn.S
         peak += x_bytes * any(a.saves_input for a in acts) + y_bytes * any(a.saves_target for a in acts)
 
         predictions.append(RankPrediction(
-            rank=rank, stage=place.pp_rank, dp_rank=place.dp_rank, params=sum(held), grads=sum(held),
+            rank=rank, pp_rank=place.pp_rank, dp_rank=place.dp_rank, params=sum(held), grads=sum(held),
             optimizer=optimizer_bytes(config.optimizer, held), activations_peak=peak,
             bytes_sent=sent, bytes_recv=sent))
     return predictions

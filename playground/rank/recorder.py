@@ -39,7 +39,7 @@ import torch
 from playground import instrument
 from playground.predict.saved import SavedTensors
 
-COMPUTE_KINDS = ("setup", "forward", "loss", "backward", "backward_weight", "optimizer")
+COMPUTE_KINDS = ("setup", "forward", "loss", "backward", "backward_input", "backward_weight", "optimizer")
 COMM_KINDS = ("send", "recv", "all_reduce", "all_gather", "reduce_scatter")
 
 
@@ -101,25 +101,26 @@ class Recorder:
             self.add(kind, start, self.now(), **fields)
 
     @contextmanager
-    def backward_span(self, **fields: Any) -> Iterator[None]:
-        """A backward pass. When DDP reduces gradients in it, backward()
+    def backward_span(self, kind: str = "backward", **fields: Any) -> Iterator[None]:
+        """A backward pass (``kind`` "backward", or "backward_input" for the
+        input gradients alone). When DDP reduces gradients in it, backward()
         returns only once its all-reduces are done, though every gradient
         was computed when the last bucket became ready: the span ends there
         and the rest is the rank blocked on the all-reduces."""
         if not self.enabled:
             yield
             return
-        self.say("backward", **fields)
+        self.say(kind, **fields)
         start = self.now()
         try:
             yield
         finally:
             end, ready = self.now(), self.last_bucket_ready
             if ready is not None and start <= ready <= end:
-                self.add("backward", start, ready, **fields)
+                self.add(kind, start, ready, **fields)
                 self.add_blocked(ready, end)
             else:
-                self.add("backward", start, end, **fields)
+                self.add(kind, start, end, **fields)
 
     def say(self, what: str, **fields: Any) -> None:
         """Tell the status slot (if any) what this rank is doing now."""

@@ -17,8 +17,9 @@ class RankReport:
 
     rank: int
     dp_rank: int
-    stage: int
-    """The rank's place along the pipeline (its first stage's index)."""
+    pp_rank: int
+    """The rank's place along the pipeline, 0 first (with one stage per
+    rank, also the index of the stage it holds; ``stages`` lists them all)."""
     blocks: tuple[int, int]
     """[first, end) block indices of this rank's first (usually only) stage."""
     timeline: list[dict[str, Any]]
@@ -49,7 +50,7 @@ class RankReport:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "rank": self.rank, "dp_rank": self.dp_rank, "stage": self.stage,
+            "rank": self.rank, "dp_rank": self.dp_rank, "pp_rank": self.pp_rank,
             "blocks": list(self.blocks), "timeline": self.timeline,
             "step_times": [list(t) for t in self.step_times], "memory": self.memory,
             "time": self.time, "bytes_sent": self.bytes_sent, "bytes_recv": self.bytes_recv,
@@ -62,8 +63,9 @@ class RankReport:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "RankReport":
-        """The report ``to_dict`` wrote."""
-        return cls(rank=d["rank"], dp_rank=d["dp_rank"], stage=d["stage"], blocks=tuple(d["blocks"]),
+        """The report ``to_dict`` wrote; a report saved before ``pp_rank`` was
+        named so carries it as "stage"."""
+        return cls(rank=d["rank"], dp_rank=d["dp_rank"], pp_rank=d["pp_rank"] if "pp_rank" in d else d["stage"], blocks=tuple(d["blocks"]),
                    timeline=d["timeline"], step_times=[tuple(t) for t in d["step_times"]], memory=d["memory"],
                    time=d.get("time", {}), bytes_sent=d.get("bytes_sent", 0), bytes_recv=d.get("bytes_recv", 0),
                    threads=d.get("threads", 1), tp_rank=d.get("tp_rank", 0),

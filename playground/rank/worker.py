@@ -75,10 +75,9 @@ def run_rank(config: RunConfig, rank: int, store, device_type: str, backend: str
     recorder.say("waiting for the other ranks to finish")
     dist.barrier()
     dist.destroy_process_group()
-    ranges = stage_ranges(config.split_points or (), len(model))
-    report = RankReport(rank=rank, dp_rank=topology.dp_rank, stage=topology.stage, tp_rank=topology.tp_rank,
-                        blocks=ranges[topology.stage],
-                        stages=[(s, *ranges[s]) for s in config.rank_stages(topology.stage)],
+    ranges, held = stage_ranges(config.split_points or (), len(model)), config.rank_stages(topology.pp_rank)
+    report = RankReport(rank=rank, dp_rank=topology.dp_rank, pp_rank=topology.pp_rank, tp_rank=topology.tp_rank,
+                        blocks=ranges[held[0]], stages=[(s, *ranges[s]) for s in held],
                         timeline=recorder.events, step_times=recorder.step_times, blocked=recorder.blocked,
                         threads=torch.get_num_threads(), memory=out["memory"], loss_parts=out["loss_parts"],
                         diverged=out["diverged"], tensor_plan=out["tensor_plan"],

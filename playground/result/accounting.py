@@ -69,7 +69,7 @@ def mark_waits(ranks: list[RankReport]) -> None:
             elif e["kind"] == "recv":
                 recvs[(e["peer"], r.rank, e["seq"])] = e
             elif e["kind"] in ("all_reduce", "all_gather", "reduce_scatter"):
-                group = f"{e['group']}:{r.stage}" if e["group"] == "dp" else e["group"]
+                group = f"{e['group']}:{r.pp_rank}" if e["group"] == "dp" else e["group"]
                 collectives.setdefault((e["kind"], group, e["seq"]), []).append(e)
     for key, s in sends.items():
         rv = recvs.get(key)
@@ -237,7 +237,7 @@ def block_table(infos) -> list[dict[str, Any]]:
     return [{"index": b.index, "label": b.label, "params": b.params, "flops": b.flops} for b in infos]
 
 
-STAGE_COMPUTE_KINDS = ("forward", "loss", "backward", "backward_weight")
+STAGE_COMPUTE_KINDS = ("forward", "loss", "backward", "backward_input", "backward_weight")
 
 
 def stage_balance(ranks: list[RankReport], infos, split_points: tuple[int, ...]) -> list[dict[str, Any]]:

@@ -36,13 +36,8 @@ from __future__ import annotations
 from playground.predict.formulas import Action, RankReplay, ReplayCosts, output_stage, replay_schedule, replayed_idle
 from playground.rank.report import RankReport
 
-PASS_KINDS = ("forward", "backward", "backward_weight")
-"""Recorded kinds that are actions of the table (a backward_input is
-recorded as a backward)."""
-
-
-def recorded_kind(kind: str) -> str:
-    return "backward" if kind == "backward_input" else kind
+PASS_KINDS = ("forward", "backward", "backward_input", "backward_weight")
+"""Recorded kinds that are actions of the table, named as the table names them."""
 
 
 def replay_run(ranks: list[RankReport], table: dict[int, list[Action]]) -> dict[int, tuple[float, RankReplay]] | None:
@@ -52,7 +47,7 @@ def replay_run(ranks: list[RankReport], table: dict[int, list[Action]]) -> dict[
     (dp_rank, tp_rank), its pp ranks in stage order. None when a rank's
     recorded actions are not its table's."""
     replicas: dict[tuple[int, int], list[RankReport]] = {}
-    for r in sorted(ranks, key=lambda r: r.stage):
+    for r in sorted(ranks, key=lambda r: r.pp_rank):
         replicas.setdefault((r.dp_rank, r.tp_rank), []).append(r)
     first = 1 if len(ranks[0].step_times) > 1 else 0
     out = {}
@@ -83,7 +78,7 @@ def measured_costs(replica: list[RankReport], table: dict[int, list[Action]]) ->
     costs = [ReplayCosts(duration={}) for _ in range(steps)]
     ends: list[dict[Action, float]] = [{} for _ in range(steps)]  # each action's end, for its message's post
     for i, r in enumerate(replica):
-        expected = [(recorded_kind(k), s, mb) for k, s, mb in table[i]]
+        expected = [(k, s, mb) for k, s, mb in table[i]]
         recvs = [(e["start"], e["end"]) for e in r.timeline if e["kind"] == "recv"]
         sends = [(e["start"], e["end"]) for e in r.timeline if e["kind"] == "send"]
         seen = []

@@ -15,12 +15,12 @@ def format_table(result) -> str:
     head = (f"{c.model} · {c.strategy} · world {result.world_size} · {result.device}/{result.backend} · "
             f"{c.steps} steps · split {list(result.split_points) or '-'} · "
             f"{result.throughput_samples_per_s:.0f} samples/s")
-    cols = ("rank", "stage", "dp", "blocks", "compute ms", "comm ms", "wait ms", "overhead ms",
+    cols = ("rank", "pp", "dp", "blocks", "compute ms", "comm ms", "wait ms", "overhead ms",
             "params MiB", "grads MiB", "optim MiB", "activ MiB", "sent MiB", "recv MiB")
     rows = []
     for r in result.ranks:
         t = r.time
-        rows.append((str(r.rank), str(r.stage), str(r.dp_rank), f"{r.blocks[0]}-{r.blocks[1] - 1}",
+        rows.append((str(r.rank), str(r.pp_rank), str(r.dp_rank), f"{r.blocks[0]}-{r.blocks[1] - 1}",
                      f"{1e3 * t['compute']:.1f}", f"{1e3 * t['comm']:.1f}", f"{1e3 * t.get('wait', t['idle']):.1f}",
                      f"{1e3 * t.get('overhead', 0.0):.1f}",
                      _mib(r.memory["params"]), _mib(r.memory["grads"]), _mib(r.memory["optimizer"]),

@@ -22,7 +22,7 @@ def _stream(kind: str) -> str:
 def chrome_trace(result) -> dict[str, Any]:
     events: list[dict[str, Any]] = []
     for r in result.ranks:
-        name = f"rank {r.rank} · stage {r.stage} · dp {r.dp_rank}" + (f" · tp {r.tp_rank}" if r.tp_rank else "")
+        name = f"rank {r.rank} · pp {r.pp_rank} · dp {r.dp_rank}" + (f" · tp {r.tp_rank}" if r.tp_rank else "")
         events.append({"ph": "M", "name": "process_name", "pid": r.rank, "args": {"name": name}})
         events.append({"ph": "M", "name": "process_sort_index", "pid": r.rank, "args": {"sort_index": r.rank}})
         for stream, tid in TRACE_STREAMS.items():

@@ -48,12 +48,9 @@ class Topology:
 
     @property
     def pp_rank(self) -> int:
-        """Position along the pipeline (the stage, when each rank holds one)."""
+        """Position along the pipeline, 0 first (with one stage per rank, also
+        the index of the stage it holds)."""
         return self.rank // self.tp % self.pp
-
-    @property
-    def stage(self) -> int:
-        return self.pp_rank
 
     @property
     def tp_rank(self) -> int:

@@ -65,7 +65,7 @@ def block_facts(result: RunResult) -> list[dict[str, Any]]:
 
 def held_stages(r: RankReport) -> list[tuple[int, int, int]]:
     """(stage, first block, end block) of every stage the rank holds."""
-    return [tuple(s) for s in r.stages] or [(r.stage, *r.blocks)]
+    return [tuple(s) for s in r.stages] or [(r.pp_rank, *r.blocks)]
 
 
 def p2p(result: RunResult, src: int, dst: int) -> tuple[float, float]:

@@ -460,7 +460,7 @@ def plot_sweep(over: str, points: Sequence[tuple[int, RunResult]]) -> Figure:
         ideal = [(1 - b) / (1 - bubble[0]) for b in bubble]
     else:
         ideal = [1.0] * len(counts)
-    what = "device count" if over == "world_size" else "micro-batches"
+    what = "devices" if over == "world_size" else "micro-batches"
     fig = Figure(figsize=(11, 6.4))
     fig.subplots_adjust(left=0.08, right=0.98, top=0.88, bottom=0.09, hspace=0.38, wspace=0.22)
     axes = fig.subplots(2, 2).ravel()

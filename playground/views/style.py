@@ -51,8 +51,8 @@ def rank_label(result: RunResult, r: RankReport, sep: str = " · ") -> str:
     """'rank r · stage s · dp d · tp t', naming only the axes the run splits
     along; a rank holding several stages lists them all ('stages 0, 3')."""
     parts = [f"rank {r.rank}"]
-    if len({x.stage for x in result.ranks}) > 1 or len(r.stages) > 1:
-        held = [s for s, _, _ in r.stages] or [r.stage]
+    if len({x.pp_rank for x in result.ranks}) > 1 or len(r.stages) > 1:
+        held = [s for s, _, _ in r.stages] or [r.pp_rank]
         parts.append(f"stage{'s' if len(held) > 1 else ''} {', '.join(map(str, held))}")
     if len({x.dp_rank for x in result.ranks}) > 1:
         parts.append(f"dp {r.dp_rank}")

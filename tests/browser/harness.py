@@ -8,13 +8,14 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+
+from support import alive, cmdline, descendants, free_port  # noqa: F401  (alive: for the tests)
 
 REPO = Path(__file__).resolve().parents[2]
 NOTEBOOK = REPO / "notebooks" / "00_playground.ipynb"
@@ -24,55 +25,6 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
 VIEWPORT = {"width": 1280, "height": 800}
 WORKER = "playground.rank.worker"
 """What a rank's command line holds (``python -m playground.rank.worker``)."""
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-# --------------------------------------------------------------------------
-# Processes, read from /proc
-
-
-def _stat(pid: int) -> tuple[str, int, int] | None:
-    """(state, parent pid, start time in clock ticks), or None once it is gone."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return fields[0], int(fields[1]), int(fields[19])
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return f.read().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return ""
-
-
-def descendants(root: int) -> dict[int, int]:
-    """Every live process below ``root``: pid -> start time (to tell a reused pid apart)."""
-    parent, start = {}, {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit() and (st := _stat(int(entry))) and st[0] != "Z":
-            parent[int(entry)], start[int(entry)] = st[1], st[2]
-    found, frontier = {}, [root]
-    while frontier:
-        p = frontier.pop()
-        for child, pp in parent.items():
-            if pp == p and child not in found:
-                found[child] = start[child]
-                frontier.append(child)
-    return found
-
-
-def alive(pid: int, started: int) -> bool:
-    st = _stat(pid)
-    return st is not None and st[0] != "Z" and st[2] == started
 
 
 # --------------------------------------------------------------------------
@@ -131,7 +83,7 @@ class Server:
 
     def workers(self) -> dict[int, int]:
         """The ranks (``playground.rank.worker`` processes) the server's kernels have running now: pid -> start time."""
-        return {p: s for p, s in self.processes().items() if WORKER in _cmdline(p)}
+        return {p: s for p, s in self.processes().items() if WORKER in cmdline(p)}
 
     def stop(self, grace: float = 15) -> None:
         """Ask the server to shut down (it shuts its kernels down, and a

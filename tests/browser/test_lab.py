@@ -51,7 +51,7 @@ def test_a_pipeline_run_draws_one_timeline_row_per_rank_and_passes_its_check(not
 
     ui.choose("strategy", "pipeline")
     ui.type_number("micro-batches", 4)
-    page.get_by_text(re.compile(r"✓ 2 rank\(s\) · 2 stage\(s\) .* in 4 micro-batches")).wait_for()
+    page.get_by_text(re.compile(r"✓ 2 devices · 2 stages .* in 4 micro-batches")).wait_for()
     ui.show(ui.root)
     ui.shot("pipeline-chosen")
 

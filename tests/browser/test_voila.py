@@ -31,7 +31,7 @@ def test_voila_shows_the_playground_without_code_and_runs_a_training(voila, voil
     ui.choose("model", "mlp")
     ui.choose("strategy", "data")
     ui.type_number("steps", 5)
-    page.get_by_text(re.compile(r"✓ 2 rank\(s\) · 1 stage\(s\) · samples per data-parallel rank \[16, 16\]")) \
+    page.get_by_text(re.compile(r"✓ 2 devices · 1 stage · samples per data-parallel rank \[16, 16\]")) \
         .wait_for()
     ui.show(ui.root)
     ui.shot("data-chosen")

@@ -51,7 +51,7 @@ class Pipeline:
         self.part = BatchShare(config.rank_batches(), topology.dp_rank)
         self.stages: list[PipelineStage] = []
         slices = []
-        for index in config.rank_stages(topology.stage):
+        for index in config.rank_stages(topology.pp_rank):
             first, end = ranges[index]
             # Slicing keeps the blocks' names ("4.0.weight"), so the stage's
             # state dict speaks of the same parameters as the full model's.
@@ -136,6 +136,7 @@ class Pipeline:
         return stage_hooks(
             stage, forward=forward,
             backward=lambda chunk: rec.backward_span(stage=index, micro_batch=chunk),
+            backward_input=lambda chunk: rec.backward_span("backward_input", stage=index, micro_batch=chunk),
             backward_weight=lambda chunk: rec.span("backward_weight", stage=index, micro_batch=chunk),
             setup_forward=setup_forward,
             # ...and, on the last stage, one more loss and backward.

@@ -133,7 +133,7 @@ class Applies:
 
     schedule: bool | None
     """schedule, micro-batches and virtual stages (pipelining schedules)"""
-    shares: bool | None
+    batch_shares: bool | None
     """batch shares (more than one data-parallel rank)"""
     stages: int | None
     """the stages the cuts make: pp_size * virtual_stages when scheduled; the strip applies when above 1"""
@@ -157,7 +157,7 @@ def config_fields(values: dict[str, Any]) -> dict[str, Any]:
     if a.schedule is not False:
         f.update({k: values[k] for k in SCHEDULE_FIELDS})
     shares = parse_counts(values.get("batch_shares", ""))
-    if a.shares is not False and shares != ():
+    if a.batch_shares is not False and shares != ():
         f["batch_partition"] = shares
     cuts = values.get("cuts")
     if cuts is not None and tuple(cuts) != balanced_cuts(values["model"], a.stages or 0):
@@ -204,7 +204,7 @@ def way_out(values: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
 
 def sweep_config(config: RunConfig, over: str, n: int) -> RunConfig:
     """``config`` with ``over`` (world_size or micro_batches) set to n. Across
-    device counts the cuts and batch shares go back to balanced and even,
+    numbers of devices the cuts and batch shares go back to balanced and even,
     since their number follows the count; a hybrid mesh keeps pp and tp."""
     if over == "micro_batches":
         return config.replace(micro_batches=n)
@@ -218,14 +218,14 @@ def run_notes(config: RunConfig, cores: int) -> list[str]:
     """What the user should know about the timings before running."""
     device, backend = runner.resolve_device(config)
     if device == "cuda":
-        return [f"GPUs used: {config.world_size} rank(s), one CUDA GPU each ({backend})"]
+        return [f"{plural(config.world_size, 'device')}: one CUDA GPU each ({backend})"]
     if config.world_size * config.threads_per_rank > cores:
-        return [f"{plural(config.world_size, 'rank')} × {plural(config.threads_per_rank, 'thread')} share "
+        return [f"{plural(config.world_size, 'device')} × {plural(config.threads_per_rank, 'thread')} share "
                 f"{plural(cores, 'CPU core')}: timings include contention (the results stay exact)"]
     return []
 
 
 def summary(config: RunConfig) -> str:
     """One line on what the config will run."""
-    return (f"✓ {config.world_size} rank(s) · {config.stages} stage(s) · samples per data-parallel rank "
+    return (f"✓ {plural(config.world_size, 'device')} · {plural(config.stages, 'stage')} · samples per data-parallel rank "
             f"{list(config.rank_batches())}" + (f" in {config.micro_batches} micro-batches" if config.scheduled else ""))

@@ -201,10 +201,10 @@ class SplitStrip(W.VBox):
         self.cells: list[W.HTML] = []
         self.balance = W.Button(description="balance", tooltip="cuts that balance the stages' FLOPs",
                                 layout=W.Layout(width="90px"))
-        self.shares = W.HTML()
+        self.stage_shares = W.HTML()
         self.row = W.Box(layout=W.Layout(flex_flow="row wrap", align_items="center"))
         self.children = [W.HBox([W.HTML("<b>split points</b> (✂ = cut between two blocks)"), self.balance]),
-                         self.row, self.shares]
+                         self.row, self.stage_shares]
 
     def set_model(self, model: str) -> None:
         self.model = model
@@ -248,7 +248,7 @@ class SplitStrip(W.VBox):
                     f"font-size:11px;line-height:1.25;text-align:center'><b>{esc(b.label)}</b><br>"
                     f"{count(b.params)} params<br>{count(b.flops)} FLOPs</div>")
         if not on:
-            self.shares.value = f"<span style='color:{GREY}'>this strategy does not cut the model</span>"
+            self.stage_shares.value = f"<span style='color:{GREY}'>this strategy does not cut the model</span>"
             return
         slowest = max(s["flop_share"] for s in shares)
         spans = []
@@ -259,7 +259,7 @@ class SplitStrip(W.VBox):
             if s["flop_share"] == slowest:  # the slowest stage sets a pipeline's pace
                 text = f"<b>{text}</b>"
             spans.append(f"<span style='background:{color};padding:0 4px'>{text}</span>")
-        self.shares.value = " &nbsp;│&nbsp; ".join(spans)
+        self.stage_shares.value = " &nbsp;│&nbsp; ".join(spans)
 
 
 class ResultsView(W.Tab):
@@ -390,7 +390,7 @@ class SweepPanel(W.VBox):
     """The sweep's settings and its figure (``plots.plot_sweep``)."""
 
     def __init__(self):
-        self.over = W.Dropdown(description="sweep over", options=[("device count", "world_size"),
+        self.over = W.Dropdown(description="sweep over", options=[("devices", "world_size"),
                                                                    ("micro-batches", "micro_batches")])
         self.counts = W.Text(value="1,2,4", description="counts", layout=W.Layout(width="260px"))
         self.button = W.Button(description="Sweep", icon="line-chart")
@@ -416,7 +416,7 @@ class Controls(W.HBox):
         self.world = make(W.IntSlider, "devices", min=1, max=cap, continuous_update=False)
         self.mesh = make(W.Dropdown, "mesh", options=[])  # the options say "dp 2 × pp 2 × tp 1"
         self.global_batch = make(W.IntText, "global batch")
-        self.shares = make(W.Text, "batch shares", placeholder="even; e.g. 3,1")
+        self.batch_shares = make(W.Text, "batch shares", placeholder="even; e.g. 3,1")
         self.micro_batches = make(W.BoundedIntText, "micro-batches", min=1, max=1024)
         self.schedule = make(W.Dropdown, "schedule", options=list(SCHEDULES))
         self.virtual_stages = make(W.BoundedIntText, "virtual stages", min=1, max=64)
@@ -434,6 +434,6 @@ class Controls(W.HBox):
                                            "rank's shard (SyncBatchNorm)")
         self.inputs = {name: getattr(self, "world" if name == "world_size" else name) for name in INPUTS}
         columns = ([self.model, self.strategy, self.world, self.mesh],
-                   [self.global_batch, self.shares, self.micro_batches, self.schedule, self.virtual_stages],
+                   [self.global_batch, self.batch_shares, self.micro_batches, self.schedule, self.virtual_stages],
                    [self.steps, self.lr, self.optimizer, self.seed, self.threads_per_rank, self.sync_batchnorm])
         super().__init__([W.VBox(c, layout=W.Layout(width="33%", padding="0 8px 0 0")) for c in columns])

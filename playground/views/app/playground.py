@@ -44,7 +44,7 @@ class Playground(W.VBox):
         self.controls, self.strip, self.results = Controls(self.cap), SplitStrip(), ResultsView()
         self.history, self.sweep = History(), SweepPanel()
         c = self.controls
-        self.inputs, self.mesh, self.shares, self.world = c.inputs, c.mesh, c.shares, c.world
+        self.inputs, self.mesh, self.batch_shares, self.world = c.inputs, c.mesh, c.batch_shares, c.world
         for name, w in c.inputs.items():  # each control also as app.<field>, as the notebooks use them
             setattr(self, "world" if name == "world_size" else name, w)
         self.message, self.way_out, self.status, self.trace_link, self.live = (W.HTML(), W.HBox(), W.HTML(),
@@ -60,11 +60,11 @@ class Playground(W.VBox):
                                      layout=W.Layout(width="130px", flex="0 0 auto"))
         self.sweep_over, self.sweep_counts, self.sweep_button, self.sweep_plot = (
             self.sweep.over, self.sweep.counts, self.sweep.button, self.sweep.plot)
-        self.share = W.Textarea(placeholder="state JSON: export, or paste and load",
+        self.state_json = W.Textarea(placeholder="state JSON: export, or paste and load",
                                 layout=W.Layout(width="100%", height="110px"))
         self.export_button, self.load_button = W.Button(description="export"), W.Button(description="load")
         self.extras = W.Accordion(children=[self.history, self.sweep, W.VBox(
-            [self.share, W.HBox([self.export_button, self.load_button])])],
+            [self.state_json, W.HBox([self.export_button, self.load_button])])],
             titles=("history and compare", "sweep", "share"), layout=W.Layout(width="100%"))
         self.extras.observe(lambda ch: self.history.show(ch["new"] == 0), names="selected_index")
         super().__init__([W.HTML(CSS + "<h3 style='margin:4px 0'>Model and data parallelism playground</h3>"),
@@ -73,7 +73,7 @@ class Playground(W.VBox):
                                  layout=W.Layout(align_items="center")),
                           self.live, self.status, self.trace_link, self.results, self.extras],
                          layout=W.Layout(width="100%", max_width=PAGE_WIDTH))
-        for w in (*self.inputs.values(), self.mesh, self.shares):
+        for w in (*self.inputs.values(), self.mesh, self.batch_shares):
             w.observe(self._refresh, names="value")
         self.strategy.observe(self._on_strategy, names="value")
         self.strip.balance.on_click(lambda _: self._rebalance())
@@ -81,7 +81,7 @@ class Playground(W.VBox):
         self.stop_button.on_click(lambda _: self.stop())
         self.sweep_button.on_click(lambda _: self.start_sweep())
         self.trace_button.on_click(lambda _: self.offer_trace())
-        self.export_button.on_click(lambda _: setattr(self.share, "value", self.to_json()))
+        self.export_button.on_click(lambda _: setattr(self.state_json, "value", self.to_json()))
         self.load_button.on_click(self._on_load)
         self.load(config if config is not None else form.START)
 
@@ -104,7 +104,7 @@ class Playground(W.VBox):
     def values(self) -> dict[str, Any]:
         """What the controls hold, as ``form`` reads it."""
         return {**self._extra, **{k: w.value for k, w in self.inputs.items()}, "mesh": self.mesh.value,
-                "batch_shares": self.shares.value, "cuts": self.strip.cuts if self.strip.enabled else None}
+                "batch_shares": self.batch_shares.value, "cuts": self.strip.cuts if self.strip.enabled else None}
 
     def fields(self) -> dict[str, Any]:
         """The RunConfig fields the controls say, not yet validated."""
@@ -126,7 +126,7 @@ class Playground(W.VBox):
             for name, v in values.items():
                 if name in self.inputs:
                     self.inputs[name].value = v
-            self.shares.value = values.get("batch_shares", self.shares.value)
+            self.batch_shares.value = values.get("batch_shares", self.batch_shares.value)
             self._set_mesh(values.get("mesh"))
             self._set_model(self.model.value)
             self._stages = None
@@ -136,7 +136,7 @@ class Playground(W.VBox):
 
     def _on_load(self, _) -> None:
         try:
-            self.load(self.share.value)
+            self.load(self.state_json.value)
         except (ValueError, TypeError, KeyError, AttributeError, TraitError) as e:  # a JSON the form cannot hold
             self.status.value = f"<span style='color:{RED}'>cannot load that state: {esc(e)}</span>"
 
@@ -153,7 +153,7 @@ class Playground(W.VBox):
             self._stages = None
 
     def _set_mesh(self, want: tuple | None = None) -> None:
-        """Offer the meshes of the device count; keep pp and tp when they still divide it."""
+        """Offer the meshes of the number of devices; keep pp and tp when they still divide it."""
         options = form.mesh_options(self.world.value)
         if self.mesh.options != tuple(options):
             self.mesh.options = options
@@ -181,7 +181,7 @@ class Playground(W.VBox):
             if a.stages is not None:
                 for k in form.SCHEDULE_FIELDS:
                     self.inputs[k].disabled = not a.schedule
-                self.shares.disabled = not a.shares
+                self.batch_shares.disabled = not a.batch_shares
                 if a.stages != self._stages:  # the number of cuts changed: start from balanced ones
                     self.strip.set_cuts(form.balanced_cuts(self.model.value, a.stages))
                     self._stages = a.stages
@@ -239,7 +239,7 @@ class Playground(W.VBox):
         if config is None or self.jobs.busy:
             return
         self._live, self._throttle = LiveProgress(config.world_size, config.steps), Throttle(0.2)
-        self._begin(config.steps, f"starting {config.world_size} rank(s)… (the first run with a new number of "
+        self._begin(config.steps, f"starting {form.plural(config.world_size, 'device')}… (the first run with a new number of "
                                   f"devices starts a process per device and loads PyTorch in each)")
         self.live.value = ""
         self.jobs.start(lambda cancel: self._run_job(config, cancel))
