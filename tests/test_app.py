@@ -98,9 +98,10 @@ def test_strategy_single_means_one_rank_and_hybrid_keeps_the_mesh_product(no_lau
         if app.config is not None:
             assert (app.config.dp, app.config.pp, app.config.tp) == app.mesh.value
     app.world.value = 4
-    app.mesh.value = (1, 2, 2)  # pp and tp together: the config explains
-    assert app.error.field == "tp"
-    assert app.world.max >= 2
+    # Only meshes hybrid runs are offered: a second axis beside dp, pp or tp, not both.
+    offered = [v for _, v in mesh_options(4)]
+    assert (1, 2, 2) not in offered and (4, 1, 1) not in offered and (2, 2, 1) in offered
+    assert app.error is None and app.world.max >= 2
 
 
 def test_layout_fits_the_page_and_hides_only_the_mesh(no_launch):

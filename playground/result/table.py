@@ -20,7 +20,9 @@ def format_table(result) -> str:
     rows = []
     for r in result.ranks:
         t = r.time
-        rows.append((str(r.rank), str(r.pp_rank), str(r.dp_rank), f"{r.blocks[0]}-{r.blocks[1] - 1}",
+        held = r.stages or [(r.pp_rank, *r.blocks)]  # every stage the rank holds, in stage order
+        blocks = ",".join(f"{a}-{b - 1}" if b - 1 > a else str(a) for _, a, b in sorted(held))
+        rows.append((str(r.rank), str(r.pp_rank), str(r.dp_rank), blocks,
                      f"{1e3 * t['compute']:.1f}", f"{1e3 * t['comm']:.1f}", f"{1e3 * t.get('wait', t['idle']):.1f}",
                      f"{1e3 * t.get('overhead', 0.0):.1f}",
                      _mib(r.memory["params"]), _mib(r.memory["grads"]), _mib(r.memory["optimizer"]),

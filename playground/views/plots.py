@@ -68,8 +68,9 @@ def _footer(fig: Figure, result: RunResult) -> None:
         text = "note: " + "; ".join(result.notes)
         room = int(fig.get_figwidth() * 15)
         if len(text) > room:
-            more = f" … ({len(result.notes)} notes: see the result's notes)"
-            text = text[:room - len(more)].rstrip() + more
+            more = f" … ({len(result.notes)} note{'s' if len(result.notes) > 1 else ''} in full in the result)"
+            cut = text[:room - len(more)]
+            text = (cut.rsplit(" ", 1)[0] if " " in cut else cut).rstrip(" ;,") + more
         fig.text(0.01, 0.005, text, fontsize=8, color="#A33", va="bottom")
 
 
@@ -135,6 +136,24 @@ def plot_timeline(result: RunResult, steps: int | Sequence[int] | None = 2) -> F
             ax.add_artist(Rectangle((joined, y), end - joined, h, facecolor=color, edgecolor="none",
                                    gid=f"comm:{kind}"))
 
+    # Inside a compute span, the time the rank stood blocked on a transfer
+    # (an in-line all-reduce, an FSDP all-gather) is not compute: the
+    # accounting counts it as comm or wait, and the compute lane shows it so.
+    halted = False
+    lo, hi = (min(r.step_times[chosen[0]][0] for r in ranks), max(r.step_times[chosen[-1]][1] for r in ranks))
+    for row, r in enumerate(ranks):
+        y, h = (row - 0.22, 0.35) if planned else (row - 0.33, 0.46)
+        spans = [(e["start"], e["end"]) for e in r.timeline if e["kind"] in COMPUTE_KINDS]
+        stops = list(r.blocked) + [(e["start"], e["end"]) for e in r.timeline if e.get("inline")]
+        for a, b in stops:
+            for sa, sb in spans:
+                x0, x1 = max(a, sa, lo), min(b, sb, hi)
+                if x1 > x0:
+                    halted = True
+                    ax.add_artist(Rectangle((x0 * MS, y), (x1 - x0) * MS, h, facecolor="white", alpha=0.75,
+                                            hatch="xxxx", edgecolor=KIND_COLORS["comm"], linewidth=0,
+                                            gid="halted"))
+
     # Step boundaries, per rank (each rank's steps start when it gets there).
     for row, r in enumerate(ranks):
         edges = [(r.step_times[s][0], f"step {s}" + (" (warm-up)" if s == 0 and len(r.step_times) > 1 else ""))
@@ -162,6 +181,9 @@ def plot_timeline(result: RunResult, steps: int | Sequence[int] | None = 2) -> F
     if waited:
         handles.append(Patch(facecolor="#999", alpha=0.4, hatch="////", edgecolor="#666",
                              label="waiting for the peer to post"))
+    if halted:
+        handles.append(Patch(facecolor="white", hatch="xxxx", edgecolor=KIND_COLORS["comm"],
+                             label="halted on a transfer inside compute (not compute)"))
     handles.append(Line2D([], [], ls="--", color="#333", label="step boundary"))
     fig.legend(handles=handles, loc="lower center", bbox_to_anchor=(0.5, note * inch),
                ncol=(len(handles) + legend_rows - 1) // legend_rows, fontsize=8, frameon=False,

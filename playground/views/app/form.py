@@ -48,10 +48,14 @@ def device_limit() -> tuple[int, int, int]:
 
 
 def mesh_options(n: int) -> list[tuple[str, tuple[int, int, int]]]:
-    """Every (dp, pp, tp) with dp * pp * tp = n, labelled for a dropdown."""
+    """The (dp, pp, tp) with dp * pp * tp = n that hybrid runs: a second
+    axis beside dp, pp or tp but not both (the config refuses the rest),
+    labelled for a dropdown; every factorisation when none is (n = 1)."""
     divisors = [d for d in range(1, n + 1) if n % d == 0]
-    return [(f"dp {n // (pp * tp)} × pp {pp} × tp {tp}", (n // (pp * tp), pp, tp))
-            for pp in divisors for tp in divisors if (n // pp) % tp == 0]
+    every = [(f"dp {n // (pp * tp)} × pp {pp} × tp {tp}", (n // (pp * tp), pp, tp))
+             for pp in divisors for tp in divisors if (n // pp) % tp == 0]
+    runnable = [(label, m) for label, m in every if (m[1] > 1) != (m[2] > 1)]
+    return runnable or every
 
 
 def mesh_choice(n: int, old: tuple | None) -> tuple[int, int, int]:
