@@ -101,3 +101,16 @@ def test_state_round_trips_through_values():
     v, sweep = form.state_values('{"config": %s, "sweep": {"over": "micro_batches"}}' % c.to_json())
     assert form.build(v) == c and sweep == {"over": "micro_batches"}
     assert form.build(form.state_values(c.to_dict())[0]) == c
+
+
+@pytest.mark.parametrize("changes, field, offered", [
+    (dict(schedule="interleaved1f1b"), "virtual_stages", "2 virtual stages"),
+    (dict(schedule="zbvzerobubble"), "virtual_stages", "2 virtual stages"),
+    (dict(strategy="data", world_size=2, global_batch=7, micro_batches=1), "global_batch", "global batch 8"),
+])
+def test_a_refused_schedule_or_batch_offers_the_nearest_values_that_run(changes, field, offered):
+    v = values(BASE, **changes)
+    assert form.build(v).field == field
+    ways = form.way_out(v)
+    assert offered in [label for label, _ in ways]
+    assert all(not isinstance(form.build({**v, **c}), ConfigError) for _, c in ways)

@@ -196,7 +196,7 @@ def way_out(values: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     blocks. Empty where there is no such dead end."""
     stages, blocks = stages_wanted(values), model_num_blocks(values["model"])
     if stages <= blocks:
-        return []
+        return _other_ways_out(values)
     out = [(f"model {m} ({n} blocks)", {"model": m, "cuts": None})
            for m in MODELS if (n := model_num_blocks(m)) >= stages]
     out.append((f"strategy data ({plural(values['world_size'], 'device')}, each with the whole model)",
@@ -204,6 +204,26 @@ def way_out(values: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     if values["strategy"] != "hybrid" and blocks >= 2 and values["virtual_stages"] == 1:
         out.append((f"{blocks} devices (one per block)", {"world_size": blocks, "cuts": None}))
     return [(label, changes) for label, changes in out if not isinstance(build({**values, **changes}), ConfigError)]
+
+
+def _other_ways_out(values: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """For a refused schedule or batch: the nearest values that run (the
+    stages per rank the schedule needs; a global batch the shares divide)."""
+    error = build(values)
+    if not isinstance(error, ConfigError):
+        return []
+    out: list[tuple[str, dict[str, Any]]] = []
+    if error.field == "virtual_stages":
+        out += [(f"{v} virtual stages", {"virtual_stages": v, "cuts": None}) for v in (2, 3)]
+    elif error.field == "global_batch" and isinstance(values.get("global_batch"), int):
+        b = values["global_batch"]
+        near = sorted({max(1, b - k) for k in range(1, 9)} | {b + k for k in range(1, 9)}, key=lambda n: abs(n - b))
+        out += [(f"global batch {n}", {"global_batch": n}) for n in near]
+    elif error.field == "micro_batches" and isinstance(values.get("micro_batches"), int):
+        m = values["micro_batches"]
+        near = sorted((n for n in range(max(1, m - 4), m + 5) if n != m), key=lambda n: abs(n - m))
+        out += [(f"{n} micro-batches", {"micro_batches": n}) for n in near]
+    return [(label, changes) for label, changes in out if not isinstance(build({**values, **changes}), ConfigError)][:3]
 
 
 def sweep_config(config: RunConfig, over: str, n: int) -> RunConfig:
