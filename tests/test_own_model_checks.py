@@ -289,3 +289,15 @@ def test_cli_turns_a_refusal_into_exit_2_and_one_line(monkeypatch, capsys):
     assert _run_and_print(_config("data")) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("playground: error: model='block 1 (LSTM)': returned a tuple")
+
+
+def test_numpy_arrays_are_taken_and_anything_else_is_named_by_its_place():
+    import numpy as np
+
+    from playground.zoo.custom import as_dataset
+
+    x, y = np.zeros((8, 4), dtype="float32"), np.arange(8, dtype="int32") % 2
+    data = as_dataset((x, y))
+    assert isinstance(data.train_x, torch.Tensor) and data.task == "classification"
+    with pytest.raises(ConfigError, match=r"element 1: list"):
+        as_dataset((x, [0, 1]))

@@ -315,7 +315,9 @@ def _check_mesh(c: RunConfig) -> None:
     dp, pp, tp = c.dp_size, c.pp_size, c.tp_size
     if dp * pp * tp != c.world_size:
         raise ConfigError("world_size", c.world_size,
-                          f"must equal the mesh size dp x pp x tp = {dp} x {pp} x {tp} = {dp * pp * tp}")
+                          f"must equal the mesh size dp x pp x tp = {dp} x {pp} x {tp} = {dp * pp * tp}"
+                          + (" (strategy 'hybrid': give the mesh with dp, pp and tp; on the command line "
+                             "--dp, --pp, --tp)" if c.strategy == "hybrid" else ""))
     if pp > 1 and tp > 1:
         raise ConfigError("tp", tp, f"a mesh with both pp={pp} and tp={tp} is not supported: "
                                     "use dp x pp or dp x tp")

@@ -76,10 +76,16 @@ def prepare_custom(config: RunConfig, model: Any, dataset: Any) -> tuple[RunConf
 def as_dataset(dataset: Any) -> Dataset:
     """A ``Dataset`` from itself or from a tuple (x, y[, x_test, y_test]);
     the task is classification for integer targets, regression for float."""
-    usage = "must be a Dataset or a tuple (x, y[, x_test, y_test]) of tensors"
+    usage = "must be a Dataset or a tuple (x, y[, x_test, y_test]) of tensors or NumPy arrays"
     if isinstance(dataset, (tuple, list)):
-        if len(dataset) not in (2, 4) or not all(isinstance(t, torch.Tensor) for t in dataset):
-            raise ConfigError("dataset", type(dataset).__name__, usage)
+        if len(dataset) not in (2, 4):
+            raise ConfigError("dataset", f"a {type(dataset).__name__} of {len(dataset)}", usage)
+        # NumPy arrays (a common source of int32 labels) become tensors sharing their memory.
+        dataset = tuple(torch.from_numpy(t) if type(t).__module__ == "numpy" and hasattr(t, "dtype") else t
+                        for t in dataset)
+        wrong = [f"element {i}: {type(t).__name__}" for i, t in enumerate(dataset) if not isinstance(t, torch.Tensor)]
+        if wrong:
+            raise ConfigError("dataset", "; ".join(wrong), usage)
         y = dataset[1]
         if y.dtype == torch.bool or y.is_complex():
             raise ConfigError("dataset", f"targets of dtype {y.dtype}",
