@@ -102,3 +102,14 @@ def with_spare(relu_tail: bool = False) -> nn.Sequential:
     torch.manual_seed(0)
     blocks = [MainAndSpare(), nn.ReLU(), nn.Linear(16, 4)]
     return nn.Sequential(*blocks, *([nn.ReLU()] if relu_tail else []))
+
+
+class Residual(nn.Module):
+    """x + inner(x): a block a tensor-parallel plan cannot see into."""
+
+    def __init__(self, inner: nn.Module):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        return x + self.inner(x)

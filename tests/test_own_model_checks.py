@@ -15,6 +15,7 @@ import playground
 from playground import ConfigError, RunConfig
 from playground.zoo.custom import prepare_custom
 from playground.zoo.plans import plan_tensor_parallel
+from own_blocks import Residual
 
 
 @pytest.fixture(autouse=True)
@@ -25,15 +26,6 @@ def no_process(monkeypatch):
 
     monkeypatch.setattr("playground.host.runner.launch", launch)
     monkeypatch.setattr("playground.host.launcher._Rank", launch)
-
-
-class Residual(nn.Module):
-    def __init__(self, inner: nn.Module):
-        super().__init__()
-        self.inner = inner
-
-    def forward(self, x):
-        return x + self.inner(x)
 
 
 class Returns(nn.Module):
