@@ -1,0 +1,142 @@
+"""The job side of the Playground: Run, Sweep, Stop, live progress and
+what a finished or failed run shows (the thread and cancel are ``jobs``';
+the pictures are ``panels``')."""
+
+from __future__ import annotations
+
+import threading
+
+
+from playground.host import runner
+from playground.spec.config import ConfigError, RunConfig
+from playground.views.plots import run_title
+from playground.result.run_result import RunResult
+from playground.views.app import form
+from playground.views.app.jobs import LiveProgress, Throttle
+from playground.views.app.panels import (
+    GREY, RED, check_html, esc, live_html, notes_html, output_html, trace_link_html,
+)
+
+
+
+class Runs:
+    """Starts and stops the background jobs and shows what they report."""
+
+
+    # -- running, in a background job --------------------------------------
+
+    @property
+    def running(self) -> bool:
+        return self.jobs.busy
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the current run or sweep ends; False if it outlasts ``timeout`` seconds."""
+        return self.jobs.wait(timeout)
+
+    def start_run(self) -> None:
+        """Run the current config (what the Run button does)."""
+        config = self.config
+        if config is None or self.jobs.busy:
+            return
+        self._live, self._throttle = LiveProgress(config.world_size, config.steps), Throttle(0.2)
+        self._begin(config.steps, f"starting {form.plural(config.world_size, 'device')}… (the first run with a new number of "
+                                  f"devices starts a process per device and loads PyTorch in each)")
+        self.live.value = ""
+        self.jobs.start(lambda cancel: self._run_job(config, cancel))
+
+    def start_sweep(self) -> None:
+        """Run the current config at each count (what the Sweep button does)."""
+        counts = form.parse_counts(self.sweep_counts.value)
+        if isinstance(counts, str) or not counts or min(counts) < 1:
+            self.status.value = f"<span style='color:{RED}'>counts: give positive integers, e.g. 1,2,4</span>"
+            return
+        config, over = self.config, self.sweep_over.value
+        if config is not None and not self.jobs.busy:
+            self._begin(len(counts), f"sweep: {over} = {counts[0]} (1 of {len(counts)})…")
+            self.jobs.start(lambda cancel: self._sweep_job(config, over, counts, cancel))
+
+    def offer_trace(self) -> None:
+        """Show a link that saves the last run's Chrome trace (what the Chrome trace button does)."""
+        if self.result is not None:
+            self.trace_link.value = trace_link_html(self.result)
+
+    def stop(self) -> None:
+        """End the current run's ranks at once; a sweep stops with them."""
+        self.jobs.stop()
+        self.status.value = "stopping: ending every rank…"
+
+    def _begin(self, total: int, status: str) -> None:
+        self.progress.max, self.progress.value, self.progress.bar_style = max(1, total), 0, "info"
+        self.progress.description = "0 s"
+        self.status.value = esc(status)
+
+    def _tick(self, elapsed: float) -> None:
+        self.progress.description = f"{elapsed:.0f} s"  # time passes, even before the first step ends
+
+    def _on_error(self, e: BaseException) -> None:
+        self.status.value = f"<span style='color:{RED}'>playground error: {esc(type(e).__name__)}: {esc(e)}</span>"
+
+    def _on_progress(self, update: dict) -> None:
+        """A rank finished a step (called in the job's thread): the bar at
+        every finished step, the live view at most 5 times a second."""
+        first = not self._live.last_step
+        self._live.add(update)
+        done = self._live.steps_done
+        if done != self.progress.value:
+            self.progress.value = done
+        if first or self._throttle.due() or done == self._live.steps:
+            losses, step_s = self._live.snapshot()
+            self.live.value = live_html(losses, step_s, self._live.steps)
+            if not self.jobs.cancel.is_set():
+                self.status.value = f"running: step {done} of {self._live.steps} finished on every rank"
+
+    def _failed(self, config: RunConfig, e: Exception, cancel: threading.Event) -> None:
+        stopped = cancel.is_set()
+        what = "stopped" if stopped else f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        self.history.add(config, error=what)
+        self.progress.bar_style = "warning" if stopped else "danger"
+        self.status.value = ("stopped: every rank was ended" if stopped else
+                             f"<span style='color:{RED}'>run failed: {esc(what)}</span>"
+                             + output_html(getattr(e, "outputs", {})))
+        if self.result is not None:  # the tabs below still hold it: say so, lest they pass for this run's
+            self.status.value += (f" <span style='color:{GREY}'>· the pictures below are from the last run "
+                                  f"that finished ({esc(run_title(self.result))})</span>")
+
+    def _run_job(self, config: RunConfig, cancel: threading.Event) -> None:
+        try:
+            result = runner.run(config, cancel=cancel, on_progress=self._on_progress)
+        except Exception as e:
+            return self._failed(config, e, cancel)
+        # The check and the key numbers first, then the one figure looked at.
+        self.result = result
+        self.progress.value, self.progress.bar_style = self.progress.max, "success" if result.passed else "danger"
+        self.status.value = check_html(result) + notes_html(result)
+        self.trace_link.value = ""  # it held the previous run's trace
+        self.history.add(config, result)
+        self.results.show(result)
+
+    def _sweep_job(self, config: RunConfig, over: str, counts: tuple[int, ...], cancel: threading.Event) -> None:
+        points: list[tuple[int, RunResult]] = []
+        skipped: list[str] = []
+        for i, n in enumerate(counts):
+            if cancel.is_set():
+                break
+            try:
+                cfg = form.sweep_config(config, over, n)
+            except ConfigError as e:
+                skipped.append(f"{n}: {e}")
+                continue
+            self.status.value = f"sweep: {over} = {n} ({i + 1} of {len(counts)})…"
+            try:
+                result = runner.run(cfg, cancel=cancel)
+            except Exception as e:
+                self._failed(cfg, e, cancel)
+                skipped.append(f"{n}: {type(e).__name__}")
+                continue
+            self.history.add(cfg, result)
+            points.append((n, result))
+            self.progress.value = i + 1
+            self.sweep.show(over, points)
+        done = f"sweep: {len(points)} of {len(counts)} point(s) ran" + (" (stopped)" if cancel.is_set() else "")
+        self.status.value = esc(done) + "".join(f"<div style='color:{GREY}'>skipped {esc(s)}</div>" for s in skipped)
+        self.progress.bar_style = "success" if len(points) == len(counts) else "warning"
