@@ -1,5 +1,6 @@
-"""The cost model under its first name: ``playground.predict`` holds it now
-(``formulas``, ``profile``, ``predict``); these are its public names."""
+"""The cost model's public names, gathered from ``playground.predict``
+(``formulas``: pure arithmetic; ``profile``: what runs the model to
+measure; ``predict``: one loop over the ranks)."""
 
 from .predict.formulas import (
     DDP_BUCKET_BYTES, DDP_FIRST_BUCKET_BYTES, UNIT_TIMES, Action, RankReplay, ReplayCosts, all_reduce_bytes,

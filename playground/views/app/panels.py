@@ -58,10 +58,6 @@ def fit() -> W.Layout:
     return W.Layout(max_width="100%", height="auto")
 
 
-def image(fig: Figure) -> W.Image:
-    return W.Image(value=png(fig), format="png", layout=fit())
-
-
 def count(n: float) -> str:
     return f"{n / 1e6:.1f}M" if n >= 1e6 else (f"{n / 1e3:.1f}k" if n >= 1e3 else f"{n:g}")
 
