@@ -14,6 +14,7 @@ from torch import nn
 
 import playground
 from playground import RankError, RunConfig
+from playground.rank.training import AGREE_EVERY
 from own_blocks import Residual
 
 # A notebook cell: everything it defines lives in __main__, which the ranks
@@ -155,17 +156,19 @@ def test_a_diverging_loss_stops_every_rank_at_the_same_step(strategy, fields, se
     x, _ = regression()
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
-    config = RunConfig(model="custom", strategy=strategy, world_size=2, global_batch=16, steps=8, lr=1e6, **fields)
+    config = RunConfig(model="custom", strategy=strategy, world_size=2, global_batch=16, steps=20, lr=1e6, **fields)
     result = playground.run(config, model=net, dataset=(x, x[:, :4]))
     finite = torch.tensor(result.losses).isfinite().tolist()
     step = finite.index(False)
-    # Every rank hears of it one step later (the agreement never holds a step up), and stops there.
+    # The ranks compare every AGREE_EVERY steps and read the answer a step
+    # later (the agreement never holds a step up); all stop there together.
+    agreed = (step // AGREE_EVERY + 1) * AGREE_EVERY - 1
     steps_run = len(result.losses)
-    assert steps_run == step + 2 < config.steps
+    assert steps_run == agreed + 2 < config.steps
     assert all(len(r.step_times) == steps_run for r in result.ranks)
     note = next(n for n in result.notes if n.startswith("training diverged"))
     assert f"at step {step} (counting from 0)" in note
-    assert f"stopped after step {step + 1}, once all had heard ({steps_run} of 8 steps ran)" in note
+    assert f"stopped after step {agreed + 1}, once all had heard ({steps_run} of 20 steps ran)" in note
     named = note.split(" on rank")[1].split(";")[0].lstrip("s ")
     assert {int(r) for r in named.split(", ")} <= seeing_loss
     assert "on one device the loss first became non-finite at step" in note

@@ -67,8 +67,8 @@ def train_rank(config: RunConfig, topology: Topology, model: nn.Sequential, data
     Returns what the rank knows: its part of each step's loss, its memory,
     and its trained parameters and buffers (from the first data-parallel
     replica only, since the others hold copies). A loss part that is inf or NaN on any
-    rank ends training on every rank after the next step (after that very
-    step without a process group); see ``DivergenceCheck``. ``diverged`` is
+    rank ends training on every rank at the same step, at most
+    ``AGREE_EVERY`` + 1 steps later (after that very step without a process group); see ``DivergenceWatch``. ``diverged`` is
     then {"step": step, "ranks": [ranks whose part was not finite]}, else None.
 
     Warnings torch gives about this package's deliberate choices are
@@ -89,7 +89,7 @@ def _train(config: RunConfig, topology: Topology, model: nn.Sequential, dataset:
     strategy = STRATEGY_CLASSES[config.strategy](model, topology, config, recorder, loss_fn(dataset.task), groups)
     optimizer = make_optimizer(config, strategy.module.parameters())
     loss_parts: list[float | None] = []
-    checks: list[DivergenceCheck] = []
+    watch = DivergenceWatch(config.steps, recorder, device)
     diverged = None
     with strategy.context(), recorder.timing_waits(), seeded(config.seed, rng_stream(topology)):
         for step in range(config.steps):
@@ -106,15 +106,10 @@ def _train(config: RunConfig, topology: Topology, model: nn.Sequential, dataset:
             if on_step is not None:
                 start, end = recorder.step_times[-1]
                 on_step({"step": step, "loss": loss_parts[-1], "step_s": end - start})
-            checks.append(DivergenceCheck(step, loss_parts[-1], recorder, device))
-            # Read the agreement on the step before, which had a whole step to
-            # arrive; without a process group, this step's is known already.
-            due = checks[-1] if checks[-1].work is None else checks[-2] if len(checks) > 1 else None
-            diverged = due.result() if due is not None else None
+            diverged = watch.after_step(step, loss_parts[-1])
             if diverged:
                 break
-        last = checks[-1].result() if checks else None  # waits for the one still in flight
-        diverged = diverged or last
+        diverged = diverged or watch.finish()
     local = strategy.local_model
     memory = memory_bytes(local, optimizer)
     memory["activations_peak"] = recorder.activations_peak
@@ -159,37 +154,69 @@ def seeded(seed: int, stream: int):
             np.random.set_state(np_state)
 
 
-class DivergenceCheck:
-    """Which ranks' part of step ``step``'s loss was inf or NaN, agreed by
-    every rank: a max all-reduce of one flag per rank, started as the step
-    ends and read a step later, so that it never holds a rank up; it is
-    kept off the recorded timeline. Without a process group (the
-    single-device baseline) the answer is known at once: [0] or []."""
+AGREE_EVERY = 8
+"""Steps between the ranks' agreements on a diverged loss (and the last step)."""
 
-    def __init__(self, step: int, loss_part: float | None, recorder: Recorder, device: torch.device):
+
+class DivergenceWatch:
+    """Whether a rank's part of the loss became inf or NaN, agreed by every
+    rank so that all stop at the same step.
+
+    Each rank keeps the first step at which its own part was not finite.
+    Every ``AGREE_EVERY`` steps, and at the last step, the ranks compare:
+    a max all-reduce of one number per rank (that first step + 1, or 0),
+    started as the step ends and read as the next step ends, so it never
+    holds a rank up and costs one small collective per ``AGREE_EVERY``
+    steps; it is kept off the recorded timeline. Training therefore ends at
+    most ``AGREE_EVERY`` + 1 steps after the loss went bad, on every rank at
+    the same step. Without a process group (the single-device baseline) the
+    answer is known at once and training stops after the very step."""
+
+    def __init__(self, steps: int, recorder: Recorder, device: torch.device):
         import torch.distributed as dist
 
-        self.step, self.recorder = step, recorder
-        bad = loss_part is not None and not math.isfinite(loss_part)
-        self.work = None
-        if not (dist.is_available() and dist.is_initialized()):
-            self.flags = torch.tensor([float(bad)])
-            return
-        self.flags = torch.zeros(dist.get_world_size(), device=device)
-        self.flags[dist.get_rank()] = float(bad)
-        recorder.unrecorded_collectives = True
-        try:
-            self.work = dist.all_reduce(self.flags, op=dist.ReduceOp.MAX, async_op=True)
-        finally:
-            recorder.unrecorded_collectives = False
+        self.steps, self.recorder, self.device = steps, recorder, device
+        self.grouped = dist.is_available() and dist.is_initialized()
+        self.first_bad: int | None = None
+        self.pending = None  # (work, flags) of the agreement in flight
 
-    def result(self) -> dict | None:
-        """{"step": step, "ranks": [...]} when a loss part was not finite, else None."""
-        if self.work is not None:
-            self.recorder.unrecorded_collectives = True  # not the training's wait: keep it off the record
-            try:
-                self.work.wait()
-            finally:
-                self.recorder.unrecorded_collectives = False
-        ranks = [r for r, f in enumerate(self.flags.tolist()) if f]
-        return {"step": self.step, "ranks": ranks} if ranks else None
+    def after_step(self, step: int, loss_part: float | None) -> dict | None:
+        """Note this step's loss part; {"step", "ranks"} once all ranks know
+        that some part was not finite, else None."""
+        if self.first_bad is None and loss_part is not None and not math.isfinite(loss_part):
+            self.first_bad = step
+        if not self.grouped:
+            return {"step": step, "ranks": [0]} if self.first_bad is not None else None
+        heard = self._read() if self.pending is not None else None
+        if heard is None and ((step + 1) % AGREE_EVERY == 0 or step == self.steps - 1):
+            self._post()
+        return heard
+
+    def finish(self) -> dict | None:
+        """The answer of the agreement still in flight, if any (waits for it)."""
+        return self._read() if self.grouped and self.pending is not None else None
+
+    def _post(self) -> None:
+        import torch.distributed as dist
+
+        flags = torch.zeros(dist.get_world_size(), device=self.device)
+        flags[dist.get_rank()] = 0.0 if self.first_bad is None else float(self.first_bad + 1)
+        self.recorder.unrecorded_collectives = True
+        try:
+            self.pending = (dist.all_reduce(flags, op=dist.ReduceOp.MAX, async_op=True), flags)
+        finally:
+            self.recorder.unrecorded_collectives = False
+
+    def _read(self) -> dict | None:
+        work, flags = self.pending
+        self.pending = None
+        self.recorder.unrecorded_collectives = True  # not the training's wait: keep it off the record
+        try:
+            work.wait()
+        finally:
+            self.recorder.unrecorded_collectives = False
+        firsts = {r: int(f) - 1 for r, f in enumerate(flags.tolist()) if f}
+        if not firsts:
+            return None
+        step = min(firsts.values())
+        return {"step": step, "ranks": [r for r, s in firsts.items() if s == step]}
