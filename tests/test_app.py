@@ -19,7 +19,7 @@ from playground.views.app import Playground, mesh_options, plot_sweep, sweep_con
 from playground.spec.config import RunConfig  # noqa: E402
 from playground.host.launcher import RunCancelled, default_pool  # noqa: E402
 
-PNG = b"\x89PNG"
+SVG = b"<?xml"
 SMALL = RunConfig(model="mlp", strategy="pipeline", world_size=2, micro_batches=2, steps=3)
 
 
@@ -157,12 +157,12 @@ def test_a_real_run_draws_the_visible_tab_then_each_tab_when_selected(finished):
     assert app.results.selected_index == 0
     # Only the tab on screen was rendered; every caption is there already.
     assert set(app.figures) == {"timeline"}
-    assert bytes(app.results.children[0].children[1].value).startswith(PNG)
+    assert bytes(app.results.children[0].children[1].value).startswith(SVG)
     assert all(len(pane.children) == 1 and pane.children[0].value for pane in app.results.children[1:])
     for i, title in enumerate(app.results.titles[1:], start=1):
         app.results.selected_index = i
         caption, img = app.results.children[i].children
-        assert bytes(img.value).startswith(PNG) and caption.value and title in app.figures
+        assert bytes(img.value).startswith(SVG) and caption.value and title in app.figures
     app.results.selected_index = 0
     assert "formula (p-1)/(m+p-1)" in app.results.children[1].children[0].value
     assert "The replay of the schedule" in app.results.children[1].children[0].value
@@ -217,13 +217,13 @@ def test_sweep_fills_history_and_compare(finished, monkeypatch):
     assert app.wait(timeout=60)
     assert seen == [1, 2]  # 3 does not divide the batch of 32: skipped, and said so
     assert "skipped 3" in app.status.value and "2 of 3" in app.status.value
-    assert bytes(app.sweep_plot.children[0].value).startswith(PNG)
+    assert bytes(app.sweep_plot.children[0].value).startswith(SVG)
     assert len(app.history.runs) == 2
     assert (app.history.a.value, app.history.b.value) == (1, 2)
     assert app.history.side.children == ()  # closed: no timeline rendered for it
     app.extras.selected_index = 0
     assert len(app.history.side.children) == 2
-    assert all(bytes(p.children[1].value).startswith(PNG) for p in app.history.side.children)
+    assert all(bytes(p.children[1].value).startswith(SVG) for p in app.history.side.children)
 
 
 def test_sweep_helpers():

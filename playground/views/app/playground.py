@@ -84,7 +84,7 @@ class Playground(FormBinding, Runs, W.VBox):
 
     @property
     def figures(self) -> dict[str, bytes]:
-        """PNG bytes of the latest run's figures drawn so far, by tab title."""
+        """SVG bytes of the latest run's figures drawn so far, by tab title."""
         return self.results.figures
 
     @contextmanager
