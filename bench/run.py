@@ -29,10 +29,12 @@ from playground.spec.config import cpu_count  # noqa: E402
 from playground.predict.predict import bubble_fraction  # noqa: E402
 
 ROWS: list[dict] = []
+RUNNING = [""]
+"""The benchmark now running: each row is filed under it."""
 
 
 def report(name: str, figures: str, target: str, ok: bool, note: str = "") -> None:
-    row = {"benchmark": name, "figures": figures, "target": target, "met": "yes" if ok else "no", "note": note}
+    row = {"group": RUNNING[0], "benchmark": name, "figures": figures, "target": target, "met": "yes" if ok else "no", "note": note}
     ROWS.append(row)
     print(f"[{row['met']:>3}] {name}: {figures} (target {target}) {note}", flush=True)
 
@@ -279,14 +281,25 @@ BENCHMARKS = {"warm": warm, "recording": recording, "comm": comm, "p2p": p2p, "f
 
 
 def main(names: list[str]) -> None:
+    """Run the named benchmarks (all without names) and update their rows in
+    results.json and results.md; the other benchmarks' rows stay as they were."""
     for name in names or list(BENCHMARKS):
+        RUNNING[0] = name
         BENCHMARKS[name]()
     pg.default_pool().shutdown()
     here = os.path.dirname(os.path.abspath(__file__))
-    with open(os.path.join(here, "results.json"), "w") as f:
-        json.dump(ROWS, f, indent=1)
+    path = os.path.join(here, "results.json")
+    ran = {r["group"] for r in ROWS}
+    kept = []
+    if os.path.exists(path):
+        with open(path) as f:
+            kept = [r for r in json.load(f) if r.get("group") not in ran]
+    order = list(BENCHMARKS)
+    rows = sorted(kept + ROWS, key=lambda r: order.index(r["group"]) if r.get("group") in order else len(order))
+    with open(path, "w") as f:
+        json.dump(rows, f, indent=1)
     lines = ["| benchmark | measured | target | met |", "|---|---|---|---|"]
-    lines += [f"| {r['benchmark']} | {r['figures']} | {r['target']} | {r['met']} |" for r in ROWS]
+    lines += [f"| {r['benchmark']} | {r['figures']} | {r['target']} | {r['met']} |" for r in rows]
     with open(os.path.join(here, "results.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
     print("\n".join(lines))
