@@ -123,10 +123,10 @@ DEMO = [
     ("The source text's two-layer example, h = W1 x + b1 on rank 0, y = W2 h + b2 on rank 1",
      RunConfig(model="seed-mlp", strategy="model", world_size=2, split_points=(1,), steps=10)),
     ("Data parallel with uneven shares 3:1 - rank 1 has less work and waits",
-     RunConfig(model="mlp", strategy="data", world_size=2, batch_partition=(3, 1), global_batch=128, steps=10)),
+     RunConfig(model="mlp", strategy="data", world_size=2, batch_partition=(3, 1), global_batch=128, steps=8)),
     ("A 2-stage pipeline of the digits MLP, 1F1B schedule, 4 micro-batches",
      RunConfig(model="mlp", strategy="pipeline", schedule="1f1b", world_size=2, micro_batches=4,
-               global_batch=128, steps=10)),
+               global_batch=128, steps=8)),
 ]
 
 

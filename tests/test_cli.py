@@ -80,3 +80,12 @@ def test_a_result_reads_back_as_it_was_written():
     text = (RESULTS / "transformer-hybrid-dp2pp2.json").read_text()
     again = RunResult.from_json(text)
     assert json.loads(again.to_json()) == json.loads(text)
+
+
+def test_the_demo_runs_pass_their_check():
+    import playground
+    from playground.__main__ import DEMO
+
+    for title, config in DEMO:
+        result = playground.run(config)
+        assert result.passed, (title, result.baseline["max_abs_param_diff"])

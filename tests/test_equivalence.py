@@ -3,10 +3,15 @@ max |Δparam| <= 1e-5 after 3 or more steps, fp32."""
 
 from __future__ import annotations
 
+import copy
+
 import pytest
+import torch
 
 import playground
 from playground import RunConfig
+from playground.zoo.datasets import load_dataset, loss_fn
+from playground.zoo.models import build_model
 
 CASES = [
     dict(model="seed-mlp", strategy="single", world_size=1),
@@ -68,3 +73,39 @@ def test_custom_sequential_and_dataset():
 def test_one_rank_pipeline_has_no_cut():
     result = playground.run(RunConfig(model="seed-mlp", strategy="model", world_size=1, steps=3))
     assert result.passed and result.split_points == () and result.ranks[0].blocks == (0, 2)
+
+
+def test_summing_half_batch_gradients_parts_from_the_whole_batch_where_relu_inputs_change_sign():
+    # What the README says of the check: data parallelism adds two half-batch
+    # gradients where one device takes the whole batch's; in one process the
+    # same change of summation order leaves the mlp within 1e-7 for 8 steps,
+    # then ReLU inputs change sign and the weights part by more than 1e-5.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as a rank computes; restored below
+    try:
+        gaps = _whole_against_halves()
+    finally:
+        torch.set_num_threads(threads)
+    assert max(gaps[:8]) < 1e-7 and gaps[9] > 1e-5, gaps
+
+
+def _whole_against_halves() -> list[float]:
+    """max |Δparam| after each of 10 SGD steps: the whole batch's gradient
+    against the sum of its two halves' (mlp, batch 128, lr 0.05)."""
+    whole = build_model("mlp", 0)
+    halves = copy.deepcopy(whole)
+    data = load_dataset("mlp")
+    loss = loss_fn(data.task)
+    opt_w, opt_h = (torch.optim.SGD(m.parameters(), lr=0.05) for m in (whole, halves))
+    gaps = []
+    for step in range(10):
+        x, y = data.batch(step, 128, 0)
+        opt_w.zero_grad()
+        loss(whole(x), y).backward()
+        opt_w.step()
+        opt_h.zero_grad()
+        for part in (slice(0, 64), slice(64, 128)):
+            (0.5 * loss(halves(x[part]), y[part])).backward()
+        opt_h.step()
+        gaps.append(max((p - q).abs().max().item() for p, q in zip(whole.parameters(), halves.parameters())))
+    return gaps
