@@ -18,7 +18,7 @@ from typing import Callable, ContextManager, Iterator
 
 import torch
 from torch import nn
-from torch.utils.checkpoint import checkpoint
+from torch.utils.checkpoint import checkpoint, set_checkpoint_early_stop
 
 
 def autocast(device_type: str, precision: str) -> ContextManager:
@@ -36,8 +36,9 @@ def on_blocks(model: nn.Sequential, recompute: str, precision: str, device_type:
     recompute "full": the block's forward runs under
     ``torch.utils.checkpoint.checkpoint(use_reentrant=False)``: autograd
     keeps the block's inputs only, and during backward the forward runs
-    again (RNG state and autocast as in the first run, so Dropout draws the
-    same mask) to rebuild what the block's backward needs. The checkpoint
+    again, whole (early stop off), with the RNG state and autocast of the
+    first run (Dropout draws the same mask), to rebuild what the block's
+    backward needs. The checkpoint
     enters ``recomputing(block_index)`` around that second run.
     precision "bf16": the block's forward runs under ``autocast``.
     """
@@ -54,7 +55,11 @@ def on_blocks(model: nn.Sequential, recompute: str, precision: str, device_type:
             return contextlib.nullcontext(), again
 
         def recomputed(*args, **kwargs):
-            return checkpoint(run, *args, use_reentrant=False, context_fn=contexts, **kwargs)
+            # The whole forward again, not cut short once the tensors backward
+            # needs are back: what the timeline shows and the cost model counts
+            # (tensor parallel repeats every forward all-reduce).
+            with set_checkpoint_early_stop(False):
+                return checkpoint(run, *args, use_reentrant=False, context_fn=contexts, **kwargs)
 
         return recomputed
 
