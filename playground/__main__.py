@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from playground.spec.config import OPTIMIZERS, SCHEDULES, STRATEGIES, ConfigError, RunConfig
+from playground.spec.config import OPTIMIZERS, PRECISIONS, RECOMPUTE, SCHEDULES, STRATEGIES, ConfigError, RunConfig
 from playground.zoo.models import MODEL_NAMES
 
 
@@ -52,6 +52,12 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--sync-batchnorm", action="store_true",
                    help="normalise BatchNorm over the whole batch, not each data-parallel rank's shard")
+    p.add_argument("--recompute", default=d.recompute,
+                   help=f"activation recomputation: {', '.join(RECOMPUTE)} (default {d.recompute})")
+    p.add_argument("--precision", default=d.precision,
+                   help=f"compute precision: {', '.join(PRECISIONS)} (default {d.precision})")
+    p.add_argument("--grad-accumulation", type=int, default=d.grad_accumulation,
+                   help="micro-steps per optimizer step, gradients reduced in the last (default 1)")
     p.add_argument("--device", default=d.device, help="auto, cpu or cuda")
     p.add_argument("--backend", default=d.backend, help="auto, gloo or nccl")
     p.add_argument("--threads-per-rank", type=int, default=d.threads_per_rank,
@@ -77,7 +83,8 @@ def config_from_args(a: argparse.Namespace) -> RunConfig:
                      dp=a.dp, pp=a.pp, tp=a.tp, steps=a.steps, lr=a.lr,
                      optimizer=a.optimizer, seed=a.seed, device=a.device, backend=a.backend,
                      timeout_s=a.timeout, max_world_size=a.max_world_size,
-                     threads_per_rank=a.threads_per_rank, sync_batchnorm=a.sync_batchnorm)
+                     threads_per_rank=a.threads_per_rank, sync_batchnorm=a.sync_batchnorm,
+                     recompute=a.recompute, precision=a.precision, grad_accumulation=a.grad_accumulation)
 
 
 def _run_and_print(config: RunConfig, json_path: str | None = None, plots_dir: str | None = None,

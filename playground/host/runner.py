@@ -19,7 +19,7 @@ from playground.zoo.facts import ModelFacts, differences
 from playground.zoo.models import MODELS
 from playground.spec.partition import stage_ranges
 from playground.rank.recorder import Recorder
-from playground.result.run_result import BASELINE_TOLERANCE, LOSS_TOLERANCE, RunResult
+from playground.result.run_result import LOSS_TOLERANCE, RunResult, baseline_tolerance
 from playground.rank.report import RankReport
 from playground.result.accounting import account, block_table, stage_balance, throughput, traffic_per_step
 from playground.spec.topology import Topology
@@ -101,7 +101,8 @@ def assemble(workload: Workload, reports: list[tuple[RankReport, dict]], device_
     the ranks ran on this machine (so its core count says whether they
     shared cores).
 
-    The check compares parameters (max |a - b| <= BASELINE_TOLERANCE) where
+    The check compares parameters (max |a - b| <= the precision's
+    tolerance, ``run_result.baseline_tolerance``) where
     the run should equal one device. Where it cannot (``differences``: batch
     statistics per rank or per micro-batch, random layers), it compares the
     mean loss over the steps instead, relative to one device's, within
@@ -124,15 +125,18 @@ def assemble(workload: Workload, reports: list[tuple[RankReport, dict]], device_
     loss_diff = mean_loss_rel_diff(losses, baseline_losses)
     accuracy = evaluate(trained, data)
     bubble, table = _bubble(config, ranks)
+    tolerance, tolerance_why = baseline_tolerance(config.precision)
     baseline = {
         "max_abs_param_diff": diff,
         "final_loss_diff": abs(losses[-1] - baseline_losses[-1]),
-        "tolerance": BASELINE_TOLERANCE,
+        "tolerance": tolerance,
+        "tolerance_why": tolerance_why,
+        "compares_with": baseline_description(config),
         "compares": "loss" if why else "parameters",
         "why": why,
         "mean_loss_rel_diff": loss_diff,
         "loss_tolerance": LOSS_TOLERANCE,
-        "passed": loss_diff <= LOSS_TOLERANCE if why else diff <= BASELINE_TOLERANCE,
+        "passed": loss_diff <= LOSS_TOLERANCE if why else diff <= tolerance,
         "losses": baseline_losses,
         "accuracy": baseline_accuracy,
     }
@@ -219,6 +223,18 @@ def _bubble(config: RunConfig, ranks: list[RankReport]) -> tuple[dict | None, di
     return bubble, schedule_json(table)
 
 
+def baseline_description(config: RunConfig) -> str:
+    """What the one-device run the check compares with did: the run's
+    precision and gradient accumulation, never recomputation (which must
+    change no number, only memory and time)."""
+    text = f"one device, whole batch, {config.precision}"
+    if config.grad_accumulation > 1:
+        text += f", {config.grad_accumulation} micro-steps of gradient accumulation per step"
+    if config.recompute != "none":
+        text += f", no recomputation (the run's recompute='{config.recompute}' must change no number)"
+    return text
+
+
 _BASELINES: dict[tuple, tuple[dict, list[float], float | None]] = {}
 
 
@@ -227,12 +243,12 @@ def single_device_run(workload: Workload) -> tuple[nn.Sequential, list[float], f
     and its held-out accuracy.
 
     For a named model it depends only on (model, global batch, steps, lr,
-    optimizer, seed), not on how the run was split, so the last few are
+    optimizer, seed, precision, grad_accumulation), not on how the run was split, so the last few are
     kept: re-running a config with another split or schedule skips it."""
     config, data = workload.config, workload.dataset
     model = workload.fresh_model()
     key = None if workload.custom else (config.model, config.global_batch, config.steps, config.lr, config.optimizer,
-                               config.seed)
+                               config.seed, config.precision, config.grad_accumulation)
     if key in _BASELINES:
         state, losses, accuracy = _BASELINES[key]
         model.load_state_dict(state)
@@ -247,9 +263,11 @@ def single_device_run(workload: Workload) -> tuple[nn.Sequential, list[float], f
 
 
 def train_single(config: RunConfig, model: nn.Sequential, dataset: Dataset) -> list[float]:
-    """The baseline: the same loop, one device, whole batch, no recording."""
+    """The baseline: the same loop, one device, whole batch, no recording;
+    the run's precision and gradient accumulation, no recomputation (which
+    must change nothing: ``baseline_description``)."""
     single = config.replace(strategy="single", world_size=1, split_points=None, batch_partition=None,
-                            micro_batches=1, dp=None, pp=None, tp=None)
+                            micro_batches=1, dp=None, pp=None, tp=None, recompute="none")
     with _SINGLE_DEVICE_LOCK:  # threads and generators are the process's: one baseline at a time
         return _train_single(single, model, dataset)
 

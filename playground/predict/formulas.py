@@ -377,6 +377,17 @@ def fsdp_step_bytes(gathered: int, parts: int) -> int:
     return 3 * ((parts - 1) * gathered // parts)
 
 
+def fsdp_accumulated_step_bytes(gathered: int, reduced: int, parts: int, micro_steps: int) -> int:
+    """``fsdp_step_bytes`` with k micro-steps per step and the gathers'
+    own precision: each micro-step gathers the unit in forward and again in
+    backward (G bytes each, G the padded unit in the parameters' gathered
+    dtype: half of fp32's under a bf16 MixedPrecisionPolicy), and the
+    gradients, kept unsharded until the last micro-step, are
+    reduce-scattered once (R bytes, the reduce dtype's):
+    2 k ((n - 1) G // n) + (n - 1) R // n."""
+    return 2 * micro_steps * ((parts - 1) * gathered // parts) + (parts - 1) * reduced // parts
+
+
 # --------------------------------------------------------------------------
 # Memory
 

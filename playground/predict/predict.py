@@ -39,6 +39,7 @@ Per rank, P the bytes of the parameters it holds and T their tensors:
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from dataclasses import dataclass
 
@@ -52,7 +53,7 @@ from playground.spec.partition import stage_ranges
 from playground.spec.schedules import schedule_table
 from playground.spec.topology import Topology
 from playground.predict.formulas import (
-    UNIT_TIMES, all_reduce_bytes, data_parallel_bytes, fsdp_step_bytes, held_peak, in_flight, optimizer_bytes, pipeline_bubble, pipeline_ddp_bytes, table_bubble,
+    UNIT_TIMES, all_reduce_bytes, data_parallel_bytes, fsdp_accumulated_step_bytes, fsdp_step_bytes, gather_bytes, held_peak, in_flight, optimizer_bytes, pipeline_bubble, pipeline_ddp_bytes, table_bubble,
 )
 from playground.predict.profile import (
     bytes_per_sample, fsdp_gather_bytes, fsdp_shard_bytes, fsdp_units, output_bytes, param_bytes, split_backward_peak, stage_activations, tensor_all_reduces, tensor_local_model,
@@ -91,18 +92,40 @@ def predict(config: RunConfig, infos: list[BlockInfo] | None = None, model: nn.S
     ``run`` resolves them, from ``infos`` (the blocks' FLOPs).
     ``ValueError`` for a custom model without a model or a sample."""
     model, sample, target, loss_fn = _model_and_data(config, model, sample, target)
+    with contextlib.ExitStack() as levered:
+        return _predict(config, infos, model, sample, target, loss_fn, levered)
+
+
+def _predict(config: RunConfig, infos, model, sample, target, loss_fn, levered: contextlib.ExitStack):
+    """``predict``, the levers (``rank.levers``: recompute, bf16 autocast) put
+    on every block profiled, as the ranks put them on theirs, through ``levered``."""
+    from playground.rank.levers import on_blocks, with_autocast
+
+    def lever(local: nn.Sequential) -> nn.Sequential:
+        return levered.enter_context(on_blocks(local, config.recompute, config.precision, "cpu"))
+
     dp, pp, tp, steps = config.dp_size, config.pp_size, config.tp_size, config.steps
     ranges = stage_ranges(_split_points(config, model, infos, sample), len(model))
+    # Each tp rank's own layers (the model itself without tensor parallelism),
+    # copied before the levers go on: a copy would call the original's forward.
+    tp_locals = [tensor_local_model(model, tp, r, config.unused_parameters) for r in range(tp)] if tp > 1 \
+        else [(model, {})]
+    for local, _ in tp_locals:
+        lever(local)
+    if tp > 1:
+        lever(model)
+    loss_fn = with_autocast(loss_fn, "cpu", config.precision)
     m, schedule = (config.micro_batches, config.schedule) if config.scheduled else (1, "gpipe")
     table = schedule_table(schedule, pp, m, config.stages // pp) if config.stages > pp else None
     owner = {s: r for r in range(pp) for s in config.rank_stages(r)}
     cut_out = output_bytes(model, sample) if len(ranges) > 1 else []
-    # Each tp rank's own layers (the model itself without tensor parallelism).
-    tp_locals = [tensor_local_model(model, tp, r, config.unused_parameters) for r in range(tp)] if tp > 1 \
-        else [(model, {})]
     activations = [[stage_activations(local, first, end, sample, target, loss_fn) for first, end in ranges]
                    for local, _ in tp_locals]
-    tp_all_reduces = [nbytes for _, nbytes in tensor_all_reduces(model, tp_locals[0][1], sample)] if tp > 1 else []
+    # Full recompute runs each block's forward again in backward, its
+    # row-parallel all-reduces included.
+    again = 2 if config.recompute == "full" else 1
+    tp_all_reduces = [nbytes * (again if when == "forward" else 1)
+                      for when, nbytes in tensor_all_reduces(model, tp_locals[0][1], sample)] if tp > 1 else []
     fsdp = config.strategy == "fsdp" or (tp > 1 and dp > 1)  # hybrid dp x tp: FSDP over the dp ranks
     x_bytes = config.global_batch * bytes_per_sample(sample.unsqueeze(0))
     y_bytes = config.global_batch * bytes_per_sample(target.unsqueeze(0)) if target is not None else 0
@@ -114,7 +137,7 @@ def predict(config: RunConfig, infos: list[BlockInfo] | None = None, model: nn.S
         stages = config.rank_stages(place.pp_rank)
         blocks = [local[ranges[s][0]:ranges[s][1]] for s in stages]
         batch = config.rank_batches()[place.dp_rank]
-        micro_batch = batch // m
+        micro_batch = batch // m // config.grad_accumulation
 
         if fsdp:
             units = [unit for block in blocks for unit in fsdp_units(block)]
@@ -127,7 +150,12 @@ def predict(config: RunConfig, infos: list[BlockInfo] | None = None, model: nn.S
                    for s in stages)
         sent = steps * m * micro_batch * cuts
         sent += steps * sum(all_reduce_bytes(batch * nbytes, tp) for nbytes in tp_all_reduces)
-        if fsdp:
+        if fsdp and (config.grad_accumulation > 1 or config.precision != "fp32"):
+            size = 2 if config.precision == "bf16" else None  # MixedPrecisionPolicy(param_dtype=bf16)
+            sent += steps * sum(fsdp_accumulated_step_bytes(
+                gather_bytes([(p.shape, size or p.element_size()) for p in unit], dp), fsdp_gather_bytes(unit, dp),
+                dp, config.grad_accumulation) for unit in units)
+        elif fsdp:
             sent += steps * sum(fsdp_step_bytes(fsdp_gather_bytes(unit, dp), dp) for unit in units)
         elif pp > 1 and dp > 1:  # each stage its own DDP
             sent += sum(pipeline_ddp_bytes(param_bytes(block), dp, steps) for block in blocks)

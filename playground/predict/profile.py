@@ -22,7 +22,7 @@ from torch import nn
 from torch.distributed.tensor.parallel import ColwiseParallel
 
 from playground.instrument import stage_backward_functions
-from playground.predict.saved import SavedTensors
+from playground.predict.saved import SavedTensors, is_parameter_cast
 from playground.zoo.plans import tensor_plan
 from playground.predict.formulas import Action, chunk_rows, gather_bytes, shard_bytes
 
@@ -97,6 +97,8 @@ def _saved_storages(fn, exclude: set[int]) -> dict[int, int]:
     seen: dict[int, int] = {}
 
     def pack(t: torch.Tensor) -> torch.Tensor:
+        if is_parameter_cast(t):  # autocast's bf16 copy of a weight
+            return t
         storage = t.untyped_storage()
         if storage.data_ptr() and storage.data_ptr() not in exclude:
             seen[storage.data_ptr()] = storage.nbytes()

@@ -43,7 +43,7 @@ class SavedTensors:
             yield
 
     def _pack(self, t: torch.Tensor):
-        if isinstance(t, torch.nn.Parameter):
+        if isinstance(t, torch.nn.Parameter) or is_parameter_cast(t):
             return t
         local = t.to_local() if hasattr(t, "to_local") else t  # a DTensor's shard
         local = getattr(local, "elem", local)  # an AsyncCollectiveTensor's result
@@ -74,6 +74,25 @@ class SavedTensors:
         if entry[0] == 0:
             del self._live[key]
             self.bytes -= entry[1]
+
+
+def is_parameter_cast(t: torch.Tensor) -> bool:
+    """A parameter cast to another dtype (autocast's bf16 copy of a weight,
+    cached for the autocast region), or a view of one (``linear`` saves the
+    transposed copy): a weight, not an activation. Read off the tensor's
+    autograd history: views back to a cast (ToCopyBackward0) of a leaf
+    that is a Parameter."""
+    fn = t.grad_fn
+    while fn is not None and fn.name() in _VIEW_BACKWARDS:
+        fn = fn.next_functions[0][0]
+    if fn is None or fn.name() != "ToCopyBackward0":
+        return False
+    source = fn.next_functions[0][0]
+    return isinstance(getattr(source, "variable", None), torch.nn.Parameter)
+
+
+_VIEW_BACKWARDS = ("TBackward0", "TransposeBackward0", "PermuteBackward0", "ViewBackward0", "ExpandBackward0",
+                   "UnsqueezeBackward0", "SqueezeBackward0", "AliasBackward0")
 
 
 class _Saved:

@@ -5,7 +5,9 @@ that all ranks share (seconds since a barrier every rank left together),
 and counts the bytes of activations saved for backward.
 
 Event kinds:
-  compute:        forward, loss, backward, backward_weight, optimizer, setup
+  compute:        forward, loss, backward, backward_weight, optimizer, setup,
+                  recompute (a block's forward run again inside backward,
+                  with ``block``: its index)
   communication:  send, recv (point to point), all_reduce, all_gather,
                   reduce_scatter (collectives)
 
@@ -39,7 +41,11 @@ import torch
 from playground import instrument
 from playground.predict.saved import SavedTensors
 
-COMPUTE_KINDS = ("setup", "forward", "loss", "backward", "backward_input", "backward_weight", "optimizer")
+COMPUTE_KINDS = ("setup", "forward", "loss", "backward", "backward_input", "backward_weight", "recompute",
+                 "optimizer")
+NESTED_KINDS = ("recompute",)
+"""Compute kinds recorded inside another compute span (a block's forward
+run again during its backward): drawn over it, counted once in time."""
 COMM_KINDS = ("send", "recv", "all_reduce", "all_gather", "reduce_scatter")
 
 

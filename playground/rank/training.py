@@ -17,6 +17,7 @@ from playground.spec.config import RunConfig
 from playground.zoo.datasets import Dataset, loss_fn
 from playground.instrument import quiet_known_warnings
 from playground.zoo.models import GLOBAL_RNG
+from playground.rank import levers
 from playground.rank.recorder import Recorder, memory_bytes
 from playground.rank.strategies import STRATEGY_CLASSES
 from playground.spec.topology import Topology
@@ -86,7 +87,18 @@ def _train(config: RunConfig, topology: Topology, model: nn.Sequential, dataset:
         from playground.rank.strategies.syncbn import convert_sync_batchnorm
 
         model = convert_sync_batchnorm(model, groups.dp, device.type)
-    strategy = STRATEGY_CLASSES[config.strategy](model, topology, config, recorder, loss_fn(dataset.task), groups)
+
+    def recomputing(block: int):
+        return recorder.span("recompute", block=block)
+
+    with levers.on_blocks(model, config.recompute, config.precision, device.type, recomputing):
+        return _train_levered(config, topology, model, dataset, recorder, groups, device, on_step)
+
+
+def _train_levered(config: RunConfig, topology: Topology, model: nn.Sequential, dataset: Dataset,
+                   recorder: Recorder, groups: Groups, device: torch.device, on_step) -> dict[str, Any]:
+    loss = levers.with_autocast(loss_fn(dataset.task), device.type, config.precision)
+    strategy = STRATEGY_CLASSES[config.strategy](model, topology, config, recorder, loss, groups)
     optimizer = make_optimizer(config, strategy.module.parameters())
     loss_parts: list[float | None] = []
     watch = DivergenceWatch(config.steps, recorder, device)
@@ -99,7 +111,7 @@ def _train(config: RunConfig, topology: Topology, model: nn.Sequential, dataset:
             with recorder.step(step):
                 if optimizer is not None:
                     optimizer.zero_grad(set_to_none=True)
-                loss_parts.append(strategy.train_step(x, y))
+                loss_parts.append(accumulated_step(strategy, x, y, config.grad_accumulation))
                 with recorder.span("optimizer"):
                     if optimizer is not None:
                         optimizer.step()
@@ -122,6 +134,19 @@ def _train(config: RunConfig, topology: Topology, model: nn.Sequential, dataset:
     plan = getattr(strategy, "plan_kinds", {})
     return {"loss_parts": loss_parts, "memory": memory, "params": params, "tensor_plan": plan,
             "tensor_plan_note": getattr(strategy, "plan_note", None), "diverged": diverged}
+
+
+def accumulated_step(strategy, x: torch.Tensor, y: torch.Tensor, k: int) -> float | None:
+    """Forward and backward of the global batch (x, y) as k micro-steps,
+    gradients summed in place; reduced among the data-parallel ranks in the
+    last micro-step only (``levers.gradient_sync``). Returns this rank's part
+    of the step's loss, the sum of its micro-steps' parts (None where the
+    rank computes none)."""
+    parts = []
+    for i, (xs, ys) in enumerate(levers.micro_steps(x, y, k)):
+        with levers.gradient_sync(strategy.module, enabled=i == k - 1):
+            parts.append(strategy.train_step(xs, ys))
+    return None if parts[0] is None else sum(parts)
 
 
 def rng_stream(topology: Topology) -> int:

@@ -35,6 +35,8 @@ def format_table(result) -> str:
     lines.append(f"baseline check: {verdict}  max |Δparam| = {b['max_abs_param_diff']:.2e} "
                  f"(tolerance {b['tolerance']:.0e}), final loss {result.losses[-1]:.6f} vs "
                  f"{b['losses'][-1]:.6f} single-device (Δ {b['final_loss_diff']:.2e})")
+    if b.get("compares_with"):  # results saved before the levers lack it
+        lines.append(f"  compared with {b['compares_with']}; tolerance: {b['tolerance_why']}")
     if result.bubble is not None:
         measured = ", ".join(f"{b:.0%}" for b in result.bubble["measured"])
         replayed = result.bubble.get("replayed")

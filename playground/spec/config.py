@@ -27,6 +27,13 @@ SPLIT_BACKWARD_SCHEDULES = ("interleavedzerobubble", "zbvzerobubble", "dualpipev
 ROUNDED_SCHEDULES = ("interleaved1f1b", "interleavedzerobubble")
 """Run micro-batches in rounds: m must be a multiple of max(1, m // p)."""
 OPTIMIZERS = ("sgd", "adam")
+RECOMPUTE = ("none", "full")
+"""Activation recomputation: none, or every block under
+torch.utils.checkpoint (non-reentrant). A "selective" mode (recompute the
+attention core only, Korthikanti et al. 2022) is left out: the zoo's
+attention calls F.scaled_dot_product_attention, whose fused CPU kernel saves
+no t x t score matrix, so there is nothing selective to drop."""
+PRECISIONS = ("fp32", "bf16")
 DEVICES = ("auto", "cpu", "cuda")
 BACKENDS = ("auto", "gloo", "nccl")
 DEFAULT_MAX_WORLD_SIZE = 8
@@ -140,6 +147,29 @@ class RunConfig:
     (torch's ``nn.SyncBatchNorm`` on GPUs; on CPU, where it does not run, the
     same sums through ``torch.distributed.nn.functional.all_reduce``). No
     effect where one rank sees the whole batch (dp size 1)."""
+
+    recompute: str = "none"
+    """Activation recomputation (``RECOMPUTE``): "none" keeps what every
+    block saves for backward; "full" runs each block under
+    ``torch.utils.checkpoint`` (non-reentrant), keeping only the block's
+    inputs and running its forward again during backward (recorded as
+    "recompute" spans). Applies to every strategy."""
+
+    precision: str = "fp32"
+    """Compute precision (``PRECISIONS``): "fp32", or "bf16": forward and
+    loss under ``torch.autocast(dtype=torch.bfloat16)`` on every strategy,
+    parameters, gradients and optimizer state kept in fp32; under fsdp,
+    FSDP2's MixedPrecisionPolicy also all-gathers bf16 parameters (gradients
+    reduce-scattered in fp32). DDP's all-reduces stay fp32. The baseline is
+    one device in bf16 too, checked within a looser tolerance."""
+
+    grad_accumulation: int = 1
+    """Micro-steps per optimizer step: each data-parallel rank's batch is
+    cut into k equal slices run forward and backward in turn, gradients
+    summed (each slice's loss scaled by 1/k), reduced among the ranks only
+    in the last (DDP's ``no_sync``, FSDP2's
+    ``set_requires_gradient_sync(False)`` before it). 1: none. Not for
+    pipelined strategies, whose micro_batches already accumulate."""
 
     num_blocks: int | None = field(default=None, compare=False, repr=False)
     """Blocks of a custom model; filled in by ``run`` for ``model='custom'``."""
@@ -331,6 +361,25 @@ def _check_mesh(c: RunConfig) -> None:
                                     "for dp alone use strategy 'data' or 'fsdp'")
 
 
+def _check_levers(c: RunConfig) -> None:
+    """recompute, precision and grad_accumulation, and the combinations of
+    them that cannot run."""
+    _check_choice("recompute", c.recompute, RECOMPUTE)
+    _check_choice("precision", c.precision, PRECISIONS)
+    _check_int("grad_accumulation", c.grad_accumulation, 1, 1024)
+    k = c.grad_accumulation
+    if k > 1 and c.pipelined:
+        raise ConfigError("grad_accumulation", k,
+                          f"strategy '{c.strategy}' runs a pipeline schedule, which already accumulates "
+                          "gradients over its micro-batches: leave grad_accumulation at 1 and raise "
+                          "micro_batches instead")
+    for r, b in enumerate(c.rank_batches()):
+        if b % k:
+            raise ConfigError("grad_accumulation", k,
+                              f"data-parallel rank {r}'s batch of {b} samples cannot be cut into {k} equal "
+                              f"micro-steps: use a grad_accumulation that divides {b}")
+
+
 def _validate(c: RunConfig) -> None:
     _check_choice("model", c.model, tuple(MODEL_BLOCKS) + ("custom",))
     _check_choice("strategy", c.strategy, STRATEGIES)
@@ -426,6 +475,7 @@ def _validate(c: RunConfig) -> None:
             raise ConfigError("micro_batches", c.micro_batches,
                               f"rank {r}'s batch of {b} samples cannot be cut into {c.micro_batches} "
                               f"equal micro-batches")
+    _check_levers(c)
 
     if c.device == "cuda" and c.backend == "gloo":
         pass  # allowed: gloo also runs on CUDA tensors

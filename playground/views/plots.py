@@ -19,7 +19,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch, Rectangle
 from matplotlib.transforms import blended_transform_factory
 
-from playground.rank.recorder import COMM_KINDS, COMPUTE_KINDS
+from playground.rank.recorder import COMM_KINDS, COMPUTE_KINDS, NESTED_KINDS
 from playground.rank.report import RankReport
 from playground.result.run_result import RunResult
 from playground.result.accounting import step_of
@@ -111,12 +111,15 @@ def plot_timeline(result: RunResult, steps: int | Sequence[int] | None = 2) -> F
     kinds_seen: set[str] = set()
     waited = False
     for row, r in enumerate(ranks):
-        for e in shown_events(r, chosen):
+        # Nested spans (a recompute inside its backward) go last, drawn inset over the span around them.
+        for e in sorted(shown_events(r, chosen), key=lambda e: e["kind"] in NESTED_KINDS):
             kind, start, end = e["kind"], e["start"] * MS, e["end"] * MS
             kinds_seen.add(kind)
             color = KIND_COLORS[kind]
             if kind in COMPUTE_KINDS:
                 y, h = (row - 0.22, 0.35) if planned else (row - 0.33, 0.46)
+                if kind in NESTED_KINDS:
+                    y, h = y + h / 4, h / 2
                 ax.add_artist(Rectangle((start, y), end - start, h, facecolor=color, edgecolor="white",
                                        linewidth=0.5, gid=f"compute:{kind}"))
                 mb = e.get("micro_batch")

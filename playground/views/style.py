@@ -14,6 +14,7 @@ KIND_COLORS: dict[str, str] = {
     "backward": "#2A9D8F",
     "backward_input": "#5FB8AD",
     "backward_weight": "#9BC53D",
+    "recompute": "#D4A5E8",
     "optimizer": "#27476E",
     # communication: reds and oranges
     "send": "#E4572E",
@@ -32,6 +33,7 @@ KIND_COLORS: dict[str, str] = {
 KIND_LABELS = {
     "setup": "set-up (shape inference)", "forward": "forward", "loss": "loss",
     "backward": "backward", "backward_input": "backward (inputs)", "backward_weight": "backward (weights)",
+    "recompute": "recompute (forward again in backward)",
     "optimizer": "optimizer step",
     "send": "send", "recv": "recv", "all_reduce": "all-reduce",
     "all_gather": "all-gather", "reduce_scatter": "reduce-scatter",

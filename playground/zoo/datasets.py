@@ -52,24 +52,35 @@ class BatchShare:
     reduction averages over the dp ranks, so the sum is sum_r (b_r / B) *
     grad(mean_r) = the gradient of the mean over the whole batch, even when
     the shares are uneven. Its part of the global loss is mean_r * ``share``.
+
+    With k ``micro_steps`` (gradient accumulation) the rank sees the global
+    batch as k micro-steps of B / k samples, takes b_r / k of each, and
+    weights each micro-step's loss by a further 1 / k: the k gradients sum
+    to the gradient of the mean over the whole batch.
     """
 
     batches: tuple[int, ...]
     dp_rank: int
+    micro_steps: int = 1
+
+    @classmethod
+    def of(cls, config, dp_rank: int) -> "BatchShare":
+        """Rank ``dp_rank``'s part of ``config``'s batch (a RunConfig)."""
+        return cls(config.rank_batches(), dp_rank, config.grad_accumulation)
 
     @property
     def share(self) -> float:
-        """b_r / B."""
-        return self.batches[self.dp_rank] / sum(self.batches)
+        """b_r / (B k)."""
+        return self.batches[self.dp_rank] / sum(self.batches) / self.micro_steps
 
     @property
     def weight(self) -> float:
-        """dp * b_r / B."""
+        """dp * b_r / (B k)."""
         return len(self.batches) * self.share
 
     def take(self, x: torch.Tensor) -> torch.Tensor:
-        """This rank's rows of a global batch tensor."""
-        return shard(x, self.batches, self.dp_rank)
+        """This rank's rows of a global batch tensor (of one micro-step)."""
+        return shard(x, tuple(b // self.micro_steps for b in self.batches), self.dp_rank)
 
 
 def shard(x: torch.Tensor, sizes: tuple[int, ...], index: int) -> torch.Tensor:

@@ -23,7 +23,7 @@ class DataParallel:
         self.topology = topology
         self.recorder = recorder
         self.loss_fn = loss_fn
-        self.part = BatchShare(config.rank_batches(), topology.dp_rank)
+        self.part = BatchShare.of(config, topology.dp_rank)
         self.local_model = model
         # Parameters that get no gradient (an unused branch) would leave DDP
         # waiting for their all-reduce; run() found them on a copy beforehand.

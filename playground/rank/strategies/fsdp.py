@@ -16,17 +16,21 @@ from playground.zoo.datasets import BatchShare
 from playground.rank.recorder import Recorder
 
 
-def shard_blocks(model, mesh, recorder: Recorder):
+def shard_blocks(model, mesh, recorder: Recorder, precision: str = "fp32"):
     """FSDP2 over ``mesh``: one unit per block (each gathers its weights
     just in time), then the root. Blocks that share a parameter (tied
-    weights) form one unit, so the Parameter is sharded once and stays shared."""
+    weights) form one unit, so the Parameter is sharded once and stays shared.
+    ``precision`` "bf16": ``levers.fsdp_mixed_precision``."""
+    from playground.rank.levers import fsdp_mixed_precision
+
+    mp = fsdp_mixed_precision(precision)
     for unit in shard_units(model):
-        fully_shard(unit if len(unit) > 1 else unit[0], mesh=mesh)
+        fully_shard(unit if len(unit) > 1 else unit[0], mesh=mesh, **mp)
         for block in unit:
             # Runs after FSDP's own pre-forward hook has gathered the block's
             # weights: they are parameters, not activations.
             block.register_forward_pre_hook(lambda m, args: recorder.ignore_storages_of(m.parameters()))
-    return fully_shard(model, mesh=mesh)
+    return fully_shard(model, mesh=mesh, **mp)
 
 
 def shard_units(model) -> list[list]:
@@ -58,8 +62,8 @@ class FullyShardedDataParallel:
         self.topology = topology
         self.recorder = recorder
         self.loss_fn = loss_fn
-        self.part = BatchShare(config.rank_batches(), topology.dp_rank)
-        self.module = self.local_model = shard_blocks(model, groups.mesh["dp"], recorder)
+        self.part = BatchShare.of(config, topology.dp_rank)
+        self.module = self.local_model = shard_blocks(model, groups.mesh["dp"], recorder, config.precision)
 
     def context(self):
         return self.recorder.recording_collectives()

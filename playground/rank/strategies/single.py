@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 
 from playground.rank.recorder import Recorder
+from playground.zoo.datasets import BatchShare
 
 
 class Single:
@@ -13,6 +14,9 @@ class Single:
         self.module = self.local_model = model
         self.recorder = recorder
         self.loss_fn = loss_fn
+        # The whole batch, or with gradient accumulation each micro-step's
+        # loss weighted 1/k.
+        self.part = BatchShare.of(config, 0)
 
     def context(self):
         return contextlib.nullcontext()
@@ -21,5 +25,5 @@ class Single:
         rec = self.recorder
         loss = rec.forward_and_loss(self.module, self.loss_fn, x, y)
         with rec.span("backward", stage=0, micro_batch=0):
-            loss.backward()
-        return loss.item()
+            (loss * self.part.weight).backward()
+        return loss.item() * self.part.share

@@ -28,9 +28,9 @@ class TensorParallel:
         # A dp x tp mesh: each tensor-parallel group trains on its share of
         # the batch, and FSDP shards the parameters over the dp replicas
         # (the 2-D layout), reducing their gradients with weights as in data parallel.
-        self.part = BatchShare(config.rank_batches(), topology.dp_rank)
+        self.part = BatchShare.of(config, topology.dp_rank)
         if topology.dp > 1:
-            model = shard_blocks(model, groups.mesh["dp"], recorder)
+            model = shard_blocks(model, groups.mesh["dp"], recorder, config.precision)
         self.module = self.local_model = model
 
     @property
