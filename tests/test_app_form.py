@@ -91,7 +91,7 @@ def test_ways_out_of_more_stages_than_blocks_each_lead_to_a_valid_config():
 def test_notes_say_core_and_cores():
     one = RunConfig(model="seed-mlp", strategy="data", world_size=2)
     assert form.run_notes(one, 1) == ["2 devices × 1 thread share 1 CPU core: timings include contention "
-                                      "(the results stay exact)"]
+                                      "(the check against one device still holds)"]
     assert "share 2 CPU cores" not in " ".join(form.run_notes(one, 2))
     assert "share 2 CPU cores" in form.run_notes(one.replace(threads_per_rank=2), 2)[0]
 

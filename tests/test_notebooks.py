@@ -18,7 +18,8 @@ ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 BINDER = ROOT / "binder"
 EXPECTED = ["00_playground", "01_data_parallel", "02_model_parallel", "03_pipeline_schedules",
-            "04_tensor_parallel", "05_hybrid_and_scaling"]
+            "04_tensor_parallel", "05_hybrid_and_scaling", "08_overlap", "09_collective_costs",
+            "10_choosing_a_configuration"]
 
 
 def load(path: Path) -> dict:
@@ -54,6 +55,17 @@ def test_notebook_checks_its_runs_against_one_device(path):
     # when a run stops matching single-device training.
     code = code_of(load(path))
     assert re.search(r"assert\s+[\w.\[\]\"']*passed", code), f"{path.name} never asserts a run's baseline"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_opens_with_what_it_teaches_and_closes_with_what_to_try(path):
+    # The path through the notebooks reads as lessons: each says first what
+    # the reader will learn and last what to try next in the app.
+    cells = load(path)["cells"]
+    texts = ["".join(c["source"]) for c in cells if c["cell_type"] == "markdown"]
+    assert "**What you will learn**" in texts[0], f"{path.name}: the first text cell does not say what it teaches"
+    assert cells[-1]["cell_type"] == "markdown" and "## What to try next in the app" in texts[-1], \
+        f"{path.name}: the last cell does not say what to try next in the app"
 
 
 def test_binder_installs_the_tested_torch_cpu_only_and_this_package():

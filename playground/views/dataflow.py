@@ -46,6 +46,10 @@ NOTE_LINE = 0.19
 """Inches per line of the notes under the picture."""
 
 
+BYTES_NOTE = ("bytes per step are means over the timed steps; a collective's are the ring model applied to "
+              "the recorded payload B, not bytes counted on the wire (gloo and NCCL choose their own algorithms)")
+"""The last note under a picture that shows bytes."""
+
 def rank_color(rank: int) -> str:
     return PALETTE[rank % len(PALETTE)]
 
@@ -216,7 +220,7 @@ def _stages(result: RunResult) -> Figure:
                           f"bytes:p2p:{a}-{b}", "#333"))
     if len(replicas) > 1:
         notes.append((f"all-reduce of gradients among the {len(replicas)} replicas of each stage (DDP): B per rank "
-                      f"per step as labelled; a ring sends 2(n−1)/n · B per rank and receives as much.", "",
+                      f"per step as labelled; by the ring model each rank sends 2(n−1)/n · B and receives as much.", "",
                       KIND_COLORS["all_reduce"]))
     elif cuts == 0 and len(ranks) == 1:
         notes.append(("one rank holds every block: nothing crosses a device", "", "#555"))
@@ -224,7 +228,7 @@ def _stages(result: RunResult) -> Figure:
         notes.append(("dotted: consecutive stages on the same rank (a V schedule's turn): the activations stay "
                       "in memory, nothing is sent", "", "#555"))
     if cuts or len(replicas) > 1:
-        notes.append(("bytes per step are means over the timed steps, as recorded", "", "#555"))
+        notes.append((BYTES_NOTE, "", "#555"))
 
     x_lo, x_hi = -1.9, len(blocks) + cuts * CUT_GAP + 1.1
     y_lo, y_hi = -(len(replicas) - 1) * ROW_GAP - 1.0, 1.45
@@ -338,14 +342,14 @@ def _tensor(result: RunResult) -> Figure:
         notes.append((f"Σ all-reduce among tp ranks {_among(groups)}: sums the "
                       f"row-parallel parts' partial outputs (forward) and the column-parallel layers' input "
                       f"gradients (backward): {e['calls_per_step']:g} calls/step, "
-                      f"B = {human_bytes(e['bytes_per_step'])} per rank per step; a ring sends 2(n−1)/n · B = {human_bytes(e['ring_bytes_per_step'])} per "
-                      f"rank and receives as much", f"bytes:all_reduce:{'|'.join(groups)}", KIND_COLORS["all_reduce"]))
+                      f"B = {human_bytes(e['bytes_per_step'])} per rank per step; by the ring model each rank sends 2(n−1)/n · B = "
+                      f"{human_bytes(e['ring_bytes_per_step'])} and receives as much", f"bytes:all_reduce:{'|'.join(groups)}", KIND_COLORS["all_reduce"]))
     if len(replicas) > 1:
         notes += _fsdp_notes(result, "over the dp replicas (FSDP on each tp shard): ")
     if not result.tensor_plan:
         notes.append(("no layer of this model was planned for tensor parallelism: every rank holds every block whole",
                       "", "#555"))
-    notes.append(("bytes per step are means over the timed steps, as recorded", "", "#555"))
+    notes.append((BYTES_NOTE, "", "#555"))
 
     width = len(blocks) * (COL_W + COL_GAP)
     x_lo, x_hi = -1.9, width + 0.6
@@ -431,8 +435,8 @@ def _fsdp_notes(result: RunResult, prefix: str = "") -> list[tuple[str, str, str
                               "the sum for its own shard", "(n−1)/n · B")):
         for groups, e in _by_numbers(collectives(result, kind)):
             notes.append((f"{prefix}{what}, among ranks {_among(groups)}: {e['calls_per_step']:g} calls/step, "
-                          f"B = {human_bytes(e['bytes_per_step'])} per rank per step; a ring sends {ring} = "
-                          f"{human_bytes(e['ring_bytes_per_step'])} per rank and receives as much",
+                          f"B = {human_bytes(e['bytes_per_step'])} per rank per step; by the ring model each rank sends {ring} = "
+                          f"{human_bytes(e['ring_bytes_per_step'])} and receives as much",
                           f"bytes:{kind}:{'|'.join(groups)}", KIND_COLORS[kind]))
     return notes
 
@@ -457,7 +461,7 @@ def _shards(result: RunResult) -> Figure:
     notes = _fsdp_notes(result)
     notes.append((f"each rank keeps 1/{n} of every block's parameters, gradients and optimizer state (its shard, "
                   f"filled); the outline is the whole block, assembled only while it runs", "", "#555"))
-    notes.append(("bytes per step are means over the timed steps, as recorded", "", "#555"))
+    notes.append((BYTES_NOTE, "", "#555"))
     x_lo, x_hi = -1.9, len(blocks) + 1.1
     y_lo, y_hi = -(n - 1) * row_gap - 0.8, 1.45
     canvas = Canvas(x_lo, x_hi, y_lo, y_hi, notes,

@@ -245,7 +245,7 @@ def run_notes(config: RunConfig, cores: int) -> list[str]:
         return [f"{plural(config.world_size, 'device')}: one CUDA GPU each ({backend})"]
     if config.world_size * config.threads_per_rank > cores:
         return [f"{plural(config.world_size, 'device')} × {plural(config.threads_per_rank, 'thread')} share "
-                f"{plural(cores, 'CPU core')}: timings include contention (the results stay exact)"]
+                f"{plural(cores, 'CPU core')}: timings include contention (the check against one device still holds)"]
     return []
 
 
