@@ -315,8 +315,9 @@ def _check_schedule(c: RunConfig) -> None:
         raise ConfigError("virtual_stages", v, f"schedule '{s}' places exactly 2 stages per rank, in a V: "
                                                "needs virtual_stages=2")
     if s == "1f1b" and m < p:
-        raise ConfigError("micro_batches", m, f"schedule '1f1b' needs at least as many micro-batches as stages "
-                                              f"({p})")
+        raise ConfigError("micro_batches", m, f"PyTorch's Schedule1F1B (schedule '1f1b') needs at least as "
+                                              f"many micro-batches as stages ({p}); 1F1B itself would run "
+                                              "fewer, with a shorter warm-up")
     if s == "dualpipev" and m < c.stages:
         raise ConfigError("micro_batches", m, f"schedule 'dualpipev' needs at least as many micro-batches as "
                                               f"stages (world_size*2={c.stages})")

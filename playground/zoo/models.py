@@ -71,7 +71,7 @@ class CausalSelfAttention(nn.Module):
         return self.out(y.transpose(1, 2).reshape(b, t, -1))
 
     def attention_flops(self, t: int, d_model: int) -> int:
-        """QK^T and AV: 2 * 2 * t * t * d multiply-adds per sample."""
+        """QK^T and AV: t * t * d multiply-adds each, so 4 * t * t * d FLOPs per sample (a multiply-add counts 2)."""
         return 4 * t * t * d_model
 
 

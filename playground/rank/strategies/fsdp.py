@@ -3,8 +3,12 @@
 
 Before a block runs, an all-gather assembles its full weights; after its
 backward, a reduce-scatter leaves each rank the sum of the gradients for its
-own shard only. Memory per rank for parameters, gradients and optimizer
-state is about 1/n of the whole. Rank r's loss is weighted by
+own shard only. At rest (between steps) a rank holds about 1/n of the
+parameters, gradients and optimizer state; while a unit runs its whole
+parameters exist on every rank (and in backward its unsharded gradients),
+and prefetching holds the next unit's too, so the peak is the shards plus
+one or two whole units (Zhao et al., PyTorch FSDP, VLDB 2023, section 3).
+Rank r's loss is weighted by
 n * b_r / B, as in data parallel: the reduction averages over n ranks.
 """
 
