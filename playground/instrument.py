@@ -109,6 +109,11 @@ PRIVATE_NAMES: tuple[PrivateName, ...] = (
     PrivateName("torch.nn.parallel.distributed", "_verify_param_shape_across_processes",
                 "plan: skipped under a fake process group (unchecked_ddp_shapes)"),
     PrivateName("torch", "UntypedStorage._cdata", "storage_key of a fake tensor's storage"),
+    PrivateName("torch._subclasses.fake_tensor", "unset_fake_temporarily", "plan: real_device_meshes"),
+    PrivateName("torch.distributed.tensor.debug", "_clear_sharding_prop_cache",
+                "fake_process_group: DTensor's cached shardings forgotten with the group"),
+    PrivateName("torch.distributed.tensor._redistribute", "_gen_transform_infos",
+                "fake_process_group: DTensor's cached redistributions forgotten with the group"),
 )
 
 
@@ -215,14 +220,49 @@ def fake_process_group(rank: int, world_size: int) -> Iterator[None]:
         yield
     finally:
         dist.destroy_process_group()
+        _forget_dtensor_shardings()
+
+
+def _forget_dtensor_shardings() -> None:
+    """Empty DTensor's caches of sharding decisions: they keep the device
+    meshes they were made on, whose process groups a destroyed group took
+    with it (the next fake group's meshes compare equal to them)."""
+    from torch.distributed.tensor import _redistribute
+    from torch.distributed.tensor.debug import _clear_sharding_prop_cache
+
+    _clear_sharding_prop_cache()  # the Python cache and the C++ fast path's
+    _redistribute._gen_transform_infos.cache_clear()
+    _redistribute.clear_redistribute_planner_cache()
 
 
 def fake_tensor_mode():
     """A ``FakeTensorMode``: tensors made inside it have shapes, dtypes and
-    devices but no memory."""
+    devices but no memory. Real tensors made before it (a device mesh's
+    table of ranks) may take part in its ops."""
     from torch._subclasses.fake_tensor import FakeTensorMode
 
-    return FakeTensorMode()
+    return FakeTensorMode(allow_non_fake_inputs=True)
+
+
+@contextlib.contextmanager
+def real_device_meshes() -> Iterator[None]:
+    """Every DeviceMesh made inside the block (FSDP2 makes one of its dp
+    and tp meshes) is made outside any FakeTensorMode: its table of ranks
+    is a small real tensor it reads (which rank sits where)."""
+    from torch._subclasses.fake_tensor import unset_fake_temporarily
+    from torch.distributed.device_mesh import DeviceMesh
+
+    original = DeviceMesh.__init__
+
+    def init(self, *args, **kwargs):
+        with unset_fake_temporarily():
+            original(self, *args, **kwargs)
+
+    DeviceMesh.__init__ = init
+    try:
+        yield
+    finally:
+        DeviceMesh.__init__ = original
 
 
 @contextlib.contextmanager

@@ -38,6 +38,10 @@ class SavedTensors:
             local = t.to_local() if hasattr(t, "to_local") else t  # a DTensor's shard
             self._ignored.add(storage_key(local.untyped_storage()))
 
+    def saw(self, key: int) -> bool:
+        """Whether the storage ``key`` (``instrument.storage_key``) is held now."""
+        return key in self._live
+
     @contextmanager
     def counting(self) -> Iterator[None]:
         """Count every tensor autograd saves, by storage, until it is freed."""
