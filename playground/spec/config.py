@@ -36,7 +36,7 @@ checked against without building or importing any model (the zoo's own
 MODELS must agree: tests/test_config.py)."""
 PRESET_BLOCKS = {"gpt2": 14, "gpt2-xl": 50, "llama3-8b": 34, "llama3-70b": 82}
 """Architecture presets that ``playground.plan`` builds without weights, by
-name, and their blocks (embedding, layers, head; ``plan.presets.PRESETS``
+name, and their blocks (embedding, layers, head; ``planning.presets.PRESETS``
 must agree): planned, never trained."""
 PLAN_MAX_WORLD_SIZE = 4096
 """Upper limit on world_size for planning: one rank of each kind is run, in one process."""

@@ -46,7 +46,8 @@ class Preset:
     context: int
     """Tokens per sample the model was trained on (the default sequence length)."""
     published_params: int
-    """The parameter count the source gives, for comparison."""
+    """Parameters of the released checkpoint (its configuration's count;
+    the papers round them: 124M and 1.5B, 8B and 70B), for comparison."""
     source: str
     dropout: float = 0.0
     rope_base: float = 500_000.0
@@ -63,16 +64,16 @@ class Preset:
 
 PRESETS: dict[str, Preset] = {p.name: p for p in (
     Preset("gpt2", "gpt2", layers=12, d_model=768, heads=12, kv_heads=12, ffn=4 * 768, vocab=50257,
-           context=1024, published_params=124_000_000, dropout=0.1,
+           context=1024, published_params=124_439_808, dropout=0.1,
            source="Radford et al. 2019, table 2; the released GPT-2 small configuration"),
     Preset("gpt2-xl", "gpt2", layers=48, d_model=1600, heads=25, kv_heads=25, ffn=4 * 1600, vocab=50257,
-           context=1024, published_params=1_542_000_000, dropout=0.1,
+           context=1024, published_params=1_557_611_200, dropout=0.1,
            source="Radford et al. 2019, table 2; the released GPT-2 XL configuration"),
     Preset("llama3-8b", "llama3", layers=32, d_model=4096, heads=32, kv_heads=8, ffn=14336, vocab=128256,
-           context=8192, published_params=8_030_000_000,
+           context=8192, published_params=8_030_261_248,
            source="Dubey et al. 2024, The Llama 3 Herd of Models, table 3"),
     Preset("llama3-70b", "llama3", layers=80, d_model=8192, heads=64, kv_heads=8, ffn=28672, vocab=128256,
-           context=8192, published_params=70_600_000_000,
+           context=8192, published_params=70_553_706_496,
            source="Dubey et al. 2024, The Llama 3 Herd of Models, table 3"),
 )}
 

@@ -26,7 +26,7 @@ in flight at the peak are combined by the schedule's own action table
 them, and the point-to-point bytes are the stages' outputs and input
 gradients, m per step.
 
-Presets (``plan.presets``): their layers are identical blocks, so each
+Presets (``planning.presets``): their layers are identical blocks, so each
 stage is measured with 1 and then 2 of its layers, and every figure is
 extended to the stage's n layers as v(1) + (n - 1) (v(2) - v(1)) (exact for
 sums over layers: bytes of parameters, gradients, optimizer state,
@@ -59,7 +59,7 @@ from playground.predict.saved import SavedTensors
 from playground.rank.recorder import Recorder, local_bytes, memory_bytes
 from playground.rank.strategies import STRATEGY_CLASSES
 from playground.rank.training import make_groups, make_optimizer
-from playground.plan.presets import PRESETS, block_labels, build_preset
+from playground.planning.presets import PRESETS, block_labels, build_preset
 
 GB = 10**9
 DEFAULT_GPU_MEMORY_GB = 80.0
@@ -664,3 +664,34 @@ def _modules(config: PlanConfig, subject: Subject, layout: Layout, pp_rank: int,
 
 def _holds_head(config: PlanConfig, layout: Layout, stages: tuple[int, ...]) -> bool:
     return any(layout.ranges[s][1] == layout.ranges[-1][1] for s in stages)
+
+
+def layer_activation_bytes(preset: str, batch: int, sequence: int, dtype: torch.dtype = torch.bfloat16) -> int:
+    """Bytes one layer of ``preset`` saves for backward in training mode,
+    for ``batch`` samples of ``sequence`` tokens, parameters and inputs in
+    ``dtype``, counted as a run counts them (``SavedTensors``, by storage;
+    the layer's input included, its parameters not). Built on fake tensors.
+
+    Against Korthikanti et al. 2022 (eq. 2), s b h (34 + 5 a s / h) bytes
+    in 16-bit with dropout, PyTorch on CPU saves, for GPT-2,
+    s b h (42 + 12 a s / h) + 8 s b bytes:
+      + 6 s b h   scaled_dot_product_attention's math path (the one that
+                  takes dropout on CPU) keeps Q, K and V in float32;
+      + 2 s b h   the two residual dropouts keep their masks in the
+                  activations' dtype (2 bytes), not 1 byte;
+      + 7 a s^2 b the same path keeps the softmax output, the dropout mask
+                  and the dropout output in float32 (4 + 4 + 4 bytes for
+                  2 + 1 + 2);
+      + 8 s b     LayerNorm's mean and 1/std, 2 per LayerNorm.
+    A fused attention kernel (FlashAttention, Dao et al. 2022) saves no
+    a s^2 term at all."""
+    with instrument.fake_tensor_mode():
+        layer = _in_dtype(dtype, build_preset, preset, 1)[1]
+        x = torch.zeros(batch, sequence, PRESETS[preset].d_model, dtype=dtype).requires_grad_(True)
+        saved = SavedTensors()
+        saved.ignore_storages_of(layer.parameters())
+        with saved.counting():
+            out = layer(x)
+        peak = saved.peak
+        del out
+    return peak
