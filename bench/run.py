@@ -276,8 +276,33 @@ def binder() -> None:
            f"ranks, factory: {parts})", "<= 1.2 GiB", total <= 1.2 * 2**30)
 
 
+def plan_at_scale() -> None:
+    """Planning Llama-3-70B on 512 ranks (dp 64 x tp 8) in this process:
+    wall time of ``plan()`` (imports done), and the largest resident set the
+    process reached, against the model's 282 GB of float32 weights."""
+    import resource
+
+    from playground.planning.planner import plan
+
+    config = {"model": "llama3-70b", "strategy": "hybrid", "world_size": 512, "dp": 64, "tp": 8,
+              "global_batch": 64, "optimizer": "adam"}
+    plan({"model": "gpt2", "strategy": "data", "world_size": 2, "global_batch": 2, "sequence_length": 8})  # warm imports
+    times = []
+    for _ in range(3):
+        start = time.perf_counter()
+        planned = plan(config)
+        times.append(time.perf_counter() - start)
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    median = statistics.median(times)
+    report("plan: llama3-70b, 512 ranks (dp 64 x tp 8)",
+           f"median {median:.1f} s over 3 ({', '.join(f'{t:.1f}' for t in times)}); {len(planned.kinds)} kinds of "
+           f"rank run; peak RSS {rss / 2**30:.2f} GiB against {planned.num_params * 4 / 1e9:.0f} GB of weights",
+           "<= 10 s, nothing at full size", median <= 10 and rss < 8 * 2**30)
+
+
 BENCHMARKS = {"warm": warm, "recording": recording, "comm": comm, "p2p": p2p, "fair": fair, "bubble": bubble,
-              "sizes": sizes, "binder": binder, "scale": scale, "app": app}
+              "sizes": sizes, "binder": binder, "scale": scale, "app": app,
+              "plan": plan_at_scale}
 
 
 def main(names: list[str]) -> None:

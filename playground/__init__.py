@@ -9,7 +9,7 @@ the caller's side: no launcher, no runner, no ipywidgets or matplotlib.
 from importlib import import_module
 
 _EXPORTS = {
-    "RunConfig": "spec.config", "ConfigError": "spec.config",
+    "RunConfig": "spec.config", "ConfigError": "spec.config", "PlanConfig": "spec.config",
     "Dataset": "zoo.datasets", "load_dataset": "zoo.datasets",
     "BlockInfo": "zoo.models", "balance_split_points": "zoo.models", "build_model": "zoo.models",
     "model_block_infos": "zoo.models", "propose_split_points": "zoo.models",
@@ -18,6 +18,7 @@ _EXPORTS = {
     "RunCancelled": "host.launcher", "RunError": "host.launcher", "RunTimeout": "host.launcher",
     "default_pool": "host.launcher",
     "load_result": "host.runner", "run": "host.runner",
+    "Plan": "planning.planner", "plan": "planning.planner",
     "Playground": "views.app",
 }
 _MODULES = {"plots": "views.plots", "cost": "cost"}

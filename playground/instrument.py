@@ -104,6 +104,16 @@ PRIVATE_NAMES: tuple[PrivateName, ...] = (
     PrivateName("torch.distributed", "_DEFAULT_FIRST_BUCKET_BYTES", "mirrored in predict.formulas"),
     PrivateName("torch.nn.parallel.distributed", "_DEFAULT_BUCKET_CAP_MB", "mirrored in predict.formulas"),
     PrivateName("torch.nn.modules.batchnorm", "_BatchNorm", "base of CpuSyncBatchNorm"),
+    PrivateName("torch.testing._internal.distributed.fake_pg", "FakeStore", "plan: fake_process_group"),
+    PrivateName("torch._subclasses.fake_tensor", "FakeTensorMode", "plan: shapes without memory"),
+    PrivateName("torch.nn.parallel.distributed", "_verify_param_shape_across_processes",
+                "plan: skipped under a fake process group (unchecked_ddp_shapes)"),
+    PrivateName("torch", "UntypedStorage._cdata", "storage_key of a fake tensor's storage"),
+    PrivateName("torch._subclasses.fake_tensor", "unset_fake_temporarily", "plan: real_device_meshes"),
+    PrivateName("torch.distributed.tensor.debug", "_clear_sharding_prop_cache",
+                "fake_process_group: DTensor's cached shardings forgotten with the group"),
+    PrivateName("torch.distributed.tensor._redistribute", "_gen_transform_infos",
+                "fake_process_group: DTensor's cached redistributions forgotten with the group"),
 )
 
 
@@ -183,6 +193,92 @@ def _built_schedule():
     stage = SimpleNamespace(stage_index=0, num_stages=2, group_size=2, group_rank=0, is_first=True,
                             is_last=False, submod=None)
     return ScheduleGPipe(stage, n_microbatches=2)
+
+
+def storage_key(storage) -> int:
+    """Identifies a tensor's storage while it lives (views share it): its
+    address; for a fake or meta tensor, which has none, the storage object
+    itself (``_cdata``). 0 for an empty real storage."""
+    if storage.device.type == "meta":
+        return storage._cdata
+    return storage.data_ptr()
+
+
+@contextlib.contextmanager
+def fake_process_group(rank: int, world_size: int) -> Iterator[None]:
+    """torch's fake process group (backend "fake", ``FakeStore``) as the
+    default group of this process, as rank ``rank`` of ``world_size``:
+    collectives return at once and move nothing. Destroyed on exit.
+    RuntimeError when a default group exists already."""
+    import torch.distributed as dist
+    from torch.testing._internal.distributed.fake_pg import FakeStore  # registers the backend
+
+    if dist.is_initialized():
+        raise RuntimeError("a process group is initialised in this process already: plan outside a run's rank")
+    dist.init_process_group("fake", store=FakeStore(), rank=rank, world_size=world_size)
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
+        _forget_dtensor_shardings()
+
+
+def _forget_dtensor_shardings() -> None:
+    """Empty DTensor's caches of sharding decisions: they keep the device
+    meshes they were made on, whose process groups a destroyed group took
+    with it (the next fake group's meshes compare equal to them)."""
+    from torch.distributed.tensor import _redistribute
+    from torch.distributed.tensor.debug import _clear_sharding_prop_cache
+
+    _clear_sharding_prop_cache()  # the Python cache and the C++ fast path's
+    _redistribute._gen_transform_infos.cache_clear()
+    _redistribute.clear_redistribute_planner_cache()
+
+
+def fake_tensor_mode():
+    """A ``FakeTensorMode``: tensors made inside it have shapes, dtypes and
+    devices but no memory. Real tensors made before it (a device mesh's
+    table of ranks) may take part in its ops."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    return FakeTensorMode(allow_non_fake_inputs=True)
+
+
+@contextlib.contextmanager
+def real_device_meshes() -> Iterator[None]:
+    """Every DeviceMesh made inside the block (FSDP2 makes one of its dp
+    and tp meshes) is made outside any FakeTensorMode: its table of ranks
+    is a small real tensor it reads (which rank sits where)."""
+    from torch._subclasses.fake_tensor import unset_fake_temporarily
+    from torch.distributed.device_mesh import DeviceMesh
+
+    original = DeviceMesh.__init__
+
+    def init(self, *args, **kwargs):
+        with unset_fake_temporarily():
+            original(self, *args, **kwargs)
+
+    DeviceMesh.__init__ = init
+    try:
+        yield
+    finally:
+        DeviceMesh.__init__ = original
+
+
+@contextlib.contextmanager
+def unchecked_ddp_shapes() -> Iterator[None]:
+    """DDP without its check that every rank holds parameters of the same
+    shapes (``_verify_param_shape_across_processes``), which reads the
+    parameters' memory: under a fake process group there is one rank, and
+    fake parameters have none."""
+    from torch.nn.parallel import distributed as ddp
+
+    original = ddp._verify_param_shape_across_processes
+    ddp._verify_param_shape_across_processes = lambda process_group, tensors, logger=None: None
+    try:
+        yield
+    finally:
+        ddp._verify_param_shape_across_processes = original
 
 
 def wait_tensor(t: torch.Tensor) -> torch.Tensor:

@@ -1,5 +1,5 @@
-"""The package reads one way: spec -> zoo -> predict -> rank -> result ->
-host -> views. A module imports only from its own layer or the layers
+"""The package reads one way: spec -> zoo -> predict -> rank -> planning ->
+result -> host -> views. A module imports only from its own layer or the layers
 before it, and no import circle exists (function-level imports included)."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import pathlib
 import pytest
 
 PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "playground"
-LAYERS = ("spec", "zoo", "predict", "rank", "result", "host", "views")
+LAYERS = ("spec", "zoo", "predict", "rank", "planning", "result", "host", "views")
 """In order: each may import from those before it."""
 LEAVES = {"playground.instrument": -1}
 """Below every layer: the hooks into torch's internals import nothing of the package."""

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from playground.spec.config import ConfigError, RunConfig, cpu_count
+from playground.spec.config import ConfigError, RunConfig, cpu_count, runnable
 from playground.zoo.datasets import Dataset
 from playground.host.launcher import default_pool, launch
 from playground.zoo.facts import ModelFacts, differences
@@ -47,8 +47,10 @@ def run(config: RunConfig, *, model: nn.Sequential | None = None, dataset: Any =
     "step_s": seconds rank r spent in step s}. Both are called in the
     caller's thread that runs ``run``, between reads of the ranks' pipes:
     keep them quick.
+    A ``PlanConfig`` runs as the RunConfig of its fields, within
+    RunConfig's limits; a preset is refused (``spec.config.runnable``).
     """
-    workload = resolve_workload(config, model, dataset)
+    workload = resolve_workload(runnable(config), model, dataset)
     device_type, backend = resolve_device(workload.config)
     started = time.perf_counter()
     reports = launch(workload.config, device_type, backend, workload.rank_payload(),

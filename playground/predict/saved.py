@@ -10,6 +10,8 @@ from typing import Iterator
 
 import torch
 
+from playground.instrument import storage_key
+
 
 class SavedTensors:
     """Live and peak bytes of the tensors autograd saved for backward,
@@ -34,7 +36,11 @@ class SavedTensors:
         """Parameters are saved by many ops; they are not activations."""
         for t in tensors:
             local = t.to_local() if hasattr(t, "to_local") else t  # a DTensor's shard
-            self._ignored.add(local.untyped_storage().data_ptr())
+            self._ignored.add(storage_key(local.untyped_storage()))
+
+    def saw(self, key: int) -> bool:
+        """Whether the storage ``key`` (``instrument.storage_key``) is held now."""
+        return key in self._live
 
     @contextmanager
     def counting(self) -> Iterator[None]:
@@ -49,7 +55,7 @@ class SavedTensors:
         local = getattr(local, "elem", local)  # an AsyncCollectiveTensor's result
         try:
             storage = local.untyped_storage()
-            key = storage.data_ptr()
+            key = storage_key(storage)
         except (RuntimeError, NotImplementedError):  # a tensor without storage: nothing held
             return t
         if key in self._ignored or key == 0:

@@ -12,7 +12,7 @@ import json
 import math
 import os
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 STRATEGIES = ("single", "data", "model", "pipeline", "tensor", "fsdp", "hybrid")
 SINGLE_STAGE_SCHEDULES = ("gpipe", "1f1b")
@@ -41,6 +41,12 @@ MODEL_BLOCKS = {"seed-mlp": 2, "mlp": 10, "cnn": 5, "transformer": 6}
 """The zoo's models by name and their number of blocks: what a config is
 checked against without building or importing any model (the zoo's own
 MODELS must agree: tests/test_config.py)."""
+PRESET_BLOCKS = {"gpt2": 14, "gpt2-xl": 50, "llama3-8b": 34, "llama3-70b": 82}
+"""Architecture presets that ``playground.plan`` builds without weights, by
+name, and their blocks (embedding, layers, head; ``planning.presets.PRESETS``
+must agree): planned, never trained."""
+PLAN_MAX_WORLD_SIZE = 4096
+"""Upper limit on world_size for planning: one rank of each kind is run, in one process."""
 
 
 class ConfigError(ValueError):
@@ -177,6 +183,9 @@ class RunConfig:
     unused_parameters: tuple[str, ...] = field(default=(), compare=False, repr=False)
     """Parameters that receive no gradient (found by ``run`` on a copy of the
     model): data parallelism then has DDP look for unused parameters."""
+
+    MODELS: ClassVar[dict[str, int]] = MODEL_BLOCKS
+    """Model names this kind of config accepts, with their blocks."""
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -382,7 +391,7 @@ def _check_levers(c: RunConfig) -> None:
 
 
 def _validate(c: RunConfig) -> None:
-    _check_choice("model", c.model, tuple(MODEL_BLOCKS) + ("custom",))
+    _check_choice("model", c.model, tuple(c.MODELS) + ("custom",))
     _check_choice("strategy", c.strategy, STRATEGIES)
     _check_choice("schedule", c.schedule, SCHEDULES)
     _check_choice("optimizer", c.optimizer, OPTIMIZERS)
@@ -411,7 +420,7 @@ def _validate(c: RunConfig) -> None:
 
     # A custom model's blocks are known once run() is given the module;
     # it checks the config again then, before any process starts.
-    blocks = c.num_blocks if c.model == "custom" else MODEL_BLOCKS[c.model]
+    blocks = c.num_blocks if c.model == "custom" else c.MODELS[c.model]
 
     _check_mesh(c)
     if c.pipelined and not c.scheduled and c.micro_batches != 1:
@@ -482,6 +491,42 @@ def _validate(c: RunConfig) -> None:
         pass  # allowed: gloo also runs on CUDA tensors
     if c.device == "cpu" and c.backend == "nccl":
         raise ConfigError("backend", c.backend, "nccl needs device 'cuda' (use gloo or auto on cpu)")
+
+
+@dataclass(frozen=True)
+class PlanConfig(RunConfig):
+    """A config to plan (``playground.plan``), not to run: it also accepts
+    the architecture presets (``PRESET_BLOCKS``) and world sizes up to
+    ``PLAN_MAX_WORLD_SIZE``. ``run`` refuses it (``runnable``)."""
+
+    MODELS: ClassVar[dict[str, int]] = {**MODEL_BLOCKS, **PRESET_BLOCKS}
+
+    max_world_size: int = PLAN_MAX_WORLD_SIZE
+    """Upper limit on world_size (at most PLAN_MAX_WORLD_SIZE)."""
+
+    sequence_length: int | None = None
+    """Tokens per sample of a language-model preset; None: its published
+    context (1024 for GPT-2, 8192 for Llama 3). Ignored by the zoo's models."""
+
+    def __post_init__(self) -> None:
+        _check_int("max_world_size", self.max_world_size, 1, PLAN_MAX_WORLD_SIZE)
+        if self.sequence_length is not None:
+            _check_int("sequence_length", self.sequence_length, 1, 1 << 20)
+        super().__post_init__()
+
+
+def runnable(config: RunConfig) -> RunConfig:
+    """``config`` as ``run`` takes it: a RunConfig as it is; a PlanConfig of
+    a zoo model as the RunConfig of the same fields, checked again against
+    RunConfig's own limits. ConfigError for a preset: it is planned, never trained."""
+    if config.model in PRESET_BLOCKS:
+        raise ConfigError("model", config.model,
+                          f"an architecture preset is planned, not trained: playground.plan(config); run() trains "
+                          f"{', '.join(MODEL_BLOCKS)} or a custom model")
+    if not isinstance(config, PlanConfig):
+        return config
+    fields = {f.name: getattr(config, f.name) for f in dataclasses.fields(RunConfig) if f.name != "max_world_size"}
+    return RunConfig(**fields)
 
 
 def cpu_count() -> int:

@@ -57,6 +57,15 @@ def _elementwise(module: nn.Module) -> bool:
     return type(module) in ELEMENTWISE
 
 
+def _declared_styles(module: nn.Module):
+    """A block's own plan: ``tensor_parallel_styles(tp)``, returning {child
+    name: "colwise" | "rowwise"} or why the block cannot be cut, when the
+    class that defines the block's forward defines it too (a subclass that
+    changes the forward does not inherit a plan made for another)."""
+    owner = next((c for c in type(module).__mro__ if "forward" in vars(c)), None)
+    return vars(owner).get("tensor_parallel_styles") if owner is not None else None
+
+
 def _chain(module: nn.Module, prefix: str):
     """(name, module) of the layers a forward runs one after another:
     an nn.Sequential (one that keeps Sequential's forward) is opened, any
@@ -80,7 +89,9 @@ def plan_tensor_parallel(model: nn.Sequential, tp: int, unused: tuple[str, ...] 
     children (a residual block, a custom container) is opaque: what its
     forward does with a sharded tensor is unknown, so it and everything in
     it stay replicated, and it ends any pair waiting across it. The
-    playground's TransformerBlock is the one known block: q, k, v and fc1
+    A block whose class declares ``tensor_parallel_styles(tp)`` beside its
+    forward (the planner's presets) is cut as it says. The
+    playground's TransformerBlock is the one other known block: q, k, v and fc1
     column-wise, attention out and fc2 row-wise, when its heads and its
     fc1 width divide among ``tp`` ranks. A Linear whose weight is shared
     with another module (tied weights) stays whole: sharding it would cut
@@ -114,6 +125,13 @@ def plan_tensor_parallel(model: nn.Sequential, tp: int, unused: tuple[str, ...] 
         elif isinstance(module, nn.Linear) and name in tied:
             leave_pending("Linear: the next layer's weights are tied to another module")
             replicated[name] = "Linear: its weights are tied to another module; a shard would cut the tie"
+        elif (declared := _declared_styles(module)) is not None:
+            leave_pending("no row-parallel partner follows it")
+            own = declared(module, tp)
+            if isinstance(own, str):
+                replicated[name] = own
+            else:
+                styles.update({f"{name}.{sub}": style for sub, style in own.items()})
         elif isinstance(module, TransformerBlock) and type(module).forward is TransformerBlock.forward:
             leave_pending("no row-parallel partner follows it")
             heads = module.attn.q.out_features // module.attn.head_dim
