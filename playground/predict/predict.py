@@ -97,9 +97,9 @@ def predict(config: RunConfig, infos: list[BlockInfo] | None = None, model: nn.S
 
 
 def _predict(config: RunConfig, infos, model, sample, target, loss_fn, levered: contextlib.ExitStack):
-    """``predict``, the levers (``rank.levers``: recompute, bf16 autocast) put
+    """``predict``, the levers (``zoo.levers``: recompute, bf16 autocast) put
     on every block profiled, as the ranks put them on theirs, through ``levered``."""
-    from playground.rank.levers import on_blocks, with_autocast
+    from playground.zoo.levers import on_blocks, with_autocast
 
     def lever(local: nn.Sequential) -> nn.Sequential:
         return levered.enter_context(on_blocks(local, config.recompute, config.precision, "cpu"))

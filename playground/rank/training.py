@@ -17,7 +17,7 @@ from playground.spec.config import RunConfig
 from playground.zoo.datasets import Dataset, loss_fn
 from playground.instrument import quiet_known_warnings
 from playground.zoo.models import GLOBAL_RNG
-from playground.rank import levers
+from playground.zoo import levers
 from playground.rank.recorder import Recorder, memory_bytes
 from playground.rank.strategies import STRATEGY_CLASSES
 from playground.spec.topology import Topology

@@ -25,7 +25,7 @@ def shard_blocks(model, mesh, recorder: Recorder, precision: str = "fp32"):
     just in time), then the root. Blocks that share a parameter (tied
     weights) form one unit, so the Parameter is sharded once and stays shared.
     ``precision`` "bf16": ``levers.fsdp_mixed_precision``."""
-    from playground.rank.levers import fsdp_mixed_precision
+    from playground.zoo.levers import fsdp_mixed_precision
 
     mp = fsdp_mixed_precision(precision)
     for unit in shard_units(model):
