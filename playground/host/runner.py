@@ -249,7 +249,7 @@ def single_device_run(workload: Workload) -> tuple[nn.Sequential, list[float], f
 def train_single(config: RunConfig, model: nn.Sequential, dataset: Dataset) -> list[float]:
     """The baseline: the same loop, one device, whole batch, no recording."""
     single = config.replace(strategy="single", world_size=1, split_points=None, batch_partition=None,
-                            micro_batches=1, dp=None, pp=None, tp=None)
+                            micro_batches=1, dp=None, pp=None, tp=None, zero_stage=None)
     with _SINGLE_DEVICE_LOCK:  # threads and generators are the process's: one baseline at a time
         return _train_single(single, model, dataset)
 

@@ -18,7 +18,7 @@ from playground.zoo.datasets import Dataset, loss_fn
 from playground.instrument import quiet_known_warnings
 from playground.zoo.models import GLOBAL_RNG
 from playground.rank.recorder import Recorder, memory_bytes
-from playground.rank.strategies import STRATEGY_CLASSES
+from playground.rank.strategies import strategy_class
 from playground.spec.topology import Topology
 
 
@@ -45,15 +45,22 @@ def make_groups(topology: Topology, device_type: str) -> Groups:
     return Groups(mesh=mesh, dp=mesh.get_group("dp"), pp=mesh.get_group("pp"), tp=mesh.get_group("tp"))
 
 
-def make_optimizer(config: RunConfig, params) -> torch.optim.Optimizer | None:
+def make_optimizer(config: RunConfig, params, dp_group=None, recorder: Recorder | None = None
+                   ) -> torch.optim.Optimizer | None:
     """The optimizer over ``params``; None when there are none (a stage of
-    parameter-free blocks, such as a lone Flatten, has nothing to step)."""
+    parameter-free blocks, such as a lone Flatten, has nothing to step).
+    At ZeRO stage 1, with a ``dp_group``, each rank of it keeps the state of
+    its partition only (``strategies.data.ShardedOptimizer``, recording on
+    ``recorder``)."""
     params = list(params)
     if not params:
         return None
-    if config.optimizer == "adam":
-        return torch.optim.Adam(params, lr=config.lr)
-    return torch.optim.SGD(params, lr=config.lr)
+    cls = torch.optim.Adam if config.optimizer == "adam" else torch.optim.SGD
+    if config.resolved_zero_stage == 1 and dp_group is not None:
+        from playground.rank.strategies.data import ShardedOptimizer
+
+        return ShardedOptimizer(params, cls, dp_group, recorder or Recorder(enabled=False), lr=config.lr)
+    return cls(params, lr=config.lr)
 
 
 def train_rank(config: RunConfig, topology: Topology, model: nn.Sequential, dataset: Dataset,
@@ -86,8 +93,8 @@ def _train(config: RunConfig, topology: Topology, model: nn.Sequential, dataset:
         from playground.rank.strategies.syncbn import convert_sync_batchnorm
 
         model = convert_sync_batchnorm(model, groups.dp, device.type)
-    strategy = STRATEGY_CLASSES[config.strategy](model, topology, config, recorder, loss_fn(dataset.task), groups)
-    optimizer = make_optimizer(config, strategy.module.parameters())
+    strategy = strategy_class(config)(model, topology, config, recorder, loss_fn(dataset.task), groups)
+    optimizer = make_optimizer(config, strategy.module.parameters(), groups.dp, recorder)
     loss_parts: list[float | None] = []
     checks: list[DivergenceCheck] = []
     diverged = None

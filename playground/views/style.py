@@ -21,6 +21,7 @@ KIND_COLORS: dict[str, str] = {
     "all_reduce": "#C0392B",
     "all_gather": "#B5651D",
     "reduce_scatter": "#8E3B46",
+    "broadcast": "#D98E73",
     # per-rank totals (time breakdown)
     "compute": "#3A7DC9",
     "comm": "#E4572E",
@@ -34,7 +35,7 @@ KIND_LABELS = {
     "backward": "backward", "backward_input": "backward (inputs)", "backward_weight": "backward (weights)",
     "optimizer": "optimizer step",
     "send": "send", "recv": "recv", "all_reduce": "all-reduce",
-    "all_gather": "all-gather", "reduce_scatter": "reduce-scatter",
+    "all_gather": "all-gather", "reduce_scatter": "reduce-scatter", "broadcast": "broadcast",
 }
 
 MEMORY_FIELDS = ("params", "grads", "optimizer", "activations_peak")

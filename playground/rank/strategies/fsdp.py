@@ -6,6 +6,12 @@ backward, a reduce-scatter leaves each rank the sum of the gradients for its
 own shard only. Memory per rank for parameters, gradients and optimizer
 state is about 1/n of the whole. Rank r's loss is weighted by
 n * b_r / B, as in data parallel: the reduction averages over n ranks.
+
+ZeRO stage 3 (the default) frees each block's gathered weights after its
+forward and gathers them again for its backward: two all-gathers and a
+reduce-scatter per step. Stage 2 (``reshard_after_forward=False``) keeps
+them from the forward to the end of the backward: one all-gather and a
+reduce-scatter, at the cost of holding every block's full weights in between.
 """
 
 from __future__ import annotations
@@ -16,12 +22,13 @@ from playground.zoo.datasets import BatchShare
 from playground.rank.recorder import Recorder
 
 
-def shard_blocks(model, mesh, recorder: Recorder):
+def shard_blocks(model, mesh, recorder: Recorder, reshard_after_forward: bool = True):
     """FSDP2 over ``mesh``: one unit per block (each gathers its weights
     just in time), then the root. Blocks that share a parameter (tied
-    weights) form one unit, so the Parameter is sharded once and stays shared."""
+    weights) form one unit, so the Parameter is sharded once and stays shared.
+    ``reshard_after_forward``: True for ZeRO stage 3, False for stage 2."""
     for unit in shard_units(model):
-        fully_shard(unit if len(unit) > 1 else unit[0], mesh=mesh)
+        fully_shard(unit if len(unit) > 1 else unit[0], mesh=mesh, reshard_after_forward=reshard_after_forward)
         for block in unit:
             # Runs after FSDP's own pre-forward hook has gathered the block's
             # weights: they are parameters, not activations.
@@ -59,7 +66,8 @@ class FullyShardedDataParallel:
         self.recorder = recorder
         self.loss_fn = loss_fn
         self.part = BatchShare(config.rank_batches(), topology.dp_rank)
-        self.module = self.local_model = shard_blocks(model, groups.mesh["dp"], recorder)
+        stage3 = config.resolved_zero_stage == 3
+        self.module = self.local_model = shard_blocks(model, groups.mesh["dp"], recorder, stage3)
 
     def context(self):
         return self.recorder.recording_collectives()
