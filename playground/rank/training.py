@@ -50,14 +50,14 @@ def make_optimizer(config: RunConfig, params, dp_group=None, recorder: Recorder 
     """The optimizer over ``params``; None when there are none (a stage of
     parameter-free blocks, such as a lone Flatten, has nothing to step).
     At ZeRO stage 1, with a ``dp_group``, each rank of it keeps the state of
-    its partition only (``strategies.data.ShardedOptimizer``, recording on
+    its partition only (``strategies.zero1.ShardedOptimizer``, recording on
     ``recorder``)."""
     params = list(params)
     if not params:
         return None
     cls = torch.optim.Adam if config.optimizer == "adam" else torch.optim.SGD
     if config.resolved_zero_stage == 1 and dp_group is not None:
-        from playground.rank.strategies.data import ShardedOptimizer
+        from playground.rank.strategies.zero1 import ShardedOptimizer
 
         return ShardedOptimizer(params, cls, dp_group, recorder or Recorder(enabled=False), lr=config.lr)
     return cls(params, lr=config.lr)

@@ -8,7 +8,7 @@ grad(mean_r) = grad(mean loss over the whole batch): the single-device
 gradient, even when the shares are uneven.
 
 ZeRO stage 1 keeps DDP as it is and shards the optimizer instead
-(``ShardedOptimizer``). Stages 2 and 3 run as strategy 'fsdp' does
+(``zero1.ShardedOptimizer``). Stages 2 and 3 run as strategy 'fsdp' does
 (``strategies.strategy_class``).
 """
 
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 
-from torch.distributed.optim import ZeroRedundancyOptimizer
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from playground.zoo.datasets import BatchShare
@@ -47,28 +46,3 @@ class DataParallel:
             (loss * self.part.weight).backward()
         return loss.item() * self.part.share
 
-
-class ShardedOptimizer(ZeroRedundancyOptimizer):
-    """ZeRO stage 1: torch's ``ZeroRedundancyOptimizer`` over the dp group.
-
-    Each rank is given whole parameters (largest first, each to the rank
-    holding the fewest elements so far: ``predict.formulas.zero1_partition``),
-    keeps the optimizer state of those alone, and steps them alone; then
-    every rank broadcasts its updated parameters to the others. The
-    gradients stay DDP's, all-reduced whole. The broadcasts are recorded as
-    collectives of kind ``broadcast``.
-
-    ``state_held``: the state this rank holds (its local optimizer's; the
-    wrapper's own ``state`` stays empty)."""
-
-    def __init__(self, params, optimizer_class, group, recorder: Recorder, lr: float):
-        super().__init__(params, optimizer_class=optimizer_class, process_group=group, lr=lr)
-        self.recorder = recorder
-
-    def step(self, closure=None, **kwargs):
-        with self.recorder.recording_collectives():
-            return super().step(closure, **kwargs)
-
-    @property
-    def state_held(self):
-        return self.optim.state
