@@ -118,6 +118,7 @@ def test_the_zero_record_survives_json(measured):
     again = RunResult.from_json(result.to_json())
     assert again.zero == json.loads(json.dumps(result.zero))
     assert again.config.zero_stage == 1
+    assert "ZeRO stage 1 (paper's formulas" in again.summary()
 
 
 def test_zero1_partition_is_greedy_largest_first():
