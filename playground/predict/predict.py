@@ -201,8 +201,8 @@ def zero_formulas(config: RunConfig, model: nn.Sequential, predictions: list[dic
         per_step = sum(all_reduce_bytes(b, n) for b in ddp_buckets(held))
         collectives = "all_reduce"
     partition = None
-    notes = [f"fp32 training: 4 bytes per parameter and per gradient (the paper's mixed precision counts "
-             f"2Ψ + 2Ψ + KΨ with K = 12)",
+    notes = ["fp32 training: 4 bytes per parameter and per gradient (the paper's mixed precision counts "
+             "2Ψ + 2Ψ + KΨ with K = 12)",
              "K = 8: Adam's exp_avg and exp_avg_sq, 4 bytes each per parameter; its step counters, 4 bytes "
              "per tensor, are extra and in the prediction" if k else "K = 0: plain SGD keeps no optimizer state"]
     if stage == 1:
