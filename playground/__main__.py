@@ -58,6 +58,9 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
                    help=f"compute precision: {', '.join(PRECISIONS)} (default {d.precision})")
     p.add_argument("--grad-accumulation", type=int, default=d.grad_accumulation,
                    help="micro-steps per optimizer step, gradients reduced in the last (default 1)")
+    p.add_argument("--zero-stage", type=int, default=None,
+                   help="ZeRO stage for data parallelism: 0 DDP, 1 optimizer state sharded, 2 gradients too, "
+                        "3 parameters too (default: the strategy's own)")
     p.add_argument("--device", default=d.device, help="auto, cpu or cuda")
     p.add_argument("--backend", default=d.backend, help="auto, gloo or nccl")
     p.add_argument("--threads-per-rank", type=int, default=d.threads_per_rank,
@@ -84,7 +87,8 @@ def config_from_args(a: argparse.Namespace) -> RunConfig:
                      optimizer=a.optimizer, seed=a.seed, device=a.device, backend=a.backend,
                      timeout_s=a.timeout, max_world_size=a.max_world_size,
                      threads_per_rank=a.threads_per_rank, sync_batchnorm=a.sync_batchnorm,
-                     recompute=a.recompute, precision=a.precision, grad_accumulation=a.grad_accumulation)
+                     recompute=a.recompute, precision=a.precision, grad_accumulation=a.grad_accumulation,
+                     zero_stage=a.zero_stage)
 
 
 def _run_and_print(config: RunConfig, json_path: str | None = None, plots_dir: str | None = None,

@@ -66,8 +66,9 @@ FUNCTIONAL_COLLECTIVES = {"all_reduce": "all_reduce", "all_gather_into_tensor": 
                           "reduce_scatter_tensor": "reduce_scatter"}
 """Ops under ``torch.ops._c10d_functional`` (DTensor's collectives) -> the recorded kind."""
 C10D_COLLECTIVES = {"allreduce_": "all_reduce", "_allgather_base_": "all_gather",
-                    "_reduce_scatter_base_": "reduce_scatter"}
-"""Ops under ``torch.ops.c10d`` (FSDP's collectives) -> the recorded kind."""
+                    "_reduce_scatter_base_": "reduce_scatter", "broadcast_": "broadcast"}
+"""Ops under ``torch.ops.c10d`` (FSDP's collectives, ZeroRedundancyOptimizer's
+broadcasts) -> the recorded kind."""
 
 PRIVATE_NAMES: tuple[PrivateName, ...] = (
     PrivateName("torch.distributed.pipelining", "PipelineStage.forward_one_chunk", "forward span per micro-batch"),
@@ -96,7 +97,7 @@ PRIVATE_NAMES: tuple[PrivateName, ...] = (
     PrivateName("torch._ops", "HigherOrderOperator", "collective_dispatch passes these through"),
     *(PrivateName("torch.ops", f"_c10d_functional.{op}", "collective_dispatch (DTensor)")
       for op in (*FUNCTIONAL_COLLECTIVES, "wait_tensor")),
-    *(PrivateName("torch.ops", f"c10d.{op}", "collective_dispatch (FSDP)") for op in C10D_COLLECTIVES),
+    *(PrivateName("torch.ops", f"c10d.{op}", "collective_dispatch (FSDP, ZeRO-1)") for op in C10D_COLLECTIVES),
     PrivateName("torch.distributed.distributed_c10d", "Work.wait", "work_wait_hook"),
     PrivateName("torch.distributed.distributed_c10d", "Work.unbox", "a c10d collective's future"),
     PrivateName("torch.distributed.distributed_c10d", "ProcessGroup.unbox", "a c10d collective's group"),
@@ -454,7 +455,7 @@ def collective_dispatch(on_functional: Handler, on_c10d: Handler) -> Iterator[No
     collective (``torch.ops._c10d_functional``, DTensor's) and
     ``on_c10d(kind, op, args, kwargs)`` for each c10d collective
     (``torch.ops.c10d``, FSDP's) this thread dispatches; kind is one of
-    all_reduce, all_gather, reduce_scatter (``FUNCTIONAL_COLLECTIVES``,
+    all_reduce, all_gather, reduce_scatter, broadcast (``FUNCTIONAL_COLLECTIVES``,
     ``C10D_COLLECTIVES``). Each handler runs ``op(*args, **kwargs)`` and
     returns its result. Every other op runs as it would."""
     from torch.distributed.tensor import DTensor

@@ -142,6 +142,7 @@ def assemble(workload: Workload, reports: list[tuple[RankReport, dict]], device_
         "losses": baseline_losses,
         "accuracy": baseline_accuracy,
     }
+    predictions = _predictions(workload)
     notes = (workload.notes + (_notes(config, device_type) if local else []) + ([diverged] if diverged else []) + why
              + _model_notes(config, facts, full_model)
              + [n for n in [ranks[0].tensor_plan_note] if n])
@@ -149,7 +150,7 @@ def assemble(workload: Workload, reports: list[tuple[RankReport, dict]], device_
                      losses=losses, throughput_samples_per_s=throughput(ranks, config.global_batch),
                      baseline=baseline, ranks=ranks, split_points=tuple(split_points), accuracy=accuracy,
                      wall_s=wall, notes=notes, model=trained,
-                     predictions=_predictions(workload), bubble=bubble,
+                     predictions=predictions, bubble=bubble, zero=_zero(workload, predictions),
                      stage_balance=balance, schedule_table=table, blocks=block_table(infos),
                      traffic=traffic_per_step(ranks), tensor_plan=dict(ranks[0].tensor_plan))
 
@@ -172,6 +173,13 @@ def _predictions(workload: Workload) -> list[dict]:
             _PREDICTIONS.pop(next(iter(_PREDICTIONS)))
         _PREDICTIONS[key] = copy.deepcopy(preds)
     return preds
+
+
+def _zero(workload: Workload, predictions: list[dict]) -> dict | None:
+    """The ZeRO paper's figures beside the predictions (``predict.zero_formulas``)."""
+    from playground.predict.predict import zero_formulas
+
+    return zero_formulas(workload.config, workload.model, predictions)
 
 
 _PREDICTIONS: dict[RunConfig, list[dict]] = {}
@@ -269,7 +277,7 @@ def train_single(config: RunConfig, model: nn.Sequential, dataset: Dataset) -> l
     the run's precision and gradient accumulation, no recomputation (which
     must change nothing: ``baseline_description``)."""
     single = config.replace(strategy="single", world_size=1, split_points=None, batch_partition=None,
-                            micro_batches=1, dp=None, pp=None, tp=None, recompute="none")
+                            micro_batches=1, dp=None, pp=None, tp=None, recompute="none", zero_stage=None)
     with _SINGLE_DEVICE_LOCK:  # threads and generators are the process's: one baseline at a time
         return _train_single(single, model, dataset)
 

@@ -368,24 +368,91 @@ def gather_bytes(tensors: Sequence[tuple[Sequence[int], int]], parts: int) -> in
     return parts * sum(shard_bytes(shape, size, parts, 0) for shape, size in tensors)
 
 
-def fsdp_step_bytes(gathered: int, parts: int) -> int:
+def fsdp_step_bytes(gathered: int, parts: int, reshard_after_forward: bool = True) -> int:
     """Bytes each way one FSDP unit of padded size G moves per step among n
-    ranks: an all-gather in forward, another in backward (the unit is
-    resharded after its forward) and a reduce-scatter of its gradients,
-    each sending (n - 1) / n of G (ZeRO stage 3's 3x traffic against DDP's
-    2x, Rajbhandari et al. 2019): 3 ((n - 1) G // n)."""
-    return 3 * ((parts - 1) * gathered // parts)
+    ranks: an all-gather in forward, another in backward when the unit is
+    resharded after its forward (ZeRO stage 3; stage 2 keeps it gathered),
+    and a reduce-scatter of its gradients, each sending (n - 1) / n of G
+    (ZeRO stage 3's 3x traffic against DDP's 2x, Rajbhandari et al. 2019):
+    3 ((n - 1) G // n) at stage 3, 2 ((n - 1) G // n) at stage 2."""
+    return (3 if reshard_after_forward else 2) * ((parts - 1) * gathered // parts)
 
 
-def fsdp_accumulated_step_bytes(gathered: int, reduced: int, parts: int, micro_steps: int) -> int:
+def broadcast_bytes(nbytes: int, group_size: int) -> int:
+    """A rank's share of one broadcast of B bytes among n ranks, each way:
+    the other n - 1 ranks receive B each, (n - 1) B in all, counted
+    (n - 1) B // n on every rank, as ``result.account`` counts it."""
+    return (group_size - 1) * nbytes // group_size
+
+
+# --------------------------------------------------------------------------
+# ZeRO stages (Rajbhandari et al. 2019)
+
+ZERO_SOURCE = ("Rajbhandari et al. 2019, ZeRO: Memory Optimizations Toward Training Trillion Parameter "
+               "Models, Sec. 5.1-5.2 and Fig. 1 (memory per rank), Sec. 7 (communication volume)")
+
+ZERO_MEMORY_FORMULAS = {
+    0: {"params": "4Ψ", "grads": "4Ψ", "optimizer": "KΨ"},
+    1: {"params": "4Ψ", "grads": "4Ψ", "optimizer": "KΨ/N_d"},
+    2: {"params": "4Ψ", "grads": "4Ψ/N_d", "optimizer": "KΨ/N_d"},
+    3: {"params": "4Ψ/N_d", "grads": "4Ψ/N_d", "optimizer": "KΨ/N_d"},
+}
+"""Per rank, in fp32 (4 bytes per parameter and per gradient; the paper's
+mixed-precision figures are 2Ψ + 2Ψ + KΨ with K = 12)."""
+
+
+def zero1_partition(numels: Sequence[int], ranks: int) -> list[list[int]]:
+    """Which parameters each rank of torch's ``ZeroRedundancyOptimizer``
+    keeps optimizer state for, as indices into ``numels`` (the element
+    counts, in the module's parameter order), each rank's in the order
+    assigned. Whole parameters, largest first (a stable sort: equal sizes
+    keep their order), each to the rank holding the fewest elements so far
+    (the lowest such rank): a greedy balance, so rank r holds Ψ_r elements,
+    near Ψ / N_d but rarely equal to it."""
+    held, parts = [0] * ranks, [[] for _ in range(ranks)]
+    for i in sorted(range(len(numels)), key=lambda i: -numels[i]):
+        r = held.index(min(held))
+        parts[r].append(i)
+        held[r] += numels[i]
+    return parts
+
+
+def zero_memory(stage: int, psi: int, ranks: int, k: int, element_size: int = 4) -> dict[str, float]:
+    """Bytes per rank of parameters, gradients and optimizer state at ZeRO
+    ``stage`` (``ZERO_MEMORY_FORMULAS``), Ψ parameters over N_d ranks, K
+    bytes of optimizer state per parameter, ``element_size`` bytes per
+    parameter and per gradient: stage 0 (4 + 4 + K) Ψ, stage 1
+    4Ψ + 4Ψ + KΨ / N_d, stage 2 4Ψ + (4 + K) Ψ / N_d, stage 3
+    (4 + 4 + K) Ψ / N_d. ``ValueError`` for a stage outside 0..3."""
+    if stage not in ZERO_MEMORY_FORMULAS:
+        raise ValueError(f"stage={stage!r}: must be 0, 1, 2 or 3")
+    whole = {"params": element_size * psi, "grads": element_size * psi, "optimizer": k * psi}
+    return {name: whole[name] / ranks if formula.endswith("/N_d") else float(whole[name])
+            for name, formula in ZERO_MEMORY_FORMULAS[stage].items()}
+
+
+def zero_step_volume(stage: int) -> int:
+    """Parameters' worth of data each rank moves per step at ZeRO ``stage``
+    (Sec. 7): 2Ψ at stages 0 to 2 (an all-reduce, or a reduce-scatter of
+    the gradients and an all-gather of the parameters), 3Ψ at stage 3 (the
+    parameters gathered again for the backward)."""
+    if stage not in ZERO_MEMORY_FORMULAS:
+        raise ValueError(f"stage={stage!r}: must be 0, 1, 2 or 3")
+    return 3 if stage == 3 else 2
+
+
+def fsdp_accumulated_step_bytes(gathered: int, reduced: int, parts: int, micro_steps: int,
+                                reshard_after_forward: bool = True) -> int:
     """``fsdp_step_bytes`` with k micro-steps per step and the gathers'
-    own precision: each micro-step gathers the unit in forward and again in
-    backward (G bytes each, G the padded unit in the parameters' gathered
-    dtype: half of fp32's under a bf16 MixedPrecisionPolicy), and the
-    gradients, kept unsharded until the last micro-step, are
-    reduce-scattered once (R bytes, the reduce dtype's):
-    2 k ((n - 1) G // n) + (n - 1) R // n."""
-    return 2 * micro_steps * ((parts - 1) * gathered // parts) + (parts - 1) * reduced // parts
+    own precision: each micro-step gathers the unit in forward and, when it
+    was resharded after its forward (ZeRO stage 3), again in backward (G
+    bytes each, G the padded unit in the parameters' gathered dtype: half
+    of fp32's under a bf16 MixedPrecisionPolicy), and the gradients, kept
+    unsharded until the last micro-step, are reduce-scattered once (R
+    bytes, the reduce dtype's): g k ((n - 1) G // n) + (n - 1) R // n with
+    g = 2 at stage 3, 1 at stage 2."""
+    gathers = 2 if reshard_after_forward else 1
+    return gathers * micro_steps * ((parts - 1) * gathered // parts) + (parts - 1) * reduced // parts
 
 
 # --------------------------------------------------------------------------

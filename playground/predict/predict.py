@@ -9,10 +9,13 @@ Per rank, P the bytes of the parameters it holds and T their tensors:
   params       whole stages (single, data, model, pipeline, hybrid dp x pp);
                tensor parallel: the rank's column and row shards of the
                planned layers (``profile.tensor_local_model``); FSDP (fsdp,
-               and hybrid dp x tp around each tensor-parallel rank): each
-               of those tensors' dim-0 shard among the dp ranks
+               data at ZeRO stage 2 or 3, and hybrid dp x tp around each
+               tensor-parallel rank): each of those tensors' dim-0 shard
+               among the dp ranks
   grads        P (every gradient present after backward)
-  optimizer    ``formulas.optimizer_bytes``: 0 for SGD, 2 P + 4 T for Adam
+  optimizer    ``formulas.optimizer_bytes``: 0 for SGD, 2 P + 4 T for Adam;
+               at ZeRO stage 1 over the rank's own parameters only
+               (``formulas.zero1_partition``)
   traffic      each way, over the run, the sum of
                - pipeline cuts: per micro-batch of b samples, a stage sends
                  b A forward (A: bytes per sample of the output at its cut)
@@ -22,9 +25,10 @@ Per rank, P the bytes of the parameters it holds and T their tensors:
                  gradient (``profile.tensor_all_reduces``);
                - across the dp ranks: DDP's buckets
                  (``formulas.data_parallel_bytes``, or per stage
-                 ``formulas.pipeline_ddp_bytes`` in hybrid dp x pp), or
-                 FSDP's gathers and reduce-scatters
-                 (``formulas.fsdp_step_bytes``).
+                 ``formulas.pipeline_ddp_bytes`` in hybrid dp x pp), at
+                 ZeRO stage 1 with a broadcast of every parameter per step
+                 (``formulas.broadcast_bytes``), or FSDP's gathers and
+                 reduce-scatters (``formulas.fsdp_step_bytes``).
                Every transfer and collective is symmetric: received = sent.
   activations  k micro-batches in flight at the peak (``formulas.in_flight``),
                each saving what ``profile.stage_activations`` measured; with
@@ -53,7 +57,9 @@ from playground.spec.partition import stage_ranges
 from playground.spec.schedules import schedule_table
 from playground.spec.topology import Topology
 from playground.predict.formulas import (
-    UNIT_TIMES, all_reduce_bytes, data_parallel_bytes, fsdp_accumulated_step_bytes, fsdp_step_bytes, gather_bytes, held_peak, in_flight, optimizer_bytes, pipeline_bubble, pipeline_ddp_bytes, table_bubble,
+    UNIT_TIMES, ZERO_MEMORY_FORMULAS, ZERO_SOURCE, all_reduce_bytes, broadcast_bytes, data_parallel_bytes,
+    ddp_buckets, fsdp_accumulated_step_bytes, fsdp_step_bytes, gather_bytes, held_peak, in_flight, optimizer_bytes,
+    pipeline_bubble, pipeline_ddp_bytes, table_bubble, zero1_partition, zero_memory, zero_step_volume,
 )
 from playground.predict.profile import (
     bytes_per_sample, fsdp_gather_bytes, fsdp_shard_bytes, fsdp_units, output_bytes, param_bytes, split_backward_peak, stage_activations, tensor_all_reduces, tensor_local_model,
@@ -126,7 +132,8 @@ def _predict(config: RunConfig, infos, model, sample, target, loss_fn, levered: 
     again = 2 if config.recompute == "full" else 1
     tp_all_reduces = [nbytes * (again if when == "forward" else 1)
                       for when, nbytes in tensor_all_reduces(model, tp_locals[0][1], sample)] if tp > 1 else []
-    fsdp = config.strategy == "fsdp" or (tp > 1 and dp > 1)  # hybrid dp x tp: FSDP over the dp ranks
+    zero = config.resolved_zero_stage
+    fsdp = zero in (2, 3)  # fsdp, data at stage 2 or 3, hybrid dp x tp: FSDP over the dp ranks
     x_bytes = config.global_batch * bytes_per_sample(sample.unsqueeze(0))
     y_bytes = config.global_batch * bytes_per_sample(target.unsqueeze(0)) if target is not None else 0
 
@@ -150,17 +157,22 @@ def _predict(config: RunConfig, infos, model, sample, target, loss_fn, levered: 
                    for s in stages)
         sent = steps * m * micro_batch * cuts
         sent += steps * sum(all_reduce_bytes(batch * nbytes, tp) for nbytes in tp_all_reduces)
+        owned = held
         if fsdp and (config.grad_accumulation > 1 or config.precision != "fp32"):
             size = 2 if config.precision == "bf16" else None  # MixedPrecisionPolicy(param_dtype=bf16)
             sent += steps * sum(fsdp_accumulated_step_bytes(
                 gather_bytes([(p.shape, size or p.element_size()) for p in unit], dp), fsdp_gather_bytes(unit, dp),
-                dp, config.grad_accumulation) for unit in units)
+                dp, config.grad_accumulation, zero == 3) for unit in units)
         elif fsdp:
-            sent += steps * sum(fsdp_step_bytes(fsdp_gather_bytes(unit, dp), dp) for unit in units)
+            sent += steps * sum(fsdp_step_bytes(fsdp_gather_bytes(unit, dp), dp, zero == 3) for unit in units)
         elif pp > 1 and dp > 1:  # each stage its own DDP
             sent += sum(pipeline_ddp_bytes(param_bytes(block), dp, steps) for block in blocks)
         else:
             sent += data_parallel_bytes(held, dp, steps)
+        if zero == 1:
+            numels = [p.numel() for block in blocks for p in block.parameters()]
+            owned = [held[i] for i in zero1_partition(numels, dp)[place.dp_rank]]
+            sent += steps * sum(broadcast_bytes(b, dp) for b in held)
 
         acts = [activations[place.tp_rank][s] for s in stages]
         if table is None:
@@ -174,9 +186,78 @@ def _predict(config: RunConfig, infos, model, sample, target, loss_fn, levered: 
 
         predictions.append(RankPrediction(
             rank=rank, pp_rank=place.pp_rank, dp_rank=place.dp_rank, params=sum(held), grads=sum(held),
-            optimizer=optimizer_bytes(config.optimizer, held), activations_peak=peak,
+            optimizer=optimizer_bytes(config.optimizer, owned), activations_peak=peak,
             bytes_sent=sent, bytes_recv=sent))
     return predictions
+
+
+def zero_formulas(config: RunConfig, model: nn.Sequential, predictions: list[dict]) -> dict | None:
+    """The ZeRO paper's per-rank memory and per-step communication for a
+    run of strategy 'data' or 'fsdp' (``formulas.zero_memory``,
+    ``formulas.zero_step_volume``; Ψ the model's trainable parameters, N_d
+    the ranks, K = 8 bytes per parameter for Adam's exp_avg and exp_avg_sq,
+    0 for SGD) beside the cost model's exact figures (``predictions``:
+    ``predict``'s, as dicts, the form ``RunResult.predictions`` holds), with
+    where and why they part. None for other strategies
+    (hybrid shards a pipeline stage or a tensor-parallel rank's part, not Ψ).
+
+    Returns {"stage", "source", "psi", "n_d", "k", "formula": {"params",
+    "grads", "optimizer"} (as text), "memory": {same keys: the formula's
+    bytes per rank}, "gap": [{"rank", "params", "grads", "optimizer"}: the
+    prediction minus the formula, bytes], "partition": [Ψ_r per rank] (stage
+    1: the elements whose state each rank keeps) or None, "communication":
+    {"formula", "paper_bytes_per_step", "ring_bytes_per_step",
+    "predicted_bytes_per_step", "collectives"}, "notes": [str]}. Bytes per
+    step are each rank's, each way; the paper counts 2Ψ or 3Ψ, the ring
+    (n - 1) / n of that, and the prediction what this run's collectives
+    move once DDP has rebuilt its buckets (every step after the first)."""
+    if config.strategy not in ("data", "fsdp"):
+        return None
+    stage, n = config.resolved_zero_stage, config.dp_size
+    params = [p for p in model.parameters() if p.requires_grad]
+    psi = sum(p.numel() for p in params)
+    size = params[0].element_size() if params else 4
+    k = 2 * size if config.optimizer == "adam" else 0
+    memory = zero_memory(stage, psi, n, k, size)
+    gap = [{"rank": p["rank"], **{name: p[name] - memory[name] for name in memory}} for p in predictions]
+    volume = zero_step_volume(stage)
+    held = param_bytes(model)
+    if stage in (2, 3):
+        per_step = sum(fsdp_step_bytes(fsdp_gather_bytes(unit, n), n, stage == 3) for unit in fsdp_units(model))
+        collectives = "all_gather, reduce_scatter"
+    else:
+        per_step = sum(all_reduce_bytes(b, n) for b in ddp_buckets(held))
+        collectives = "all_reduce"
+    partition = None
+    notes = ["fp32 training: 4 bytes per parameter and per gradient (the paper's mixed precision counts "
+             "2Ψ + 2Ψ + KΨ with K = 12)",
+             "K = 8: Adam's exp_avg and exp_avg_sq, 4 bytes each per parameter; its step counters, 4 bytes "
+             "per tensor, are extra and in the prediction" if k else "K = 0: plain SGD keeps no optimizer state"]
+    if stage == 1:
+        per_step += sum(broadcast_bytes(b, n) for b in held)
+        collectives = "all_reduce, broadcast"
+        partition = [sum(params[i].numel() for i in part) for part in zero1_partition([p.numel() for p in params], n)]
+        notes += [f"ZeroRedundancyOptimizer gives each rank whole parameters, largest first to the rank holding "
+                  f"the fewest elements: Ψ_r = {partition} elements against Ψ/N_d = {psi / n:g}, hence the gap "
+                  f"in optimizer state",
+                  "torch's stage 1 all-reduces the whole gradients (DDP, 2Ψ) and then broadcasts each rank's "
+                  "updated parameters (Ψ): 3Ψ per step, where the paper's stage 1 reduce-scatters the gradients "
+                  "and all-gathers the parameters (2Ψ)"]
+    if stage in (2, 3):
+        notes.append("FSDP2 cuts each parameter's dim 0 into N_d chunks (torch.chunk), the last ones smaller or "
+                     "empty where it does not divide, and pads its gathers to N_d equal shards: hence any gap "
+                     "from Ψ/N_d")
+    if stage == 2:
+        notes.append("FSDP2 at stage 2 holds the gathered parameters (4Ψ, the paper's figure) from the forward to "
+                     "the end of the backward, then frees them; measured after the last step, a rank holds its "
+                     "shard, 4Ψ/N_d, and the next forward gathers the updated shards again (the paper's "
+                     "all-gather of Ψ)")
+    return {"stage": stage, "source": ZERO_SOURCE, "psi": psi, "n_d": n, "k": k,
+            "formula": dict(ZERO_MEMORY_FORMULAS[stage]), "memory": memory, "gap": gap, "partition": partition,
+            "communication": {"formula": f"{volume}Ψ", "paper_bytes_per_step": float(volume * size * psi),
+                              "ring_bytes_per_step": volume * (n - 1) / n * size * psi,
+                              "predicted_bytes_per_step": per_step, "collectives": collectives},
+            "notes": notes}
 
 
 def _split_points(config: RunConfig, model: nn.Sequential, infos: list[BlockInfo] | None,

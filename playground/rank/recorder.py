@@ -9,7 +9,7 @@ Event kinds:
                   recompute (a block's forward run again inside backward,
                   with ``block``: its index)
   communication:  send, recv (point to point), all_reduce, all_gather,
-                  reduce_scatter (collectives)
+                  reduce_scatter, broadcast (collectives)
 
 Besides the events, ``blocked`` lists the intervals in which the rank's
 own thread stood still inside a ``wait()`` on a transfer (a pipeline
@@ -46,7 +46,8 @@ COMPUTE_KINDS = ("setup", "forward", "loss", "backward", "backward_input", "back
 NESTED_KINDS = ("recompute",)
 """Compute kinds recorded inside another compute span (a block's forward
 run again during its backward): drawn over it, counted once in time."""
-COMM_KINDS = ("send", "recv", "all_reduce", "all_gather", "reduce_scatter")
+COMM_KINDS = ("send", "recv", "all_reduce", "all_gather", "reduce_scatter", "broadcast")
+COLLECTIVE_KINDS = COMM_KINDS[2:]
 
 
 class Recorder:
@@ -248,7 +249,8 @@ class Recorder:
 
     @contextmanager
     def recording_collectives(self) -> Iterator[None]:
-        """Time every collective that DTensor (tensor parallel) and FSDP issue."""
+        """Time every collective that DTensor (tensor parallel), FSDP and
+    ZeroRedundancyOptimizer issue."""
         if not self.enabled:
             yield
             return
@@ -270,8 +272,8 @@ class Recorder:
         return out
 
     def _c10d_collective(self, kind: str, op, args: tuple, kwargs: dict):
-        """A c10d collective (FSDP's), left asynchronous: it ends when its
-        future completes."""
+        """A c10d collective (FSDP's, ZeroRedundancyOptimizer's), left
+        asynchronous: it ends when its future completes."""
         if self.unrecorded_collectives:
             return op(*args, **kwargs)
         self.say(kind)
@@ -302,7 +304,8 @@ def _group_size_of_pg(pg) -> tuple[str, int]:
 
 
 def _collective_fields(rec: "Recorder", kind: str, inp: torch.Tensor, out: torch.Tensor, group) -> dict:
-    """bytes: the all-reduced tensor, the gathered output, or the scattered input."""
+    """bytes: the all-reduced tensor, the gathered output, the scattered
+    input, or the broadcast tensor."""
     name, size = group if group is not None else ("?", 1)
     payload = out if kind == "all_gather" else inp
     return {"bytes": payload.numel() * payload.element_size(), "group": name, "group_size": size,
@@ -466,11 +469,13 @@ def local_bytes(t: torch.Tensor) -> int:
 
 
 def memory_bytes(module: torch.nn.Module, optimizer: torch.optim.Optimizer | None) -> dict[str, int]:
-    """Bytes held by parameters, their gradients and the optimizer's state."""
+    """Bytes held by parameters, their gradients and the optimizer's state
+    on this rank (at ZeRO stage 1, the state of this rank's partition:
+    ``state_held``)."""
     params = list(module.parameters())
     state = 0
     if optimizer is not None:
-        for s in optimizer.state.values():
+        for s in getattr(optimizer, "state_held", optimizer.state).values():
             state += sum(local_bytes(v) for v in s.values() if isinstance(v, torch.Tensor))
     return {
         "params": sum(local_bytes(p) for p in params),

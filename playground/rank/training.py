@@ -19,7 +19,7 @@ from playground.instrument import quiet_known_warnings
 from playground.zoo.models import GLOBAL_RNG
 from playground.zoo import levers
 from playground.rank.recorder import Recorder, memory_bytes
-from playground.rank.strategies import STRATEGY_CLASSES
+from playground.rank.strategies import strategy_class
 from playground.spec.topology import Topology
 
 
@@ -46,15 +46,22 @@ def make_groups(topology: Topology, device_type: str) -> Groups:
     return Groups(mesh=mesh, dp=mesh.get_group("dp"), pp=mesh.get_group("pp"), tp=mesh.get_group("tp"))
 
 
-def make_optimizer(config: RunConfig, params) -> torch.optim.Optimizer | None:
+def make_optimizer(config: RunConfig, params, dp_group=None, recorder: Recorder | None = None
+                   ) -> torch.optim.Optimizer | None:
     """The optimizer over ``params``; None when there are none (a stage of
-    parameter-free blocks, such as a lone Flatten, has nothing to step)."""
+    parameter-free blocks, such as a lone Flatten, has nothing to step).
+    At ZeRO stage 1, with a ``dp_group``, each rank of it keeps the state of
+    its partition only (``strategies.zero1.ShardedOptimizer``, recording on
+    ``recorder``)."""
     params = list(params)
     if not params:
         return None
-    if config.optimizer == "adam":
-        return torch.optim.Adam(params, lr=config.lr)
-    return torch.optim.SGD(params, lr=config.lr)
+    cls = torch.optim.Adam if config.optimizer == "adam" else torch.optim.SGD
+    if config.resolved_zero_stage == 1 and dp_group is not None:
+        from playground.rank.strategies.zero1 import ShardedOptimizer
+
+        return ShardedOptimizer(params, cls, dp_group, recorder or Recorder(enabled=False), lr=config.lr)
+    return cls(params, lr=config.lr)
 
 
 def train_rank(config: RunConfig, topology: Topology, model: nn.Sequential, dataset: Dataset,
@@ -98,8 +105,8 @@ def _train(config: RunConfig, topology: Topology, model: nn.Sequential, dataset:
 def _train_levered(config: RunConfig, topology: Topology, model: nn.Sequential, dataset: Dataset,
                    recorder: Recorder, groups: Groups, device: torch.device, on_step) -> dict[str, Any]:
     loss = levers.with_autocast(loss_fn(dataset.task), device.type, config.precision)
-    strategy = STRATEGY_CLASSES[config.strategy](model, topology, config, recorder, loss, groups)
-    optimizer = make_optimizer(config, strategy.module.parameters())
+    strategy = strategy_class(config)(model, topology, config, recorder, loss, groups)
+    optimizer = make_optimizer(config, strategy.module.parameters(), groups.dp, recorder)
     loss_parts: list[float | None] = []
     watch = DivergenceWatch(config.steps, recorder, device)
     diverged = None

@@ -26,7 +26,13 @@ the rank computed: hidden communication, outside the sum.
 Bytes, per rank: a send or receive counts its tensor's bytes; collectives
 count what the ring algorithm moves among n ranks, sent and as many
 received: an all-reduce of B bytes 2 (n - 1) / n * B, an all-gather of a
-B-byte output or a reduce-scatter of a B-byte input (n - 1) / n * B.
+B-byte output or a reduce-scatter of a B-byte input (n - 1) / n * B. A
+broadcast of B bytes delivers B to each of the n - 1 other ranks, (n - 1) B
+in all; which rank sends how much depends on the algorithm (one-to-all,
+tree, ring), so each rank is counted its mean share, (n - 1) / n * B sent
+and as much received. ZeroRedundancyOptimizer's broadcasts, one per
+parameter from the rank that updated it, then add up to an all-gather of
+the parameters.
 """
 
 from __future__ import annotations
@@ -38,7 +44,7 @@ from playground.rank.recorder import COMM_KINDS, COMPUTE_KINDS
 from playground.rank.report import RankReport
 
 # Ring algorithms: bytes each rank sends (and receives) per byte of payload, times n / (n - 1).
-RING_FACTOR = {"all_reduce": 2, "all_gather": 1, "reduce_scatter": 1}
+RING_FACTOR = {"all_reduce": 2, "all_gather": 1, "reduce_scatter": 1, "broadcast": 1}
 
 
 
@@ -68,7 +74,7 @@ def mark_waits(ranks: list[RankReport]) -> None:
                 sends[(r.rank, e["peer"], e["seq"])] = e
             elif e["kind"] == "recv":
                 recvs[(e["peer"], r.rank, e["seq"])] = e
-            elif e["kind"] in ("all_reduce", "all_gather", "reduce_scatter"):
+            elif e["kind"] in RING_FACTOR:
                 group = f"{e['group']}:{r.pp_rank}" if e["group"] == "dp" else e["group"]
                 collectives.setdefault((e["kind"], group, e["seq"]), []).append(e)
     for key, s in sends.items():
@@ -202,7 +208,8 @@ def traffic_per_step(ranks: list[RankReport]) -> dict[str, list[dict[str, Any]]]
     payload B (the all-reduced buffer, the gathered output, the scattered
     input); ``ring_bytes_per_step`` is what a ring sends per rank (and
     receives as much): 2 (n - 1) / n * B for an all-reduce,
-    (n - 1) / n * B for an all-gather or a reduce-scatter.
+    (n - 1) / n * B for an all-gather or a reduce-scatter, and a rank's
+    mean share, (n - 1) / n * B, for a broadcast (see the module docstring).
     """
     steps = set(timed_steps(ranks))
     n_steps = len(steps)

@@ -83,6 +83,11 @@ class RunResult:
     """Tensor parallel: module name -> "colwise" or "rowwise", as the
     strategy applied it (empty for other strategies); the layers it left
     replicated, and why, are in ``notes``."""
+    zero: dict[str, Any] | None = None
+    """Strategies data and fsdp: the ZeRO paper's per-rank memory and
+    per-step communication for the run's ZeRO stage beside the cost
+    model's exact figures (``predict.zero_formulas`` gives the keys);
+    None for other strategies."""
     model: Any = field(default=None, repr=False)
     """The trained full model, gathered from the ranks (not in the JSON)."""
 
@@ -110,6 +115,7 @@ class RunResult:
             "blocks": self.blocks,
             "traffic": self.traffic,
             "tensor_plan": self.tensor_plan,
+            "zero": self.zero,
             "ranks": [r.to_dict() for r in self.ranks],
         }
 
@@ -131,7 +137,8 @@ class RunResult:
                    predictions=d.get("predictions"), stage_balance=d.get("stage_balance", []),
                    bubble=d.get("bubble"), blocks=d.get("blocks", []),
                    traffic=d.get("traffic") or {"p2p": [], "collectives": []},
-                   tensor_plan=d.get("tensor_plan", {}), schedule_table=d.get("schedule_table"))
+                   tensor_plan=d.get("tensor_plan", {}), schedule_table=d.get("schedule_table"),
+                   zero=d.get("zero"))
 
     @classmethod
     def from_json(cls, text: str) -> "RunResult":

@@ -43,6 +43,14 @@ def format_table(result) -> str:
         replay = f"; replayed schedule {', '.join(f'{b:.0%}' for b in replayed)}" if replayed else ""
         lines.append(f"pipeline bubble: measured idle share per rank {measured}{replay}; "
                      f"formula {result.bubble['formula']} = {result.bubble['predicted']:.0%}")
+    if result.zero is not None:
+        z, comm = result.zero, result.zero["communication"]
+        memory = ", ".join(f"{name} {z['formula'][name]} = {_mib(round(z['memory'][name]))}"
+                           for name in ("params", "grads", "optimizer"))
+        lines.append(f"ZeRO stage {z['stage']} (paper's formulas, MiB per rank; Ψ = {z['psi']}, N_d = {z['n_d']}, "
+                     f"K = {z['k']}): {memory}; per step {comm['formula']}, on a ring "
+                     f"{_mib(round(comm['ring_bytes_per_step']))} each way, predicted "
+                     f"{_mib(comm['predicted_bytes_per_step'])} ({comm['collectives']})")
     if result.accuracy is not None:
         lines.append(f"held-out accuracy: {result.accuracy:.3f} (single-device {b['accuracy']:.3f})")
     lines += [f"note: {n}" for n in result.notes]

@@ -177,6 +177,22 @@ class RunConfig:
     ``set_requires_gradient_sync(False)`` before it). 1: none. Not for
     pipelined strategies, whose micro_batches already accumulate."""
 
+    zero_stage: int | None = None
+    """How much of the training state the data-parallel ranks shard, as the
+    ZeRO stages (Rajbhandari et al. 2019) name it:
+
+      0  nothing: DDP, every rank holds parameters, gradients, optimizer state
+      1  optimizer state (torch's ``ZeroRedundancyOptimizer`` over DDP)
+      2  gradients and optimizer state (FSDP2 keeping the gathered
+         parameters from forward to the end of backward)
+      3  parameters too (FSDP2 regathering them for backward): strategy 'fsdp'
+
+    None: the strategy's own (data 0, fsdp 3, hybrid dp x tp 3, dp x pp 0).
+    Strategy 'data' runs every stage (2 and 3 through FSDP2); 'fsdp' and
+    hybrid dp x tp run 2 or 3; hybrid dp x pp runs 0; single, model,
+    pipeline and tensor have no data-parallel ranks (None or 0).
+    ``resolved_zero_stage`` gives the stage a run uses."""
+
     num_blocks: int | None = field(default=None, compare=False, repr=False)
     """Blocks of a custom model; filled in by ``run`` for ``model='custom'``."""
 
@@ -191,6 +207,19 @@ class RunConfig:
         _validate(self)
 
     # -- derived facts -------------------------------------------------
+
+    @property
+    def resolved_zero_stage(self) -> int | None:
+        """The ZeRO stage the run uses (``zero_stage``, else the strategy's
+        own); None where no ranks share the batch with a copy of the same
+        parameters (single, model, pipeline, tensor, hybrid with dp 1)."""
+        if self.strategy == "data":
+            return self.zero_stage or 0
+        if self.strategy == "fsdp" or (self.strategy == "hybrid" and self.tp_size > 1 and self.dp_size > 1):
+            return 3 if self.zero_stage is None else self.zero_stage
+        if self.strategy == "hybrid" and self.dp_size > 1:
+            return 0
+        return None
 
     @property
     def pipelined(self) -> bool:
@@ -390,6 +419,31 @@ def _check_levers(c: RunConfig) -> None:
                               f"micro-steps: use a grad_accumulation that divides {b}")
 
 
+def _check_zero_stage(c: RunConfig) -> None:
+    """zero_stage: 0 to 3, and only where the strategy can shard that much
+    (see the field's docstring)."""
+    z = c.zero_stage
+    if z is None:
+        return
+    _check_int("zero_stage", z, 0, 3)
+    if c.strategy in ("single", "model", "pipeline", "tensor") and z != 0:
+        raise ConfigError("zero_stage", z,
+                          f"shards training state among data-parallel ranks; strategy '{c.strategy}' has none "
+                          "(leave zero_stage unset or 0, or use strategy 'data', 'fsdp' or 'hybrid')")
+    if c.strategy == "fsdp" and z < 2:
+        raise ConfigError("zero_stage", z,
+                          "strategy 'fsdp' shards gradients and optimizer state (2) or parameters too (3); "
+                          "for stage 0 (DDP) or 1 (optimizer state alone) use strategy 'data'")
+    if c.strategy == "hybrid" and _is_int(c.pp) and c.pp > 1 and z != 0:
+        raise ConfigError("zero_stage", z,
+                          "a dp x pp mesh reduces each stage's gradients with DDP (stage 0): "
+                          "leave zero_stage unset or 0")
+    if c.strategy == "hybrid" and _is_int(c.tp) and c.tp > 1 and z < 2:
+        raise ConfigError("zero_stage", z,
+                          "a dp x tp mesh shards each tensor-parallel rank's parameters over the dp ranks "
+                          "with FSDP2: zero_stage 2 or 3")
+
+
 def _validate(c: RunConfig) -> None:
     _check_choice("model", c.model, tuple(c.MODELS) + ("custom",))
     _check_choice("strategy", c.strategy, STRATEGIES)
@@ -398,6 +452,7 @@ def _validate(c: RunConfig) -> None:
     _check_choice("device", c.device, DEVICES)
     _check_choice("backend", c.backend, BACKENDS)
     _check_int("max_world_size", c.max_world_size, 1)
+    _check_zero_stage(c)
     if not isinstance(c.sync_batchnorm, bool):
         raise ConfigError("sync_batchnorm", c.sync_batchnorm, "must be True or False")
     if not _is_int(c.world_size) or c.world_size < 1 or c.world_size > c.max_world_size:

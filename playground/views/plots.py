@@ -19,7 +19,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch, Rectangle
 from matplotlib.transforms import blended_transform_factory
 
-from playground.rank.recorder import COMM_KINDS, COMPUTE_KINDS, NESTED_KINDS
+from playground.rank.recorder import COLLECTIVE_KINDS, COMM_KINDS, COMPUTE_KINDS, NESTED_KINDS
 from playground.rank.report import RankReport
 from playground.result.run_result import RunResult
 from playground.result.accounting import step_of
@@ -128,7 +128,7 @@ def plot_timeline(result: RunResult, steps: int | Sequence[int] | None = 2) -> F
                     ax.text((start + end) / 2, y + h / 2, label, ha="center", va="center", fontsize=7,
                             color="white", fontweight="bold", clip_on=True)
                 continue
-            y, h = (row + 0.18, 0.24) if kind in ("all_reduce", "all_gather", "reduce_scatter") else \
+            y, h = (row + 0.18, 0.24) if kind in COLLECTIVE_KINDS else \
                    ((row + 0.18, 0.12) if kind == "send" else (row + 0.30, 0.12))
             # A send can finish into a buffer before its receiver posts, so 'joined' may lie past 'end'.
             joined = min(max(e.get("joined", e["start"]) * MS, start), end)

@@ -22,6 +22,7 @@ KIND_COLORS: dict[str, str] = {
     "all_reduce": "#C0392B",
     "all_gather": "#B5651D",
     "reduce_scatter": "#8E3B46",
+    "broadcast": "#D98E73",
     # per-rank totals (time breakdown)
     "compute": "#3A7DC9",
     "comm": "#E4572E",
@@ -36,7 +37,7 @@ KIND_LABELS = {
     "recompute": "recompute (forward again in backward)",
     "optimizer": "optimizer step",
     "send": "send", "recv": "recv", "all_reduce": "all-reduce",
-    "all_gather": "all-gather", "reduce_scatter": "reduce-scatter",
+    "all_gather": "all-gather", "reduce_scatter": "reduce-scatter", "broadcast": "broadcast",
 }
 
 MEMORY_FIELDS = ("params", "grads", "optimizer", "activations_peak")

@@ -27,3 +27,11 @@ STRATEGY_CLASSES = {
     "fsdp": FullyShardedDataParallel,
     "hybrid": Hybrid,
 }
+
+
+def strategy_class(config):
+    """The class that runs ``config`` on a rank: the strategy's own, except
+    strategy 'data' at ZeRO stage 2 or 3, which FSDP2 runs as 'fsdp' does."""
+    if config.strategy == "data" and config.resolved_zero_stage >= 2:
+        return FullyShardedDataParallel
+    return STRATEGY_CLASSES[config.strategy]

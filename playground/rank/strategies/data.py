@@ -6,6 +6,10 @@ w_r = dp * b_r / B. DDP averages over the dp ranks, so the gradient applied
 is (1/dp) * sum_r w_r * grad(mean loss of shard r) = sum_r (b_r / B) *
 grad(mean_r) = grad(mean loss over the whole batch): the single-device
 gradient, even when the shares are uneven.
+
+ZeRO stage 1 keeps DDP as it is and shards the optimizer instead
+(``zero1.ShardedOptimizer``). Stages 2 and 3 run as strategy 'fsdp' does
+(``strategies.strategy_class``).
 """
 
 from __future__ import annotations
@@ -41,3 +45,4 @@ class DataParallel:
         with rec.backward_span(stage=0, micro_batch=0):
             (loss * self.part.weight).backward()
         return loss.item() * self.part.share
+

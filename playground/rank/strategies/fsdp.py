@@ -10,6 +10,12 @@ and prefetching holds the next unit's too, so the peak is the shards plus
 one or two whole units (Zhao et al., PyTorch FSDP, VLDB 2023, section 3).
 Rank r's loss is weighted by
 n * b_r / B, as in data parallel: the reduction averages over n ranks.
+
+ZeRO stage 3 (the default) frees each block's gathered weights after its
+forward and gathers them again for its backward: two all-gathers and a
+reduce-scatter per step. Stage 2 (``reshard_after_forward=False``) keeps
+them from the forward to the end of the backward: one all-gather and a
+reduce-scatter, at the cost of holding every block's full weights in between.
 """
 
 from __future__ import annotations
@@ -20,16 +26,17 @@ from playground.zoo.datasets import BatchShare
 from playground.rank.recorder import Recorder
 
 
-def shard_blocks(model, mesh, recorder: Recorder, precision: str = "fp32"):
+def shard_blocks(model, mesh, recorder: Recorder, precision: str = "fp32", reshard_after_forward: bool = True):
     """FSDP2 over ``mesh``: one unit per block (each gathers its weights
     just in time), then the root. Blocks that share a parameter (tied
     weights) form one unit, so the Parameter is sharded once and stays shared.
-    ``precision`` "bf16": ``levers.fsdp_mixed_precision``."""
+    ``precision`` "bf16": ``levers.fsdp_mixed_precision``.
+    ``reshard_after_forward``: True for ZeRO stage 3, False for stage 2."""
     from playground.zoo.levers import fsdp_mixed_precision
 
     mp = fsdp_mixed_precision(precision)
     for unit in shard_units(model):
-        fully_shard(unit if len(unit) > 1 else unit[0], mesh=mesh, **mp)
+        fully_shard(unit if len(unit) > 1 else unit[0], mesh=mesh, reshard_after_forward=reshard_after_forward, **mp)
         for block in unit:
             # Runs after FSDP's own pre-forward hook has gathered the block's
             # weights: they are parameters, not activations.
@@ -67,7 +74,8 @@ class FullyShardedDataParallel:
         self.recorder = recorder
         self.loss_fn = loss_fn
         self.part = BatchShare.of(config, topology.dp_rank)
-        self.module = self.local_model = shard_blocks(model, groups.mesh["dp"], recorder, config.precision)
+        stage3 = config.resolved_zero_stage == 3
+        self.module = self.local_model = shard_blocks(model, groups.mesh["dp"], recorder, config.precision, stage3)
 
     def context(self):
         return self.recorder.recording_collectives()

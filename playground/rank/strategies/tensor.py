@@ -30,7 +30,8 @@ class TensorParallel:
         # (the 2-D layout), reducing their gradients with weights as in data parallel.
         self.part = BatchShare.of(config, topology.dp_rank)
         if topology.dp > 1:
-            model = shard_blocks(model, groups.mesh["dp"], recorder, config.precision)
+            model = shard_blocks(model, groups.mesh["dp"], recorder, config.precision,
+                                 config.resolved_zero_stage == 3)
         self.module = self.local_model = model
 
     @property
