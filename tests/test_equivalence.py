@@ -109,3 +109,13 @@ def _whole_against_halves() -> list[float]:
         opt_h.step()
         gaps.append(max((p - q).abs().max().item() for p, q in zip(whole.parameters(), halves.parameters())))
     return gaps
+
+
+def test_a_failed_check_under_adam_says_why():
+    # Adam at lr 0.05 parts the split from one device through weights whose
+    # gradients lie below eps (the note's measurement); the result says so.
+    result = playground.run(RunConfig(model="mlp", strategy="data", world_size=2, optimizer="adam", steps=3))
+    assert not result.passed and result.baseline["max_abs_param_diff"] > 1e-5
+    assert any(n.startswith("check: Adam divides each gradient") and "lr = 0.05" in n for n in result.notes)
+    calm = playground.run(RunConfig(model="mlp", strategy="data", world_size=2, optimizer="adam", lr=1e-3, steps=3))
+    assert calm.passed and not any(n.startswith("check: Adam") for n in calm.notes)
