@@ -32,11 +32,23 @@ class SavedTensors:
         self._ignored = set()
         self.ignore_storages_of(tensors)
 
-    def ignore_storages_of(self, tensors) -> None:
-        """Parameters are saved by many ops; they are not activations."""
+    def ignore_storages_of(self, tensors) -> set[int]:
+        """Parameters are saved by many ops; they are not activations.
+        Returns the storage keys newly ignored (for ``unignore``)."""
+        added = set()
         for t in tensors:
             local = t.to_local() if hasattr(t, "to_local") else t  # a DTensor's shard
-            self._ignored.add(storage_key(local.untyped_storage()))
+            key = storage_key(local.untyped_storage())
+            if key not in self._ignored:
+                self._ignored.add(key)
+                added.add(key)
+        return added
+
+    def unignore(self, keys: set[int]) -> None:
+        """Stop ignoring ``keys``: their storages were freed (FSDP's gathered
+        weights after their block's forward), and an activation may be
+        allocated at the same address next."""
+        self._ignored -= keys
 
     def saw(self, key: int) -> bool:
         """Whether the storage ``key`` (``instrument.storage_key``) is held now."""
@@ -49,7 +61,11 @@ class SavedTensors:
             yield
 
     def _pack(self, t: torch.Tensor):
-        if isinstance(t, torch.nn.Parameter) or is_parameter_cast(t):
+        if isinstance(t, torch.nn.Parameter):
+            return t
+        # A weight's cast copy (autocast's) is 16-bit: the walk of its
+        # history, a cost per saved tensor, is skipped for every other dtype.
+        if t.dtype in _CAST_DTYPES and is_parameter_cast(t):
             return t
         local = t.to_local() if hasattr(t, "to_local") else t  # a DTensor's shard
         local = getattr(local, "elem", local)  # an AsyncCollectiveTensor's result
@@ -97,6 +113,7 @@ def is_parameter_cast(t: torch.Tensor) -> bool:
     return isinstance(getattr(source, "variable", None), torch.nn.Parameter)
 
 
+_CAST_DTYPES = (torch.bfloat16, torch.float16)
 _VIEW_BACKWARDS = ("TBackward0", "TransposeBackward0", "PermuteBackward0", "ViewBackward0", "ExpandBackward0",
                    "UnsqueezeBackward0", "SqueezeBackward0", "AliasBackward0")
 

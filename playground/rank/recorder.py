@@ -199,12 +199,19 @@ class Recorder:
     def ignore_only_storages_of(self, tensors) -> None:
         self.saved.ignore_only_storages_of(tensors)
 
-    def ignore_storages_of(self, tensors) -> None:
-        self.saved.ignore_storages_of(tensors)
+    def ignore_storages_of(self, tensors) -> set[int]:
+        return self.saved.ignore_storages_of(tensors)
+
+    def unignore(self, keys: set[int]) -> None:
+        self.saved.unignore(keys)
 
     def saving_activations(self):
-        """Count every tensor autograd saves (``SavedTensors``)."""
-        return self.saved.counting() if self.enabled else contextlib.nullcontext()
+        """Count every tensor autograd saves (``SavedTensors``), in step 0
+        only: every step saves the same tensors, and counting costs a
+        Python call per saved tensor, which would slow every timed step
+        (the warm-up step 0 is left out of the timings)."""
+        counted = self.enabled and self._step <= 0
+        return self.saved.counting() if counted else contextlib.nullcontext()
 
     @property
     def activations_peak(self) -> int:

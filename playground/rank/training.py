@@ -109,12 +109,13 @@ def _train_levered(config: RunConfig, topology: Topology, model: nn.Sequential, 
     optimizer = make_optimizer(config, strategy.module.parameters(), groups.dp, recorder)
     loss_parts: list[float | None] = []
     watch = DivergenceWatch(config.steps, recorder, device)
+    params = list(strategy.module.parameters())  # the same tensors, updated in place, every step
     diverged = None
     with strategy.context(), recorder.timing_waits(), seeded(config.seed, rng_stream(topology)):
         for step in range(config.steps):
             x, y = dataset.batch(step, config.global_batch, config.seed)
             x, y = x.to(device), y.to(device)
-            recorder.ignore_only_storages_of(strategy.module.parameters())
+            recorder.ignore_only_storages_of(params)
             with recorder.step(step):
                 if optimizer is not None:
                     optimizer.zero_grad(set_to_none=True)

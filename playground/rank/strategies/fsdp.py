@@ -38,10 +38,26 @@ def shard_blocks(model, mesh, recorder: Recorder, precision: str = "fp32", resha
     for unit in shard_units(model):
         fully_shard(unit if len(unit) > 1 else unit[0], mesh=mesh, reshard_after_forward=reshard_after_forward, **mp)
         for block in unit:
-            # Runs after FSDP's own pre-forward hook has gathered the block's
-            # weights: they are parameters, not activations.
-            block.register_forward_pre_hook(lambda m, args: recorder.ignore_storages_of(m.parameters()))
+            _ignore_gathered_weights(block, recorder)
     return fully_shard(model, mesh=mesh, **mp)
+
+
+def _ignore_gathered_weights(block, recorder: Recorder) -> None:
+    """The block's gathered weights are parameters, not activations, while
+    its forward runs: ignored from its pre-forward hook (after FSDP's own
+    has gathered them) to its forward's end. Once FSDP frees them, an
+    activation may take the same address, and is counted."""
+    gathered: list[set[int]] = []
+
+    def before(module, args):
+        gathered.append(recorder.ignore_storages_of(module.parameters()))
+
+    def after(module, args, output):
+        if gathered:
+            recorder.unignore(gathered.pop())
+
+    block.register_forward_pre_hook(before)
+    block.register_forward_hook(after)
 
 
 def shard_units(model) -> list[list]:
