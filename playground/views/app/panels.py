@@ -15,11 +15,11 @@ import ipywidgets as W
 from matplotlib.figure import Figure
 
 from playground.views import plots
-from playground.spec.config import OPTIMIZERS, SCHEDULES, STRATEGIES, ConfigError, RunConfig
+from playground.spec.config import OPTIMIZERS, PRECISIONS, RECOMPUTE, SCHEDULES, STRATEGIES, ConfigError, RunConfig
 from playground.predict.formulas import stage_shares
 from playground.zoo.models import MODELS
 from playground.result.run_result import RunResult, labelled_output
-from playground.views.app.form import INPUTS, block_infos
+from playground.views.app.form import INPUTS, STRATEGY_OWN, block_infos
 
 PAGE_WIDTH = "1260px"  # fits a 1280 px window
 STAGE_COLORS = ["#9ECAE1", "#FDAE6B", "#A1D99B", "#BCBDDC", "#FC9272", "#C7E9C0", "#FDD0A2", "#DADAEB"]
@@ -27,6 +27,9 @@ GREEN, RED, GREY, AMBER = "#1A7F37", "#B00020", "#555", "#8A5A00"
 CSS = ("<style>.jupyter-widgets.jupyter-widget-tab.playground-results > .lm-TabBar .lm-TabBar-tab "
        "{ flex: 0 0 auto; }</style>")
 """Tabs as wide as their titles (ipywidgets gives each 144 px and cuts longer titles)."""
+ZERO_STAGE_OPTIONS = [("strategy's own", STRATEGY_OWN), ("0 · DDP", 0), ("1 · optimizer state", 1),
+                      ("2 · + gradients", 2), ("3 · + parameters", 3)]
+"""The ZeRO-stage dropdown: each stage with what its ranks shard."""
 SCREEN_READER_ONLY = "position:absolute;width:1px;height:1px;overflow:hidden;clip:rect(0 0 0 0);white-space:nowrap"
 
 
@@ -430,8 +433,6 @@ class Controls(W.HBox):
         self.steps = make(W.BoundedIntText, "steps", min=1, max=100_000)
         self.lr = make(W.FloatText, "learning rate")
         self.optimizer = make(W.ToggleButtons, "optimizer", options=list(OPTIMIZERS))
-        self.optimizer.style.button_width = "60px"
-        self.optimizer.add_class("widget-inline-hbox")  # label and buttons on one line, as in the other controls
         self.seed = make(W.IntText, "seed")
         self.threads_per_rank = make(W.BoundedIntText, "threads / device", min=1, max=256,
                                      tooltip="CPU threads of each rank and of the single-device reference: "
@@ -439,8 +440,25 @@ class Controls(W.HBox):
         self.sync_batchnorm = make(W.Checkbox, "sync BatchNorm", indent=False,
                                    tooltip="normalise BatchNorm over the whole batch, not each data-parallel "
                                            "rank's shard (SyncBatchNorm)")
+        self.zero_stage = make(W.Dropdown, "ZeRO stage", options=ZERO_STAGE_OPTIONS,
+                               tooltip="how much of the training state the data-parallel ranks shard "
+                                       "(Rajbhandari et al. 2019)")
+        self.grad_accumulation = make(W.BoundedIntText, "grad accumulation", min=1, max=1024,
+                                      tooltip="micro-steps per optimizer step: each rank's batch in k slices, "
+                                              "gradients reduced once, after the last")
+        self.recompute = make(W.ToggleButtons, "recompute", options=list(RECOMPUTE),
+                              tooltip="full: each block under torch.utils.checkpoint, its forward run again "
+                                      "in backward instead of saving its activations")
+        self.precision = make(W.ToggleButtons, "precision", options=list(PRECISIONS),
+                              tooltip="bf16: forward and loss under autocast; parameters, gradients and "
+                                      "optimizer state stay fp32")
+        for toggles in (self.optimizer, self.recompute, self.precision):
+            toggles.style.button_width = "60px"
+            toggles.add_class("widget-inline-hbox")  # label and buttons on one line, as in the other controls
         self.inputs = {name: getattr(self, "world" if name == "world_size" else name) for name in INPUTS}
         columns = ([self.model, self.strategy, self.world, self.mesh],
                    [self.global_batch, self.batch_shares, self.micro_batches, self.schedule, self.virtual_stages],
-                   [self.steps, self.lr, self.optimizer, self.seed, self.threads_per_rank, self.sync_batchnorm])
-        super().__init__([W.VBox(c, layout=W.Layout(width="33%", padding="0 8px 0 0")) for c in columns])
+                   [self.steps, self.lr, self.optimizer, self.seed, self.threads_per_rank, self.sync_batchnorm],
+                   [W.HTML(f"<span style='color:{GREY}'>memory levers</span>"), self.zero_stage,
+                    self.grad_accumulation, self.recompute, self.precision])
+        super().__init__([W.VBox(c, layout=W.Layout(width="25%", padding="0 8px 0 0")) for c in columns])
