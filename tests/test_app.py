@@ -15,7 +15,7 @@ import pytest
 
 import playground.host.runner as runner  # noqa: E402
 from support import rank_pids  # noqa: E402
-from playground.views.app import Playground, mesh_options, plot_sweep, sweep_config  # noqa: E402
+from playground.views.app import Playground, form, mesh_options, plot_sweep, sweep_config  # noqa: E402
 from playground.spec.config import RunConfig  # noqa: E402
 from playground.host.launcher import RunCancelled, default_pool  # noqa: E402
 
@@ -145,6 +145,73 @@ def test_json_round_trip_restores_the_same_state(no_launch):
     broken.state_json.value = "{not json"
     broken.load_button.click()
     assert "cannot load" in broken.status.value
+
+
+def test_memory_levers_apply_where_the_strategy_reads_them_and_round_trip(no_launch):
+    app = Playground(config=RunConfig(model="mlp", strategy="data", world_size=2, global_batch=16))
+    assert not app.zero_stage.disabled and not app.grad_accumulation.disabled
+    assert app.zero_stage.value == form.STRATEGY_OWN and app.config.zero_stage is None
+    app.zero_stage.value, app.grad_accumulation.value = 1, 2
+    app.recompute.value, app.precision.value = "full", "bf16"
+    assert (app.config.zero_stage, app.config.grad_accumulation, app.config.recompute, app.config.precision) == \
+        (1, 2, "full", "bf16")
+    assert "ZeRO stage 1 · 2 micro-steps per step · recompute full · bf16" in app.message.value
+    state = app.to_json()
+    again = Playground(config=state)
+    assert again.config == app.config and again.to_json() == state and again.zero_stage.value == 1
+    app.strategy.value = "pipeline"  # reads neither: both disabled and left at their defaults
+    assert app.zero_stage.disabled and app.grad_accumulation.disabled and app.error is None
+    assert (app.config.zero_stage, app.config.grad_accumulation, app.config.recompute) == (None, 1, "full")
+    assert "zero_stage" not in json.loads(app.to_json())["config"]
+    app.strategy.value = "data"
+    assert app.config.zero_stage == 1 and not app.zero_stage.disabled
+
+
+def test_a_refused_lever_shows_the_field_and_its_ways_out_lead_to_runs(no_launch):
+    app = Playground(config=RunConfig(model="mlp", strategy="fsdp", world_size=2))
+    app.zero_stage.value = 1
+    assert app.error.field == "zero_stage" and "<b>zero_stage</b>" in app.message.value and app.run_button.disabled
+    labels = [b.description for b in app.way_out.children[1:]]
+    assert "strategy data (ZeRO stage 1)" in labels
+    next(b for b in app.way_out.children[1:] if b.description == "strategy data (ZeRO stage 1)").click()
+    assert app.error is None and app.config.strategy == "data" and app.config.zero_stage == 1
+    app.global_batch.value, app.grad_accumulation.value = 16, 3
+    assert app.error.field == "grad_accumulation"
+    app.way_out.children[1].click()
+    assert app.error is None and app.config.global_batch % (2 * app.config.grad_accumulation) == 0
+
+
+def test_what_if_draws_predicted_bars_beside_the_measured_and_starts_nothing(no_launch, monkeypatch):
+    from pathlib import Path
+
+    from playground.result.run_result import RunResult
+    from playground.views.app.panels import ResultsView
+    from playground.views.app.whatif import what_if
+
+    monkeypatch.setattr(runner, "run", runner.launch)  # the no_launch stand-in: raises
+    result = RunResult.from_json((Path(__file__).parent / "data" / "results" / "mlp-data.json").read_text())
+    before = set(rank_pids())
+    view = ResultsView()
+    view.show(result)
+    view.selected_index = view.TITLES.index("memory")
+    pane = view.children[view.selected_index]
+    caption, _, panel = pane.children
+    assert panel is view.what_if and "Rajbhandari" in caption.value and "stage 0" in caption.value
+    assert panel.figure is None and panel.levers() == {"zero_stage": None, "grad_accumulation": 1,
+                                                       "recompute": "none", "precision": "fp32"}
+    panel.inputs["zero_stage"].value = 3
+    panel.inputs["precision"].value = "bf16"
+    assert panel.shown.changes == {"zero_stage": 3, "precision": "bf16"}
+    assert panel.shown.predictions == what_if(result, zero_stage=3, precision="bf16").predictions
+    assert "prediction, not run" in panel.message.value and bytes(panel.figure).startswith(SVG)
+    assert b"prediction, not run" in bytes(panel.figure) and b"ZeRO formula, stage 3" in bytes(panel.figure)
+    assert bytes(panel.plot.children[0].value) == bytes(panel.figure)
+    panel.inputs["grad_accumulation"].value = 3  # 8 samples per rank: refused, no bars
+    assert panel.figure is None and panel.plot.children == ()
+    assert "<b>grad_accumulation</b>" in panel.message.value and "refused" in panel.message.value
+    view.show(result)  # a new result starts from its own levers
+    assert panel.levers()["zero_stage"] is None and panel.figure is None
+    assert set(rank_pids()) == before
 
 
 def test_a_real_run_draws_the_visible_tab_then_each_tab_when_selected(finished):
