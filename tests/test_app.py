@@ -228,8 +228,9 @@ def test_a_real_run_draws_the_visible_tab_then_each_tab_when_selected(finished):
     assert all(len(pane.children) == 1 and pane.children[0].value for pane in app.results.children[1:])
     for i, title in enumerate(app.results.titles[1:], start=1):
         app.results.selected_index = i
-        caption, img = app.results.children[i].children
+        caption, img, *under = app.results.children[i].children
         assert bytes(img.value).startswith(SVG) and caption.value and title in app.figures
+        assert under == ([app.results.what_if] if title == "memory" else [])
     app.results.selected_index = 0
     assert "formula (p-1)/(m+p-1)" in app.results.children[1].children[0].value
     assert "The replay of the schedule" in app.results.children[1].children[0].value
