@@ -108,7 +108,8 @@ def test_layout_fits_the_page_and_hides_only_the_mesh(no_launch):
     app = Playground(config=SMALL)
     assert app.layout.max_width == "1260px"
     controls = [app.model, app.strategy, app.world, app.global_batch, app.batch_shares, app.micro_batches,
-                app.schedule, app.virtual_stages, app.steps, app.lr, app.optimizer, app.seed]
+                app.schedule, app.virtual_stages, app.steps, app.lr, app.optimizer, app.seed, app.zero_stage,
+                app.grad_accumulation, app.recompute, app.precision]
     assert app.mesh.layout.display == "none" and all(w.layout.display != "none" for w in controls)
     assert len({id(w.layout) for w in controls + [app.mesh]}) == len(controls) + 1
     app.strategy.value = "hybrid"
@@ -212,6 +213,25 @@ def test_what_if_draws_predicted_bars_beside_the_measured_and_starts_nothing(no_
     view.show(result)  # a new result starts from its own levers
     assert panel.levers()["zero_stage"] is None and panel.figure is None
     assert set(rank_pids()) == before
+
+
+def test_the_memory_caption_names_the_formulas_source_and_every_gap():
+    from playground.predict.formulas import ZERO_MEMORY_FORMULAS, ZERO_SOURCE
+    from playground.views.app.panels import zero_html
+
+    # A stage-1 record as predict.zero_formulas writes it: whole tensors, shared out unevenly.
+    zero = {"stage": 1, "source": ZERO_SOURCE, "psi": 100, "n_d": 2, "k": 8, "formula": ZERO_MEMORY_FORMULAS[1],
+            "memory": {"params": 400.0, "grads": 400.0, "optimizer": 400.0}, "partition": [60, 40],
+            "gap": [{"rank": 0, "params": 0.0, "grads": 0.0, "optimizer": 2048.0},
+                    {"rank": 1, "params": 0.0, "grads": 0.0, "optimizer": -160.0}],
+            "notes": ["ZeroRedundancyOptimizer gives each rank whole parameters"]}
+    text = html.unescape(zero_html(zero))
+    assert ZERO_SOURCE in text and "stage 1" in text and "optimizer state KΨ/N_d" in text
+    assert "rank 0 optimizer +2.0 KiB; rank 1 optimizer −160 B" in text and "[60, 40]" in text
+    assert "ZeroRedundancyOptimizer gives each rank whole parameters" in text
+    even = {**zero, "partition": None, "gap": [{"rank": r, "params": 0.0, "grads": 0.0, "optimizer": 0.0}
+                                                for r in (0, 1)]}
+    assert "equals the formula on every rank" in zero_html(even) and "Ψ_r" not in zero_html(even)
 
 
 def test_a_real_run_draws_the_visible_tab_then_each_tab_when_selected(finished):

@@ -217,7 +217,8 @@ def test_what_if_predicts_the_changed_config_without_a_process(recorded, monkeyp
     for r, p in zip(recorded.ranks, w.predictions):
         assert 2 * p["params"] == r.memory["params"] and 2 * p["grads"] == r.memory["grads"]
     assert [(rank, m) for rank, m, _ in w.totals(recorded)] == \
-        [(r.rank, sum(r.memory[f] for f in ("params", "grads", "optimizer", "activations_peak"))) for r in recorded.ranks]
+        [(r.rank, sum(r.memory[f] for f in ("params", "grads", "optimizer", "activations_peak")))
+         for r in recorded.ranks]
     assert set(rank_pids()) == before
 
 

@@ -149,9 +149,10 @@ def zero_html(zero: dict[str, Any]) -> str:
             f"gradients {f['grads']}, optimizer state {f['optimizer']}, with Ψ = {zero['psi']:,} parameters, "
             f"N_d = {zero['n_d']} ranks, K = {zero['k']} bytes of optimizer state per parameter "
             f"(source: {zero['source']}). ")
-    gaps = [(g["rank"], [(name, g[name]) for name in ("params", "grads", "optimizer") if g[name]]) for g in zero["gap"]]
+    gaps = [(g["rank"], [(name, g[name]) for name in ("params", "grads", "optimizer") if g[name]])
+            for g in zero["gap"]]
     if any(parts for _, parts in gaps):
-        text += "Prediction (= measured) minus formula: " + "; ".join(
+        text += "The cost model's prediction minus the formula: " + "; ".join(
             f"rank {rank} " + (", ".join(f"{name} {signed_bytes(v)}" for name, v in parts) or "none")
             for rank, parts in gaps) + "."
     else:
@@ -334,8 +335,8 @@ class ResultsView(W.Tab):
     def captions(result: RunResult) -> list[str]:
         bubble = bubble_sentences(result.bubble) if result.bubble else \
             "no pipeline here: idle time is waiting for peers"
-        memory = esc("solid bars: measured; outlined bars: the cost model's prediction beside them" if result.predictions
-                     else f"no cost-model prediction for strategy '{result.config.strategy}' yet")
+        memory = esc("solid bars: measured; outlined bars: the cost model's prediction beside them"
+                     if result.predictions else f"no cost-model prediction for strategy '{result.config.strategy}' yet")
         if result.zero:
             memory += zero_html(result.zero)
         return [esc("each rank's events over the last two steps; hatched: waiting for a peer"),
@@ -419,15 +420,15 @@ class WhatIfPanel(W.VBox):
             return
         if not shown.changes:
             self.message.value = (f"<span style='color:{GREY}'>the run's own levers: its measured and predicted "
-                                  f"bars are above</span>")
+                                  "bars are above</span>")
             return
         changed = ", ".join(f"{k} {v}" if v is not None else f"{k}: the strategy's own"
                             for k, v in shown.changes.items())
         rows = " · ".join(f"rank {rank}: measured {plots.human_bytes(m)} → {plots.human_bytes(p)} predicted "
                           f"({(p - m) / m:+.0%})" if m else f"rank {rank}: {plots.human_bytes(p)} predicted"
                           for rank, m, p in shown.totals(result))
-        self.message.value = (f"<div class='playground-what-if'><b>prediction, not run</b>: this run with {esc(changed)}"
-                              f"<br>{esc(rows)}</div>")
+        self.message.value = (f"<div class='playground-what-if'><b>prediction, not run</b>: this run with "
+                              f"{esc(changed)}<br>{esc(rows)}</div>")
         self.figure = picture(plots.plot_memory(result, predicted=shown.predictions, formula=shown.zero,
                                                 predicted_label="what if",
                                                 predicted_legend="what if: prediction, not run (outline)"))
