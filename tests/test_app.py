@@ -15,7 +15,7 @@ import pytest
 
 import playground.host.runner as runner  # noqa: E402
 from support import rank_pids  # noqa: E402
-from playground.views.app import Playground, mesh_options, plot_sweep, sweep_config  # noqa: E402
+from playground.views.app import Playground, form, mesh_options, plot_sweep, sweep_config  # noqa: E402
 from playground.spec.config import RunConfig  # noqa: E402
 from playground.host.launcher import RunCancelled, default_pool  # noqa: E402
 
@@ -108,7 +108,8 @@ def test_layout_fits_the_page_and_hides_only_the_mesh(no_launch):
     app = Playground(config=SMALL)
     assert app.layout.max_width == "1260px"
     controls = [app.model, app.strategy, app.world, app.global_batch, app.batch_shares, app.micro_batches,
-                app.schedule, app.virtual_stages, app.steps, app.lr, app.optimizer, app.seed]
+                app.schedule, app.virtual_stages, app.steps, app.lr, app.optimizer, app.seed, app.zero_stage,
+                app.grad_accumulation, app.recompute, app.precision]
     assert app.mesh.layout.display == "none" and all(w.layout.display != "none" for w in controls)
     assert len({id(w.layout) for w in controls + [app.mesh]}) == len(controls) + 1
     app.strategy.value = "hybrid"
@@ -147,6 +148,92 @@ def test_json_round_trip_restores_the_same_state(no_launch):
     assert "cannot load" in broken.status.value
 
 
+def test_memory_levers_apply_where_the_strategy_reads_them_and_round_trip(no_launch):
+    app = Playground(config=RunConfig(model="mlp", strategy="data", world_size=2, global_batch=16))
+    assert not app.zero_stage.disabled and not app.grad_accumulation.disabled
+    assert app.zero_stage.value == form.STRATEGY_OWN and app.config.zero_stage is None
+    app.zero_stage.value, app.grad_accumulation.value = 1, 2
+    app.recompute.value, app.precision.value = "full", "bf16"
+    assert (app.config.zero_stage, app.config.grad_accumulation, app.config.recompute, app.config.precision) == \
+        (1, 2, "full", "bf16")
+    assert "ZeRO stage 1 · 2 micro-steps per step · recompute full · bf16" in app.message.value
+    state = app.to_json()
+    again = Playground(config=state)
+    assert again.config == app.config and again.to_json() == state and again.zero_stage.value == 1
+    app.strategy.value = "pipeline"  # reads neither: both disabled and left at their defaults
+    assert app.zero_stage.disabled and app.grad_accumulation.disabled and app.error is None
+    assert (app.config.zero_stage, app.config.grad_accumulation, app.config.recompute) == (None, 1, "full")
+    assert "zero_stage" not in json.loads(app.to_json())["config"]
+    app.strategy.value = "data"
+    assert app.config.zero_stage == 1 and not app.zero_stage.disabled
+
+
+def test_a_refused_lever_shows_the_field_and_its_ways_out_lead_to_runs(no_launch):
+    app = Playground(config=RunConfig(model="mlp", strategy="fsdp", world_size=2))
+    app.zero_stage.value = 1
+    assert app.error.field == "zero_stage" and "<b>zero_stage</b>" in app.message.value and app.run_button.disabled
+    labels = [b.description for b in app.way_out.children[1:]]
+    assert "strategy data (ZeRO stage 1)" in labels
+    next(b for b in app.way_out.children[1:] if b.description == "strategy data (ZeRO stage 1)").click()
+    assert app.error is None and app.config.strategy == "data" and app.config.zero_stage == 1
+    app.global_batch.value, app.grad_accumulation.value = 16, 3
+    assert app.error.field == "grad_accumulation"
+    app.way_out.children[1].click()
+    assert app.error is None and app.config.global_batch % (2 * app.config.grad_accumulation) == 0
+
+
+def test_what_if_draws_predicted_bars_beside_the_measured_and_starts_nothing(no_launch, monkeypatch):
+    from pathlib import Path
+
+    from playground.result.run_result import RunResult
+    from playground.views.app.panels import ResultsView
+    from playground.views.app.whatif import what_if
+
+    monkeypatch.setattr(runner, "run", runner.launch)  # the no_launch stand-in: raises
+    result = RunResult.from_json((Path(__file__).parent / "data" / "results" / "mlp-data.json").read_text())
+    before = set(rank_pids())
+    view = ResultsView()
+    view.show(result)
+    view.selected_index = view.TITLES.index("memory")
+    pane = view.children[view.selected_index]
+    caption, _, panel = pane.children
+    assert panel is view.what_if and "Rajbhandari" in caption.value and "stage 0" in caption.value
+    assert panel.figure is None and panel.levers() == {"zero_stage": None, "grad_accumulation": 1,
+                                                       "recompute": "none", "precision": "fp32"}
+    panel.inputs["zero_stage"].value = 3
+    panel.inputs["precision"].value = "bf16"
+    assert panel.shown.changes == {"zero_stage": 3, "precision": "bf16"}
+    assert panel.shown.predictions == what_if(result, zero_stage=3, precision="bf16").predictions
+    assert "prediction, not run" in panel.message.value and bytes(panel.figure).startswith(SVG)
+    assert b"prediction, not run" in bytes(panel.figure) and b"ZeRO formula, stage 3" in bytes(panel.figure)
+    assert bytes(panel.plot.children[0].value) == bytes(panel.figure)
+    panel.inputs["grad_accumulation"].value = 3  # 8 samples per rank: refused, no bars
+    assert panel.figure is None and panel.plot.children == ()
+    assert "<b>grad_accumulation</b>" in panel.message.value and "refused" in panel.message.value
+    view.show(result)  # a new result starts from its own levers
+    assert panel.levers()["zero_stage"] is None and panel.figure is None
+    assert set(rank_pids()) == before
+
+
+def test_the_memory_caption_names_the_formulas_source_and_every_gap():
+    from playground.predict.formulas import ZERO_MEMORY_FORMULAS, ZERO_SOURCE
+    from playground.views.app.panels import zero_html
+
+    # A stage-1 record as predict.zero_formulas writes it: whole tensors, shared out unevenly.
+    zero = {"stage": 1, "source": ZERO_SOURCE, "psi": 100, "n_d": 2, "k": 8, "formula": ZERO_MEMORY_FORMULAS[1],
+            "memory": {"params": 400.0, "grads": 400.0, "optimizer": 400.0}, "partition": [60, 40],
+            "gap": [{"rank": 0, "params": 0.0, "grads": 0.0, "optimizer": 2048.0},
+                    {"rank": 1, "params": 0.0, "grads": 0.0, "optimizer": -160.0}],
+            "notes": ["ZeroRedundancyOptimizer gives each rank whole parameters"]}
+    text = html.unescape(zero_html(zero))
+    assert ZERO_SOURCE in text and "stage 1" in text and "optimizer state KΨ/N_d" in text
+    assert "rank 0 optimizer +2.0 KiB; rank 1 optimizer −160 B" in text and "[60, 40]" in text
+    assert "ZeroRedundancyOptimizer gives each rank whole parameters" in text
+    even = {**zero, "partition": None, "gap": [{"rank": r, "params": 0.0, "grads": 0.0, "optimizer": 0.0}
+                                                for r in (0, 1)]}
+    assert "equals the formula on every rank" in zero_html(even) and "Ψ_r" not in zero_html(even)
+
+
 def test_a_real_run_draws_the_visible_tab_then_each_tab_when_selected(finished):
     app = finished
     r = app.result
@@ -161,8 +248,9 @@ def test_a_real_run_draws_the_visible_tab_then_each_tab_when_selected(finished):
     assert all(len(pane.children) == 1 and pane.children[0].value for pane in app.results.children[1:])
     for i, title in enumerate(app.results.titles[1:], start=1):
         app.results.selected_index = i
-        caption, img = app.results.children[i].children
+        caption, img, *under = app.results.children[i].children
         assert bytes(img.value).startswith(SVG) and caption.value and title in app.figures
+        assert under == ([app.results.what_if] if title == "memory" else [])
     app.results.selected_index = 0
     assert "formula (p-1)/(m+p-1)" in app.results.children[1].children[0].value
     assert "The replay of the schedule" in app.results.children[1].children[0].value

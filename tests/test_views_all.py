@@ -130,6 +130,27 @@ def test_traffic_per_step_counts_the_timed_steps_only():
 # -- every figure ---------------------------------------------------------------------------------
 
 
+def assert_formula_bars(fig, result: RunResult, zero: dict | None = "result") -> None:
+    """The memory figure's hatched bars are ``zero["memory"]`` (by default
+    ``result.zero``), one stack per rank, labelled with the stage; none
+    where there is no record."""
+    zero = result.zero if zero == "result" else zero
+    ax = fig.axes[0]
+    size = 2**20 if "MiB" in ax.get_ylabel() else 2**10
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    if zero is None:
+        assert not gids(fig, "formula") and not any("ZeRO" in t for t in legend)
+        return
+    assert len(gids(fig, "formula:")) == len(plots.ZERO_FIELDS) * len(result.ranks)
+    for f in plots.ZERO_FIELDS:
+        bars = [p for p in ax.patches if p.get_gid() == f"formula:{f}"]
+        assert [b.get_height() for b in bars] == pytest.approx([zero["memory"][f] / size] * len(result.ranks))
+        assert all(b.get_hatch() and b.get_facecolor()[3] == 0 for b in bars)
+    assert f"ZeRO formula, stage {zero['stage']} (hatched; no activations)" in legend
+    assert texts(fig).count("formula") == len(result.ranks)
+
+
+
 @pytest.mark.parametrize("stem", RECORDED)
 def test_every_figure_draws_what_the_result_holds(drawn, stem):
     result, figs = drawn[stem]
@@ -139,6 +160,7 @@ def test_every_figure_draws_what_the_result_holds(drawn, stem):
     bars = [p for p in figs["time_breakdown"].axes[0].patches if p.get_gid() == "time:compute"]
     assert [b.get_height() for b in bars] == pytest.approx([r.time["compute"] * 1e3 for r in ranks])
     assert len(gids(figs["memory"], "measured")) == len(plots.MEMORY_FIELDS) * len(ranks)
+    assert_formula_bars(figs["memory"], result)
     loss = {line.get_label(): list(line.get_ydata()) for line in figs["losses"].axes[0].get_lines()}
     assert loss["single device (baseline)"] == pytest.approx(result.baseline["losses"])
     # Data flow: every block drawn, once per replica (fsdp: once per rank), labelled from result.blocks.
@@ -364,3 +386,15 @@ def _rgb(color: str) -> tuple[float, float, float]:
     from matplotlib.colors import to_rgb
 
     return to_rgb(color)
+
+
+def test_the_memory_figure_draws_a_formula_it_is_given_or_none():
+    result = load("mlp-data")
+    assert result.zero is not None
+    assert_formula_bars(plots.plot_memory(result, formula=None), result, None)
+    other = {**result.zero, "stage": 3, "memory": {k: v / 2 for k, v in result.zero["memory"].items()}}
+    fig = plots.plot_memory(result, predicted=result.predictions, formula=other, predicted_label="what if",
+                            predicted_legend="what if: prediction, not run (outline)")
+    assert_formula_bars(fig, result, other)
+    assert texts(fig).count("what if") == len(result.ranks)
+    assert "what if: prediction, not run (outline)" in [t.get_text() for t in fig.axes[0].get_legend().get_texts()]

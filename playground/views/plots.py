@@ -299,44 +299,69 @@ def _field(obj: Any, name: str) -> float:
     return float(value or 0)
 
 
-def plot_memory(result: RunResult, predicted: Sequence[Any] | None | str = "result") -> Figure:
+ZERO_FIELDS = ("params", "grads", "optimizer")
+"""The memory fields the ZeRO paper's formula covers (activations are not in it)."""
+
+
+def plot_memory(result: RunResult, predicted: Sequence[Any] | None | str = "result",
+                formula: dict[str, Any] | None | str = "result", predicted_label: str = "predicted",
+                predicted_legend: str = "predicted (outline)") -> Figure:
     """Per-rank stacked bars of parameter, gradient, optimizer-state and peak
-    activation memory (MiB; KiB for models under 0.1 MiB). ``predicted``
-    (by default the result's own ``predictions``; None: none drawn):
-    one dict or object per rank with the same fields, in bytes (such as
-    ``cost.predict``'s), drawn as an outlined bar beside the measured one."""
+    activation memory (MiB; KiB for models under 0.1 MiB), up to three per
+    rank: measured (solid); ``predicted`` (by default the result's own
+    ``predictions``; None: none drawn), one dict or object per rank with the
+    same fields, in bytes (such as ``cost.predict``'s), outlined and named
+    ``predicted_label`` under the bar, ``predicted_legend`` in the legend;
+    and ``formula`` (by default ``result.zero``, where the result has it;
+    None: none drawn), a record shaped as ``RunResult.zero``, whose
+    ``memory`` (params, grads and optimizer: the ZeRO paper's bytes per
+    rank, the same for every rank) is drawn hatched, labelled with its
+    ``stage``.
+    ``ValueError`` when ``predicted`` has not one entry per rank."""
     ranks = result.ranks
     if isinstance(predicted, str):  # the default: the prediction the result carries
         predicted = result.predictions
+    if isinstance(formula, str):
+        formula = result.zero
     if predicted is not None and len(predicted) != len(ranks):
         raise ValueError(f"predicted has {len(predicted)} entries; the run has {len(ranks)} ranks (one per rank)")
-    fig = Figure(figsize=(max(6, 1.8 + (2.0 if predicted else 1.3) * len(ranks)), 4.8))
-    fig.subplots_adjust(left=0.13, right=0.97, top=0.86, bottom=0.27 if predicted else 0.24)
+    kinds = ["measured"] + ["predicted"] * bool(predicted) + ["formula"] * (formula is not None)
+    per_rank = len(kinds)
+    fig = Figure(figsize=(max(6, 1.8 + (0.6 + 0.7 * per_rank) * len(ranks)), 4.8))
+    fig.subplots_adjust(left=0.13, right=0.97, top=0.86, bottom=0.27 if per_rank > 1 else 0.24)
     ax = fig.add_subplot()
-    width = 0.36 if predicted else 0.6
-    shift = width / 2 + 0.02 if predicted else 0.0
-    bars = [(i - shift, {f: _field(r.memory, f) for f in MEMORY_FIELDS}, False) for i, r in enumerate(ranks)]
+    width = 0.6 if per_rank == 1 else 0.8 / per_rank - 0.02
+    shifts = {kind: (k - (per_rank - 1) / 2) * (width + 0.02) for k, kind in enumerate(kinds)}
+    bars = [(i + shifts["measured"], {f: _field(r.memory, f) for f in MEMORY_FIELDS}, "measured")
+            for i, r in enumerate(ranks)]
     if predicted:
-        bars += [(i + shift, {f: _field(p, f) for f in MEMORY_FIELDS}, True) for i, p in enumerate(predicted)]
+        bars += [(i + shifts["predicted"], {f: _field(p, f) for f in MEMORY_FIELDS}, "predicted")
+                 for i, p in enumerate(predicted)]
+    if formula is not None:
+        bars += [(i + shifts["formula"], {f: float(formula["memory"][f]) for f in ZERO_FIELDS}, "formula")
+                 for i in range(len(ranks))]
     largest = max(sum(v.values()) for _, v, _ in bars)
     unit, size = ("MiB", MIB) if largest >= 0.1 * MIB else ("KiB", 2**10)
     top = largest / size or 1.0
-    for x, values, is_prediction in bars:
+    under = {"measured": "measured", "predicted": predicted_label, "formula": "formula"}
+    for x, values, kind in bars:
         base = 0.0
-        for f in MEMORY_FIELDS:
-            v = values[f] / size
-            if is_prediction:
+        for f, value in values.items():
+            v = value / size
+            if kind == "predicted":
                 ax.bar(x, v, bottom=base, width=width, facecolor="none", edgecolor=MEMORY_COLORS[f],
                        linewidth=1.6, gid="predicted")
+            elif kind == "formula":
+                ax.bar(x, v, bottom=base, width=width, facecolor="none", edgecolor=MEMORY_COLORS[f], hatch="////",
+                       linewidth=1.0, linestyle=":", gid=f"formula:{f}")
             else:
                 ax.bar(x, v, bottom=base, width=width, color=MEMORY_COLORS[f], edgecolor="white", gid="measured")
             base += v
-        ax.text(x, base + 0.01 * top, f"{base:.3g}", ha="center", va="bottom", fontsize=8)
-        if predicted:
-            ax.text(x, -0.02 * top, "predicted" if is_prediction else "measured", ha="center", va="top",
-                    fontsize=7, color="#555")
+        ax.text(x, base + 0.01 * top, f"{base:.3g}", ha="center", va="bottom", fontsize=8 if per_rank < 3 else 7)
+        if per_rank > 1:
+            ax.text(x, -0.02 * top, under[kind], ha="center", va="top", fontsize=7, color="#555")
     ax.set_xticks(range(len(ranks)), [rank_tick(result, r) for r in ranks], fontsize=8)
-    ax.tick_params(axis="x", length=0, pad=14 if predicted else 4)
+    ax.tick_params(axis="x", length=0, pad=16 if per_rank > 1 else 4)
     ax.set_ylim(0, top * 1.12)
     ax.set_xlim(-0.75, len(ranks) - 0.25)
     ax.set_ylabel(f"memory ({unit})")
@@ -345,8 +370,12 @@ def plot_memory(result: RunResult, predicted: Sequence[Any] | None | str = "resu
     handles = [Patch(color=MEMORY_COLORS[f], label=MEMORY_LABELS[f] + (" (none measured)" if f in empty else ""))
                for f in MEMORY_FIELDS]
     if predicted:
-        handles.append(Patch(facecolor="none", edgecolor="#555", linewidth=1.6, label="predicted (outline)"))
-    ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2, fontsize=8, frameon=False)
+        handles.append(Patch(facecolor="none", edgecolor="#555", linewidth=1.6, label=predicted_legend))
+    if formula is not None:
+        handles.append(Patch(facecolor="none", edgecolor="#555", hatch="////", linewidth=1.0, linestyle=":",
+                             label=f"ZeRO formula, stage {formula['stage']} (hatched; no activations)"))
+    ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2,
+              fontsize=8, frameon=False)
     return fig
 
 

@@ -26,8 +26,9 @@ class FormBinding:
 
     def values(self) -> dict[str, Any]:
         """What the controls hold, as ``form`` reads it."""
-        return {**self._extra, **{k: w.value for k, w in self.inputs.items()}, "mesh": self.mesh.value,
-                "batch_shares": self.batch_shares.value, "cuts": self.strip.cuts if self.strip.enabled else None}
+        return {**self._extra, **{k: form.field_value(k, w.value) for k, w in self.inputs.items()},
+                "mesh": self.mesh.value, "batch_shares": self.batch_shares.value,
+                "cuts": self.strip.cuts if self.strip.enabled else None}
 
     def fields(self) -> dict[str, Any]:
         """The RunConfig fields the controls say, not yet validated."""
@@ -48,7 +49,7 @@ class FormBinding:
                                                                                "cuts")})
             for name, v in values.items():
                 if name in self.inputs:
-                    self.inputs[name].value = v
+                    self.inputs[name].value = form.control_value(name, v)
             self.batch_shares.value = values.get("batch_shares", self.batch_shares.value)
             self._set_mesh(values.get("mesh"))
             self._set_model(self.model.value)
@@ -104,6 +105,8 @@ class FormBinding:
             if a.stages is not None:
                 for k in form.SCHEDULE_FIELDS:
                     self.inputs[k].disabled = not a.schedule
+                for k in form.LEVER_FIELDS:
+                    self.inputs[k].disabled = not getattr(a, k)
                 self.batch_shares.disabled = not a.batch_shares
                 if a.stages != self._stages:  # the number of cuts changed: start from balanced ones
                     self.strip.set_cuts(form.balanced_cuts(self.model.value, a.stages))

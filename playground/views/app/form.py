@@ -23,13 +23,21 @@ from playground.zoo.models import MODELS, model_block_infos, model_num_blocks, p
 
 START = RunConfig(model="mlp", strategy="pipeline", world_size=2, micro_batches=4)
 INPUTS = ("model", "strategy", "world_size", "global_batch", "micro_batches", "schedule", "virtual_stages", "steps",
-          "lr", "optimizer", "seed", "threads_per_rank", "sync_batchnorm")
+          "lr", "optimizer", "seed", "threads_per_rank", "sync_batchnorm", "zero_stage", "grad_accumulation",
+          "recompute", "precision")
 """RunConfig fields held by one control each."""
 CONTROLLED = INPUTS + ("dp", "pp", "tp", "split_points", "batch_partition")
 """RunConfig fields the form sets; the others (device, timeout_s, ...) are kept as loaded."""
 SCHEDULE_FIELDS = ("schedule", "virtual_stages", "micro_batches")
 """Read by pipelining schedules only: set where the config is scheduled, else left at their defaults."""
+LEVER_FIELDS = ("zero_stage", "grad_accumulation")
+"""Memory levers that only some strategies read: set where they apply
+(``Applies``), else left at their defaults. recompute and precision apply
+to every strategy."""
 CUT_STRATEGIES = ("model", "pipeline", "hybrid")
+STRATEGY_OWN = -1
+"""The ZeRO-stage control's value for zero_stage None (the strategy's own
+stage): a dropdown cannot show None as a choice."""
 
 
 def plural(n: int, word: str) -> str:
@@ -111,10 +119,22 @@ def state_values(state: RunConfig | str | dict) -> tuple[dict[str, Any], dict[st
     return values, sweep
 
 
+def control_value(field: str, value: Any) -> Any:
+    """A RunConfig field's value as its control holds it (zero_stage None:
+    ``STRATEGY_OWN``)."""
+    return STRATEGY_OWN if field == "zero_stage" and value is None else value
+
+
+def field_value(field: str, value: Any) -> Any:
+    """A control's value as the RunConfig field takes it (``control_value`` undone)."""
+    return None if field == "zero_stage" and value == STRATEGY_OWN else value
+
+
 def base_fields(values: dict[str, Any]) -> dict[str, Any]:
     """The config fields that do not depend on the others: all but the
-    schedule's, the batch shares and the cuts."""
-    f = {k: v for k, v in values.items() if k not in ("mesh", "batch_shares", "cuts", *SCHEDULE_FIELDS)}
+    schedule's, the strategy-bound levers', the batch shares and the cuts."""
+    f = {k: v for k, v in values.items()
+         if k not in ("mesh", "batch_shares", "cuts", *SCHEDULE_FIELDS, *LEVER_FIELDS)}
     if f["strategy"] == "hybrid" and values.get("mesh"):
         f["dp"], f["pp"], f["tp"] = values["mesh"]
     return f
@@ -143,6 +163,11 @@ class Applies:
     """the stages the cuts make: pp_size * virtual_stages when scheduled; the strip applies when above 1"""
     mesh: bool
     """the dp × pp × tp mesh (hybrid)"""
+    zero_stage: bool | None = None
+    """the ZeRO stage (data-parallel ranks holding copies of the same
+    parameters: ``RunConfig.resolved_zero_stage`` is not None)"""
+    grad_accumulation: bool | None = None
+    """gradient accumulation (not a pipeline schedule, which accumulates over its micro-batches)"""
 
 
 def applies(values: dict[str, Any]) -> Applies:
@@ -150,7 +175,8 @@ def applies(values: dict[str, Any]) -> Applies:
     mesh = values["strategy"] == "hybrid"
     if p is None:
         return Applies(None, None, None, mesh)
-    return Applies(p.scheduled, p.dp_size > 1, p.pp_size * (values["virtual_stages"] if p.scheduled else 1), mesh)
+    return Applies(p.scheduled, p.dp_size > 1, p.pp_size * (values["virtual_stages"] if p.scheduled else 1), mesh,
+                   zero_stage=p.resolved_zero_stage is not None, grad_accumulation=not p.pipelined)
 
 
 def config_fields(values: dict[str, Any]) -> dict[str, Any]:
@@ -160,6 +186,7 @@ def config_fields(values: dict[str, Any]) -> dict[str, Any]:
     a = applies(values)
     if a.schedule is not False:
         f.update({k: values[k] for k in SCHEDULE_FIELDS})
+    f.update({k: values[k] for k in LEVER_FIELDS if k in values and getattr(a, k) is not False})
     shares = parse_counts(values.get("batch_shares", ""))
     if a.batch_shares is not False and shares != ():
         f["batch_partition"] = shares
@@ -207,8 +234,10 @@ def way_out(values: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
 
 
 def _other_ways_out(values: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
-    """For a refused schedule or batch: the nearest values that run (the
-    stages per rank the schedule needs; a global batch the shares divide)."""
+    """For a refused schedule, batch or memory lever: the nearest values
+    that run (the stages per rank the schedule needs; a global batch the
+    shares divide; micro-steps that divide every rank's batch; the
+    strategy's own ZeRO stage, or one it runs)."""
     error = build(values)
     if not isinstance(error, ConfigError):
         return []
@@ -223,6 +252,16 @@ def _other_ways_out(values: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
         m = values["micro_batches"]
         near = sorted((n for n in range(max(1, m - 4), m + 5) if n != m), key=lambda n: abs(n - m))
         out += [(f"{n} micro-batches", {"micro_batches": n}) for n in near]
+    elif error.field == "grad_accumulation" and isinstance(values.get("grad_accumulation"), int):
+        k = values["grad_accumulation"]
+        near = sorted((n for n in range(1, 2 * k + 9) if n != k), key=lambda n: (abs(n - k), n))
+        out += [(f"grad accumulation {n}", {"grad_accumulation": n}) for n in near]
+    elif error.field == "zero_stage":
+        z = values.get("zero_stage")
+        out.append(("the strategy's own ZeRO stage", {"zero_stage": None}))
+        if z in (0, 1) and values["strategy"] != "data":
+            out.append((f"strategy data (ZeRO stage {z})", {"strategy": "data"}))
+        out += [(f"ZeRO stage {n}", {"zero_stage": n}) for n in range(4) if n != z]
     return [(label, changes) for label, changes in out if not isinstance(build({**values, **changes}), ConfigError)][:3]
 
 
@@ -250,6 +289,18 @@ def run_notes(config: RunConfig, cores: int) -> list[str]:
 
 
 def summary(config: RunConfig) -> str:
-    """One line on what the config will run."""
+    """One line on what the config will run, its memory levers included
+    where they are not the defaults."""
+    levers = []
+    if config.resolved_zero_stage is not None:
+        levers.append(f"ZeRO stage {config.resolved_zero_stage}" + (" (the strategy's own)" if config.zero_stage is None
+                                                                    else ""))
+    if config.grad_accumulation > 1:
+        levers.append(f"{config.grad_accumulation} micro-steps per step")
+    if config.recompute != "none":
+        levers.append(f"recompute {config.recompute}")
+    if config.precision != "fp32":
+        levers.append(config.precision)
     return (f"✓ {plural(config.world_size, 'device')} · {plural(config.stages, 'stage')} · samples per data-parallel rank "
-            f"{list(config.rank_batches())}" + (f" in {config.micro_batches} micro-batches" if config.scheduled else ""))
+            f"{list(config.rank_batches())}" + (f" in {config.micro_batches} micro-batches" if config.scheduled else "")
+            + "".join(f" · {x}" for x in levers))

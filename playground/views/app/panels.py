@@ -15,11 +15,12 @@ import ipywidgets as W
 from matplotlib.figure import Figure
 
 from playground.views import plots
-from playground.spec.config import OPTIMIZERS, SCHEDULES, STRATEGIES, ConfigError, RunConfig
+from playground.spec.config import OPTIMIZERS, PRECISIONS, RECOMPUTE, SCHEDULES, STRATEGIES, ConfigError, RunConfig
 from playground.predict.formulas import stage_shares
 from playground.zoo.models import MODELS
 from playground.result.run_result import RunResult, labelled_output
-from playground.views.app.form import INPUTS, block_infos
+from playground.views.app.form import INPUTS, STRATEGY_OWN, block_infos, control_value, field_value
+from playground.views.app.whatif import LEVERS, WhatIf, what_if
 
 PAGE_WIDTH = "1260px"  # fits a 1280 px window
 STAGE_COLORS = ["#9ECAE1", "#FDAE6B", "#A1D99B", "#BCBDDC", "#FC9272", "#C7E9C0", "#FDD0A2", "#DADAEB"]
@@ -27,6 +28,9 @@ GREEN, RED, GREY, AMBER = "#1A7F37", "#B00020", "#555", "#8A5A00"
 CSS = ("<style>.jupyter-widgets.jupyter-widget-tab.playground-results > .lm-TabBar .lm-TabBar-tab "
        "{ flex: 0 0 auto; }</style>")
 """Tabs as wide as their titles (ipywidgets gives each 144 px and cuts longer titles)."""
+ZERO_STAGE_OPTIONS = [("strategy's own", STRATEGY_OWN), ("0 · DDP", 0), ("1 · optimizer state", 1),
+                      ("2 · + gradients", 2), ("3 · + parameters", 3)]
+"""The ZeRO-stage dropdown: each stage with what its ranks shard."""
 SCREEN_READER_ONLY = "position:absolute;width:1px;height:1px;overflow:hidden;clip:rect(0 0 0 0);white-space:nowrap"
 
 
@@ -128,6 +132,37 @@ def balance_html(result: RunResult) -> str:
     return "<br>stage balance: " + esc(" · ".join(
         f"stage {s['stage']}: {s['flops_share']:.0%} of FLOPs, {s['compute_share']:.0%} of measured compute"
         for s in stages))
+
+
+def signed_bytes(n: float) -> str:
+    """'+48 B', '−1.2 KiB'."""
+    return ("+" if n > 0 else "−") + plots.human_bytes(abs(n))
+
+
+def zero_html(zero: dict[str, Any]) -> str:
+    """The ZeRO paper's bars in words (``RunResult.zero``): the stage, its
+    formulas with Ψ, N_d and K, the source, and where the cost model's exact
+    bytes part from the formula (``gap``, per rank), with the record's notes
+    on why."""
+    f = zero["formula"]
+    text = (f"hatched bars: the ZeRO paper's bytes per rank at stage {zero['stage']}: parameters {f['params']}, "
+            f"gradients {f['grads']}, optimizer state {f['optimizer']}, with Ψ = {zero['psi']:,} parameters, "
+            f"N_d = {zero['n_d']} ranks, K = {zero['k']} bytes of optimizer state per parameter "
+            f"(source: {zero['source']}). ")
+    gaps = [(g["rank"], [(name, g[name]) for name in ("params", "grads", "optimizer") if g[name]])
+            for g in zero["gap"]]
+    if any(parts for _, parts in gaps):
+        text += "The cost model's prediction minus the formula: " + "; ".join(
+            f"rank {rank} " + (", ".join(f"{name} {signed_bytes(v)}" for name, v in parts) or "none")
+            for rank, parts in gaps) + "."
+    else:
+        text += "The prediction equals the formula on every rank."
+    if zero.get("partition"):
+        text += f" Elements whose optimizer state each rank keeps (Ψ_r): {zero['partition']}."
+    notes = "".join(f"<li>{esc(n)}</li>" for n in zero.get("notes", []))
+    return (f"<div class='playground-zero'>{esc(text)}</div>"
+            + (f"<details><summary style='color:{GREY}'>notes on the formula</summary><ul style='margin:2px 0'>{notes}"
+               f"</ul></details>" if notes else ""))
 
 
 def trace_link_html(result: RunResult) -> str:
@@ -284,11 +319,14 @@ class ResultsView(W.Tab):
         self.result: RunResult | None = None
         self.figures: dict[str, bytes] = {}
         """SVG bytes of the figures drawn so far for ``result``, by tab title"""
+        self.what_if = WhatIfPanel()
+        """Under the memory figure: other settings of the memory levers, predicted"""
         self.observe(lambda change: self.draw(change["new"]), names="selected_index")
 
     def show(self, result: RunResult) -> None:
         """Set the captions of every tab and draw the selected tab's figure."""
         self.result, self.figures = result, {}
+        self.what_if.set_result(result)
         self.children = [W.VBox([W.HTML(caption)]) for caption in self.captions(result)]
         self.titles = self.TITLES
         self.draw(self.selected_index or 0)
@@ -297,10 +335,12 @@ class ResultsView(W.Tab):
     def captions(result: RunResult) -> list[str]:
         bubble = bubble_sentences(result.bubble) if result.bubble else \
             "no pipeline here: idle time is waiting for peers"
-        memory = ("outlined bars: the cost model's prediction beside the measured bytes" if result.predictions
-                  else f"no cost-model prediction for strategy '{result.config.strategy}' yet")
+        memory = esc("solid bars: measured; outlined bars: the cost model's prediction beside them"
+                     if result.predictions else f"no cost-model prediction for strategy '{result.config.strategy}' yet")
+        if result.zero:
+            memory += zero_html(result.zero)
         return [esc("each rank's events over the last two steps; hatched: waiting for a peer"),
-                esc(bubble) + balance_html(result), esc(memory), check_html(result),
+                esc(bubble) + balance_html(result), memory, check_html(result),
                 esc("bytes per step across each cut and between replicas, as measured")]
 
     def draw(self, index: int | None) -> None:
@@ -321,8 +361,78 @@ class ResultsView(W.Tab):
         img = W.Image(value=data, format=PICTURE_FORMAT, layout=fit())
         if index == 0:
             img.add_class("playground-timeline")
-        pane.children = [caption, img]
+        pane.children = [caption, img] + ([self.what_if] if self.TITLES[index] == "memory" else [])
         self.figures[self.TITLES[index]] = data
+
+
+class WhatIfPanel(W.VBox):
+    """The run's config with other settings of the memory levers, and the
+    cost model's per-rank bars for it beside the run's measured ones
+    (``whatif.what_if``): a prediction, never a run. A setting the config
+    refuses shows the refusal instead."""
+
+    def __init__(self):
+        def make(cls, description, **kw):
+            return cls(description=description, style={"description_width": "120px"},
+                       layout=W.Layout(width="25%"), **kw)
+
+        self.result: RunResult | None = None
+        self.shown: WhatIf | None = None
+        """The latest what-if drawn (or refused); None until a lever differs from the run's"""
+        self.figure: bytes | None = None
+        """SVG bytes of the what-if figure on screen"""
+        self._holding = False
+        self.inputs = dict(zip(LEVERS, lever_controls(make)))
+        self.message, self.plot = W.HTML(), W.Box(layout=W.Layout(width="100%"))
+        for w in self.inputs.values():
+            w.observe(self._update, names="value")
+        super().__init__([W.HTML("<b>What if</b> <span style='color:#555'>the memory levers were set otherwise? "
+                                 "The cost model predicts each rank's bytes for this run's config with the levers "
+                                 "below; nothing is run.</span>"),
+                          W.HBox(list(self.inputs.values()), layout=W.Layout(width="100%")), self.message, self.plot],
+                         layout=W.Layout(width="100%", border_top="1px solid #DDD", padding="4px 0 0 0"))
+
+    def set_result(self, result: RunResult) -> None:
+        """Start from ``result``'s own levers, nothing predicted yet."""
+        self.result, self.shown, self.figure = result, None, None
+        self._holding = True
+        try:
+            for name, w in self.inputs.items():
+                w.value = control_value(name, getattr(result.config, name))
+        finally:
+            self._holding = False
+        self.message.value = f"<span style='color:{GREY}'>set a lever to see its predicted bars</span>"
+        self.plot.children = []
+
+    def levers(self) -> dict[str, Any]:
+        """The levers as the controls hold them, as RunConfig fields."""
+        return {name: field_value(name, w.value) for name, w in self.inputs.items()}
+
+    def _update(self, _=None) -> None:
+        if self._holding or self.result is None:
+            return
+        result = self.result
+        self.shown = shown = what_if(result, **self.levers())
+        self.figure, self.plot.children = None, []
+        if shown.error is not None:
+            self.message.value = f"<span style='color:{GREY}'>what if: refused, nothing predicted</span>" + \
+                error_html(shown.error)
+            return
+        if not shown.changes:
+            self.message.value = (f"<span style='color:{GREY}'>the run's own levers: its measured and predicted "
+                                  "bars are above</span>")
+            return
+        changed = ", ".join(f"{k} {v}" if v is not None else f"{k}: the strategy's own"
+                            for k, v in shown.changes.items())
+        rows = " · ".join(f"rank {rank}: measured {plots.human_bytes(m)} → {plots.human_bytes(p)} predicted "
+                          f"({(p - m) / m:+.0%})" if m else f"rank {rank}: {plots.human_bytes(p)} predicted"
+                          for rank, m, p in shown.totals(result))
+        self.message.value = (f"<div class='playground-what-if'><b>prediction, not run</b>: this run with "
+                              f"{esc(changed)}<br>{esc(rows)}</div>")
+        self.figure = picture(plots.plot_memory(result, predicted=shown.predictions, formula=shown.zero,
+                                                predicted_label="what if",
+                                                predicted_legend="what if: prediction, not run (outline)"))
+        self.plot.children = [W.Image(value=self.figure, format=PICTURE_FORMAT, layout=fit())]
 
 
 class History(W.VBox):
@@ -408,6 +518,28 @@ class SweepPanel(W.VBox):
         self.plot.children = [W.Image(value=picture(plots.plot_sweep(over, points)), format=PICTURE_FORMAT, layout=fit())]
 
 
+def lever_controls(make) -> tuple[W.Dropdown, W.BoundedIntText, W.ToggleButtons, W.ToggleButtons]:
+    """The memory levers' controls (zero_stage, grad_accumulation,
+    recompute, precision), each made by ``make(cls, description, **kw)``;
+    the ZeRO stage holds ``form.STRATEGY_OWN`` for None."""
+    zero_stage = make(W.Dropdown, "ZeRO stage", options=ZERO_STAGE_OPTIONS,
+                      tooltip="how much of the training state the data-parallel ranks shard (Rajbhandari et al. "
+                              "2019)")
+    grad_accumulation = make(W.BoundedIntText, "grad accumulation", min=1, max=1024,
+                             tooltip="micro-steps per optimizer step: each rank's batch in k slices, gradients "
+                                     "reduced once, after the last")
+    recompute = make(W.ToggleButtons, "recompute", options=list(RECOMPUTE),
+                     tooltip="full: each block under torch.utils.checkpoint, its forward run again in backward "
+                             "instead of saving its activations")
+    precision = make(W.ToggleButtons, "precision", options=list(PRECISIONS),
+                     tooltip="bf16: forward and loss under autocast; parameters, gradients and optimizer state "
+                             "stay fp32")
+    for toggles in (recompute, precision):
+        toggles.style.button_width = "60px"
+        toggles.add_class("widget-inline-hbox")
+    return zero_stage, grad_accumulation, recompute, precision
+
+
 class Controls(W.HBox):
     """One control per RunConfig field the form sets (``inputs``, by field),
     plus the hybrid mesh and the batch-shares text, in three columns."""
@@ -439,8 +571,11 @@ class Controls(W.HBox):
         self.sync_batchnorm = make(W.Checkbox, "sync BatchNorm", indent=False,
                                    tooltip="normalise BatchNorm over the whole batch, not each data-parallel "
                                            "rank's shard (SyncBatchNorm)")
+        self.zero_stage, self.grad_accumulation, self.recompute, self.precision = lever_controls(make)
         self.inputs = {name: getattr(self, "world" if name == "world_size" else name) for name in INPUTS}
         columns = ([self.model, self.strategy, self.world, self.mesh],
                    [self.global_batch, self.batch_shares, self.micro_batches, self.schedule, self.virtual_stages],
-                   [self.steps, self.lr, self.optimizer, self.seed, self.threads_per_rank, self.sync_batchnorm])
-        super().__init__([W.VBox(c, layout=W.Layout(width="33%", padding="0 8px 0 0")) for c in columns])
+                   [self.steps, self.lr, self.optimizer, self.seed, self.threads_per_rank, self.sync_batchnorm],
+                   [W.HTML(f"<span style='color:{GREY}'>memory levers</span>"), self.zero_stage,
+                    self.grad_accumulation, self.recompute, self.precision])
+        super().__init__([W.VBox(c, layout=W.Layout(width="25%", padding="0 8px 0 0")) for c in columns])
