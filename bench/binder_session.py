@@ -102,8 +102,15 @@ def progress_seconds(ui: PlaygroundPage) -> str:
     return ui.page.locator(".widget-hprogress .widget-label").first.inner_text()
 
 
+def wait_starting(ui: PlaygroundPage) -> None:
+    """Until the status line reads 'starting N devices…' (it may already)."""
+    ui.page.wait_for_function(
+        "() => /^starting/.test(document.querySelector('.playground-status')?.innerText || '')", timeout=120_000)
+
+
 def run_and_wait(ui: PlaygroundPage, shot: str) -> dict:
-    """Press Run; take a picture while the ranks start; wait for the verdict."""
+    """Press Run; take a picture while the ranks start; wait for the verdict
+    and the timeline picture."""
     started = time.monotonic()
     ui.watch_status()
     ui.button("Run").click()
@@ -112,6 +119,7 @@ def run_and_wait(ui: PlaygroundPage, shot: str) -> dict:
     ui.shot(f"{shot}-starting")
     status = ui.wait_status(r"baseline check (passed|FAILED)|failed|error|stopped", RUN_TIMEOUT)
     wall = time.monotonic() - started
+    ui.page.locator("img.playground-timeline").last.wait_for(timeout=60_000)
     ui.page.wait_for_timeout(500)
     ui.show(ui.button("Run"))
     ui.shot(f"{shot}-result")
@@ -132,8 +140,7 @@ def lab_session(browser, server: Server, out: dict) -> None:
     started = time.monotonic()
     page.evaluate("() => { window.jupyterapp.commands.execute('notebook:run-all-cells'); }")
     ui.root.wait_for()
-    ui.watch_status()
-    ui.wait_status("^starting", 120)
+    wait_starting(ui)
     ui.show(ui.root)
     ui.shot("run-all-starting")
     page.wait_for_function(ALL_RAN, timeout=RUN_TIMEOUT * 1000)
@@ -175,7 +182,7 @@ def voila_session(browser, server: Server, out: dict) -> None:
     box = ui.button("Run").bounding_box()
     out["voila_run_button_top_px"] = round(box["y"])
     out["voila_viewport_px"] = VIEWPORT["height"]
-    out["voila_shows_code"] = page.locator(".jp-InputArea, .jp-InputPrompt, .cm-editor, .CodeMirror").count()
+    out["voila_shows_code"] = page.locator(".jp-CodeCell .jp-InputArea, .jp-InputPrompt, .cm-editor, .CodeMirror").count()
     ui.shot("opened-full", full_page=True)
     out["voila_run"] = run_and_wait(ui, "voila")
     out["voila_memory_after_run"] = memory(server)
@@ -219,7 +226,7 @@ def main() -> None:
                             page.screenshot(path=str(args.out / f"{name}-FAILED.png"))
                     finally:
                         server.stop()
-                        server.log_path.rename(args.out / f"{name}-server.log")
+                        server.log_path.rename(args.out / f"{name}-session-server.log")
             finally:
                 browser.close()
     (args.out / "figures.json").write_text(json.dumps(figures, indent=1, ensure_ascii=False))
