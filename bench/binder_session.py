@@ -39,6 +39,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -105,7 +106,7 @@ def progress_seconds(ui: PlaygroundPage) -> str:
 def wait_starting(ui: PlaygroundPage) -> None:
     """Until the status line reads 'starting N devices…' (it may already)."""
     ui.page.wait_for_function(
-        "() => /^starting/.test(document.querySelector('.playground-status')?.innerText || '')", timeout=120_000)
+        "() => /^starting/.test(document.querySelector('.playground-status')?.textContent || '')", timeout=120_000)
 
 
 def run_and_wait(ui: PlaygroundPage, shot: str) -> dict:
@@ -222,6 +223,7 @@ def main() -> None:
                         session(browser, server, figures)
                     except Exception as e:  # keep what was measured, and the page as it was
                         figures[f"{name}_failed"] = f"{type(e).__name__}: {e}"
+                        traceback.print_exc()
                         for page in (pg for c in browser.contexts for pg in c.pages):
                             page.screenshot(path=str(args.out / f"{name}-FAILED.png"))
                     finally:
