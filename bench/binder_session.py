@@ -124,7 +124,11 @@ def run_and_wait(ui: PlaygroundPage, shot: str) -> dict:
     ui.page.wait_for_timeout(500)
     ui.show(ui.button("Run"))
     ui.shot(f"{shot}-result")
-    return {"status": status.splitlines()[0], "wall_s": round(wall, 1), "app_says": progress_seconds(ui)}
+    picture = ui.page.locator("img.playground-timeline").last.evaluate(
+        "img => [img.naturalWidth, img.naturalHeight, Math.round(img.getBoundingClientRect().width),"
+        " Math.round(img.getBoundingClientRect().height)]")
+    return {"status": status.splitlines()[0], "wall_s": round(wall, 1), "app_says": progress_seconds(ui),
+            "timeline_picture_px": {"natural": picture[:2], "shown": picture[2:]}}
 
 
 def lab_session(browser, server: Server, out: dict) -> None:
