@@ -187,7 +187,8 @@ def voila_session(browser, server: Server, out: dict) -> None:
     box = ui.button("Run").bounding_box()
     out["voila_run_button_top_px"] = round(box["y"])
     out["voila_viewport_px"] = VIEWPORT["height"]
-    out["voila_shows_code"] = page.locator(".jp-CodeCell .jp-InputArea, .jp-InputPrompt, .cm-editor, .CodeMirror").count()
+    code = page.locator(".jp-CodeCell .jp-InputArea, .jp-InputPrompt, .cm-editor, .CodeMirror")
+    out["voila_shows_code"] = code.count()
     ui.shot("opened-full", full_page=True)
     out["voila_run"] = run_and_wait(ui, "voila")
     out["voila_memory_after_run"] = memory(server)
