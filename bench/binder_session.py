@@ -201,7 +201,7 @@ def main() -> None:
     parser.add_argument("--venv", type=Path, default=Path("/tmp/binder-venv"))
     parser.add_argument("--install", metavar="PYTHON3.11", help="create --venv anew with this Python first")
     parser.add_argument("--out", type=Path, default=ROOT / "artifacts" / "binder")
-    parser.add_argument("sessions", nargs="*", choices=["lab", "voila"], default=["lab", "voila"])
+    parser.add_argument("sessions", nargs="*", choices=["lab", "voila"], help="which (default: both)")
     args = parser.parse_args()
     if args.install:
         install(args.venv, args.install)
@@ -221,7 +221,7 @@ def main() -> None:
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=shutil.which("chromium"), args=CHROMIUM_ARGS)
             try:
-                for name in args.sessions:
+                for name in args.sessions or ["lab", "voila"]:
                     session = {"lab": lab_session, "voila": voila_session}[name]
                     home = Path(tmp) / f"{name}-home"
                     home.mkdir()
