@@ -201,8 +201,10 @@ def main() -> None:
     parser.add_argument("--venv", type=Path, default=Path("/tmp/binder-venv"))
     parser.add_argument("--install", metavar="PYTHON3.11", help="create --venv anew with this Python first")
     parser.add_argument("--out", type=Path, default=ROOT / "artifacts" / "binder")
-    parser.add_argument("sessions", nargs="*", choices=["lab", "voila"], help="which (default: both)")
+    parser.add_argument("sessions", nargs="*", help="lab, voila or both (the default)")
     args = parser.parse_args()
+    if set(args.sessions) - {"lab", "voila"}:
+        parser.error(f"sessions: lab, voila or both, not {args.sessions}")
     if args.install:
         install(args.venv, args.install)
     python = str(args.venv / "bin" / "python")
