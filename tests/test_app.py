@@ -389,3 +389,13 @@ def test_too_few_blocks_for_the_devices_offers_ways_out(no_launch):
         app.world.value = 4
         next(b for b in app.way_out.children[1:] if b.description == label).click()
         assert app.error is None and not app.run_button.disabled and app.way_out.children == (), label
+
+
+@pytest.mark.parametrize("cores, expect", [(1, True), (4, False)])
+def test_the_start_status_says_how_long_the_first_run_takes_on_one_core(monkeypatch, cores, expect):
+    app = Playground(config=SMALL)
+    app.cores = cores
+    monkeypatch.setattr(app.jobs, "start", lambda job: None)  # the status alone: no run
+    app.start_run()
+    assert app.status.value.startswith("starting 2 devices")
+    assert ("on 1 CPU core up to about half a minute" in app.status.value) == expect, app.status.value

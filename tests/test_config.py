@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 import playground
+import playground.host.runner  # noqa: F401 - patched below; run() imports it only when first called
 from playground import ConfigError, RunConfig
 from playground import __main__ as cli
 
@@ -112,3 +113,10 @@ def test_the_configs_catalog_of_models_is_the_zoos():
 
     assert MODEL_BLOCKS == {name: spec.num_blocks for name, spec in MODELS.items()}
     assert all(len(build_model(name)) == n for name, n in MODEL_BLOCKS.items())
+
+
+@pytest.mark.parametrize("cores, words", [(1, "share 1 CPU core: "), (2, "share 2 CPU cores: ")])
+def test_the_contention_note_counts_cores_in_words(monkeypatch, cores, words):
+    monkeypatch.setattr(playground.host.runner, "cpu_count", lambda: cores)
+    notes = playground.host.runner._notes(RunConfig(model="mlp", strategy="data", world_size=4), "cpu")
+    assert notes == [f"4 ranks × 1 thread {words}timings include contention"]

@@ -68,6 +68,20 @@ def test_notebook_opens_with_what_it_teaches_and_closes_with_what_to_try(path):
         f"{path.name}: the last cell does not say what to try next in the app"
 
 
+def test_the_app_view_notebook_holds_the_app_first_and_nothing_else_that_prints():
+    # Voila hides code but shows every output: app.ipynb (the README's Voila
+    # link) is one code cell whose only output is the Playground, at the top
+    # of the page, and markdown below it.
+    nb = load(ROOT / "app.ipynb")
+    kinds = [c["cell_type"] for c in nb["cells"]]
+    assert kinds[0] == "code" and kinds.count("code") == 1, kinds
+    cell = nb["cells"][0]
+    assert cell["outputs"] == [] and cell["execution_count"] is None
+    lines = [ln for ln in "".join(cell["source"]).splitlines() if ln.strip()]
+    assert lines[-1] == "pg.Playground()" and not any("print(" in ln or ln.startswith("%") for ln in lines), lines
+    assert nb["metadata"]["kernelspec"]["name"] == "python3"
+
+
 def test_binder_installs_the_tested_torch_cpu_only_and_this_package():
     setup = (ROOT / "scripts" / "setup.sh").read_text()
     version = re.search(r"^TORCH_VERSION=(\S+)$", setup, re.M).group(1)

@@ -357,7 +357,7 @@ def _notes(config: RunConfig, device: str) -> list[str]:
     threads = config.world_size * config.threads_per_rank
     if device == "cpu" and threads > cores:
         notes.append(f"{config.world_size} ranks × {config.threads_per_rank} thread"
-                     f"{'s' if config.threads_per_rank > 1 else ''} share {cores} CPU cores: "
+                     f"{'s' if config.threads_per_rank > 1 else ''} share {cores} CPU core{'s' if cores != 1 else ''}: "
                      "timings include contention")
     if device == "cuda":
         notes.append(f"ran on {config.world_size} CUDA GPUs")

@@ -1,6 +1,7 @@
 """Fixtures for the browser tests: headless Chromium (Debian's), and a
 JupyterLab or Voila server on 127.0.0.1 with a free port and no token, each
-serving a copy of the notebook, so nothing a test does is written back.
+serving a copy of its notebook (Voila: app.ipynb), so nothing a test does is
+written back.
 
 Servers, their kernels and the kernels' ranks, and the browser always end,
 also when a test fails. Screenshots and server logs go to artifacts/browser/
@@ -13,7 +14,7 @@ import shutil
 
 import pytest
 
-from harness import ARTIFACTS, CHROMIUM_ARGS, NOTEBOOK, VIEWPORT, PlaygroundPage, start_lab, start_voila
+from harness import APP, ARTIFACTS, CHROMIUM_ARGS, NOTEBOOK, VIEWPORT, PlaygroundPage, start_lab, start_voila
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -56,6 +57,15 @@ def notebook_copy(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def app_copy(tmp_path_factory):
+    """A copy of app.ipynb (the app view's notebook) in a fresh folder."""
+    assert APP.exists(), f"{APP} is missing"
+    root = tmp_path_factory.mktemp("app")
+    shutil.copy(APP, root / APP.name)
+    return root / APP.name
+
+
+@pytest.fixture(scope="module")
 def lab(artifacts, notebook_copy, tmp_path_factory):
     server = start_lab(notebook_copy.parent, tmp_path_factory.mktemp("lab-home"))
     try:
@@ -65,8 +75,8 @@ def lab(artifacts, notebook_copy, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def voila(artifacts, notebook_copy, tmp_path_factory):
-    server = start_voila(notebook_copy, tmp_path_factory.mktemp("voila-home"))
+def voila(artifacts, app_copy, tmp_path_factory):
+    server = start_voila(app_copy, tmp_path_factory.mktemp("voila-home"))
     try:
         yield server
     finally:

@@ -19,6 +19,8 @@ from support import alive, cmdline, descendants, free_port  # noqa: F401  (alive
 
 REPO = Path(__file__).resolve().parents[2]
 NOTEBOOK = REPO / "notebooks" / "00_playground.ipynb"
+APP = REPO / "app.ipynb"
+"""The app view's notebook (what the README's Voila links open): the Playground alone, with a few lines of text."""
 ARTIFACTS = REPO / "artifacts" / "browser"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run", "--disable-quic"]
@@ -33,16 +35,17 @@ WORKER = "playground.rank.worker"
 
 class Server:
     """A Jupyter server started by a test, and what it starts in turn (the
-    kernel, and the kernel's ranks). ``stop`` ends them all."""
+    kernel, and the kernel's ranks). ``stop`` ends them all. ``python``: the
+    interpreter whose environment it runs in (its folder leads PATH)."""
 
-    def __init__(self, name: str, argv: list[str], home: Path, port: int):
+    def __init__(self, name: str, argv: list[str], home: Path, port: int, python: str = sys.executable):
         self.name, self.port = name, port
         self.url = f"http://127.0.0.1:{port}"
         self.log_path = ARTIFACTS / f"{name}-server.log"
         env = {**os.environ,
                "JUPYTER_CONFIG_DIR": str(home / "config"), "JUPYTER_RUNTIME_DIR": str(home / "runtime"),
                "JUPYTER_DATA_DIR": str(home / "data"), "IPYTHONDIR": str(home / "ipython"), "MPLBACKEND": "agg",
-               "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+               "PATH": f"{Path(python).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
         self.seen: dict[int, int] = {}
         with open(self.log_path, "w") as log:
             self.proc = subprocess.Popen(argv, cwd=home, env=env, stdout=log, stderr=subprocess.STDOUT,
@@ -105,8 +108,15 @@ class Server:
                 os.kill(pid, signal.SIGKILL)
 
 
-def start_lab(root: Path, home: Path) -> Server:
-    """JupyterLab on 127.0.0.1, a free port, no token; ``window.jupyterapp`` exposed."""
+def pinned(python: str, cpus: str | None) -> list[str]:
+    """The command start of ``python``, under ``taskset -c CPUS`` when ``cpus`` is given."""
+    return (["taskset", "-c", cpus] if cpus else []) + [python]
+
+
+def start_lab(root: Path, home: Path, python: str = sys.executable, cpus: str | None = None) -> Server:
+    """JupyterLab on 127.0.0.1, a free port, no token; ``window.jupyterapp``
+    exposed. ``python``: the environment it runs from; ``cpus``: the cores
+    it (with its kernels and their ranks) may use, as ``taskset -c`` takes them."""
     settings = home / "lab-settings"
     quiet = {"@jupyterlab/apputils-extension/notification.jupyterlab-settings":
              '{"fetchNews": "false", "checkForUpdates": false}',
@@ -115,21 +125,21 @@ def start_lab(root: Path, home: Path) -> Server:
         (settings / name).parent.mkdir(parents=True, exist_ok=True)
         (settings / name).write_text(text)
     port = free_port()
-    argv = [sys.executable, "-m", "jupyter", "lab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
+    argv = [*pinned(python, cpus), "-m", "jupyter", "lab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
             "--ServerApp.port_retries=0", "--IdentityProvider.token=", f"--ServerApp.root_dir={root}",
             "--LabApp.expose_app_in_browser=True", "--LabApp.extension_manager=readonly",
             f"--LabApp.user_settings_dir={settings}", f"--LabApp.workspaces_dir={home / 'workspaces'}"]
     if os.geteuid() == 0:  # containers often run as root; Jupyter refuses it unless told
         argv.append("--allow-root")
-    return Server("lab", argv, home, port).ready("/api/status")
+    return Server("lab", argv, home, port, python).ready("/api/status")
 
 
-def start_voila(notebook: Path, home: Path) -> Server:
+def start_voila(notebook: Path, home: Path, python: str = sys.executable, cpus: str | None = None) -> Server:
     """``voila NOTEBOOK`` (the app view, no code cells) on 127.0.0.1 and a free port."""
     port = free_port()
-    argv = [sys.executable, "-m", "voila", str(notebook), "--no-browser", "--Voila.ip=127.0.0.1",
+    argv = [*pinned(python, cpus), "-m", "voila", str(notebook), "--no-browser", "--Voila.ip=127.0.0.1",
             f"--port={port}", "--Voila.port_retries=0", "--show_tracebacks=True"]
-    return Server("voila", argv, home, port).ready("/api/status")  # not "/": that would run the notebook
+    return Server("voila", argv, home, port, python).ready("/api/status")  # not "/": that would run the notebook
 
 
 # --------------------------------------------------------------------------
@@ -164,6 +174,15 @@ class PlaygroundPage:
 
     def choose(self, label: str, value: str) -> None:
         self.control(label).select_option(value)
+
+    def slide(self, label: str, value: int) -> None:
+        """Set the slider whose description reads ``label`` by typing into its readout."""
+        box = self.page.locator(".widget-inline-hbox", has=self.page.locator(f"label.widget-label:text-is('{label}')"))
+        readout = box.locator(".widget-readout").first
+        readout.click()
+        self.page.keyboard.press("Control+A")
+        self.page.keyboard.type(str(value))
+        self.page.keyboard.press("Enter")
 
     def type_number(self, label: str, value: int) -> None:
         field = self.control(label)

@@ -1,5 +1,5 @@
-"""The app view: ``voila notebooks/00_playground.ipynb`` shows the playground
-without code cells, and a training runs in it as in JupyterLab."""
+"""The app view: ``voila app.ipynb`` shows the playground at the top of the
+page, without code, and a training runs in it as in JupyterLab."""
 
 from __future__ import annotations
 
@@ -19,13 +19,18 @@ def test_voila_shows_the_playground_without_code_and_runs_a_training(voila, voil
     ui, page = voila_page, voila_page.page
     page.goto(voila.url + "/", timeout=RUN_TIMEOUT * 1000)  # Voila answers once the notebook has run
     ui.button("Run").wait_for(timeout=RUN_TIMEOUT * 1000)  # Voila runs every cell, then shows the page
-    page.get_by_text("The same, from code").wait_for()
-    ui.shot("opened")  # the top of the page: the notebook's text
-    ui.show(ui.root)
-    ui.shot("playground")
+    page.get_by_text("What to expect.").wait_for()  # the text below the app
+    ui.shot("opened")  # the first screen, as a person sees it
+    top = ui.root.bounding_box()["y"]
+    run = ui.button("Run").bounding_box()
+    assert top < 100 and run["y"] + run["height"] <= page.viewport_size["height"], \
+        f"the app starts {top:.0f} px down, its Run button {run['y']:.0f} px: below the fold"
     assert page.locator(".jp-CodeCell .jp-InputArea, .jp-InputPrompt, .cm-editor, .CodeMirror").count() == 0, \
         "the app view shows code"
     assert page.get_by_text("import playground as pg").count() == 0
+    outputs = page.locator(".jp-CodeCell .jp-OutputArea-output")
+    assert outputs.count() == 1 and outputs.first.locator(".widget-vbox").count() > 0, \
+        "the app view shows code cells' output other than the app"
     assert ui.errors() == [], "the app view shows error output"
 
     ui.choose("model", "mlp")

@@ -119,8 +119,9 @@ class FormBinding:
         if isinstance(built, ConfigError):
             self.config, self.error = None, built
             self.message.value = error_html(built)
-            self.way_out.children = [W.HTML(f"<span style='color:{GREY}'>ways out:&nbsp;</span>")] + [
-                self._way_out_button(label, changes) for label, changes in form.way_out(values)]
+            label = W.HTML(f"<span style='color:{GREY}; white-space:nowrap'>ways out:&nbsp;</span>")
+            self.way_out.children = [label] + [
+                self._way_out_button(text, changes) for text, changes in form.way_out(values)]
             if len(self.way_out.children) == 1:
                 self.way_out.children = []
         else:
@@ -130,7 +131,7 @@ class FormBinding:
         self._sync_buttons()
 
     def _way_out_button(self, label: str, changes: dict[str, Any]) -> W.Button:
-        button = W.Button(description=label, tooltip=label, layout=W.Layout(width="auto"))
+        button = W.Button(description=label, tooltip=label, layout=W.Layout(width="auto", flex="0 0 auto"))
         button.on_click(lambda _: (self._set(changes), self._refresh()))
         return button
 

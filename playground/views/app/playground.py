@@ -44,8 +44,9 @@ class Playground(FormBinding, Runs, W.VBox):
         self.inputs, self.mesh, self.batch_shares, self.world = c.inputs, c.mesh, c.batch_shares, c.world
         for name, w in c.inputs.items():  # each control also as app.<field>, as the notebooks use them
             setattr(self, "world" if name == "world_size" else name, w)
-        self.message, self.way_out, self.status, self.trace_link, self.live = (W.HTML(), W.HBox(), W.HTML(),
-                                                                                W.HTML(), W.HTML())
+        # The ways out wrap onto more lines rather than squeeze their labels.
+        self.way_out = W.HBox(layout=W.Layout(flex_flow="row wrap", align_items="center"))
+        self.message, self.status, self.trace_link, self.live = W.HTML(), W.HTML(), W.HTML(), W.HTML()
         self.status.add_class("playground-status")
         self.run_button = W.Button(description="Run", button_style="primary", icon="play")
         self.stop_button = W.Button(description="Stop", icon="stop", disabled=True)

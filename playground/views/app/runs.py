@@ -39,8 +39,10 @@ class Runs:
         if config is None or self.jobs.busy:
             return
         self._live, self._throttle = LiveProgress(config.world_size, config.steps), Throttle(0.2)
-        self._begin(config.steps, f"starting {form.plural(config.world_size, 'device')}… (the first run with a new number of "
-                                  f"devices starts a process per device and loads PyTorch in each)")
+        # Measured: 6-10 s on one core of the development machine, 15-33 s on mybinder.org's 1 CPU.
+        slow = "; on 1 CPU core up to about half a minute" if self.cores == 1 else ""
+        self._begin(config.steps, f"starting {form.plural(config.world_size, 'device')}… (the first run with a new "
+                                  f"number of devices starts a process per device and loads PyTorch in each{slow})")
         self.live.value = ""
         self.jobs.start(lambda cancel: self._run_job(config, cancel))
 
