@@ -11,9 +11,14 @@ shapes), in this process,
      returns at once and moves nothing, but is issued and recorded;
   2. the model is built under ``FakeTensorMode``: tensors with shapes and
      dtypes and no memory;
-  3. the strategy (``rank.strategies``) wraps it exactly as in a run (DDP,
-     FSDP2, DTensor tensor parallel, pipeline stages), and one training step
-     runs: forward and loss, backward, optimizer step;
+  3. the strategy the run would use (``rank.strategies.strategy_class``)
+     wraps it exactly as in a run (DDP, ZeroRedundancyOptimizer at ZeRO
+     stage 1, FSDP2 at stages 2 and 3 with bf16 gathers under bf16,
+     DTensor tensor parallel, pipeline stages), the levers go on every
+     block as a rank puts them (``zoo.levers.on_blocks``: recomputation,
+     bf16 autocast over fp32 parameters), and one training step runs:
+     forward and loss, backward, as k micro-steps under gradient
+     accumulation, then the optimizer step (``fake_step.measure``);
   4. what the rank holds is counted as a run counts it
      (``recorder.memory_bytes``: parameters, gradients, optimizer state; the
      recorder's ``SavedTensors``: activations saved for backward), and every
@@ -30,10 +35,16 @@ Presets (``planning.presets``): their layers are identical blocks, so each
 stage is measured with 1 and then 2 of its layers, and every figure is
 extended to the stage's n layers as v(1) + (n - 1) (v(2) - v(1)) (exact for
 sums over layers: bytes of parameters, gradients, optimizer state,
-activations, collectives). ``fold=False`` measures at full depth.
+activations, collectives). ZeRO stage 1's optimizer partition is not such
+a sum, so a folded plan gives each rank's state by the partition rule
+(``zero1_owned``). ``fold=False`` measures at full depth.
 
 Nothing of this is a measurement of a run: every number is a prediction,
 and the Plan says so.
+
+Modules: ``subject`` (what is planned: model, shapes, layout, kinds of
+rank), ``fake_step`` (one rank's step on fake tensors), ``report`` (the
+Plan and its text), this one (``plan``: kinds measured, extended, combined).
 """
 
 from __future__ import annotations
