@@ -26,7 +26,6 @@ from playground.planning.subject import Layout, Subject
 COLLECTIVES = ("all_reduce", "all_gather", "reduce_scatter", "broadcast")
 
 
-
 @dataclass
 class Measured:
     """What one rank's step held and moved."""
