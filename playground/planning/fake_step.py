@@ -230,8 +230,6 @@ def _block_bytes(local: nn.Module, optimizer, activations: dict[int, int]) -> di
     return out
 
 
-
-
 def _in_dtype(dtype: torch.dtype, build, *args):
     """``build(*args)`` with ``dtype`` as torch's default: parameters made in it."""
     before = torch.get_default_dtype()

@@ -18,7 +18,6 @@ from playground.predict.formulas import chunk_rows
 from playground.planning.presets import PRESETS, block_labels, build_preset
 
 
-
 @dataclass(frozen=True)
 class Subject:
     """The model and one batch's shapes, as ``plan`` needs them."""
