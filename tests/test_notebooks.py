@@ -18,7 +18,8 @@ ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 BINDER = ROOT / "binder"
 EXPECTED = ["00_playground", "01_data_parallel", "02_model_parallel", "03_pipeline_schedules",
-            "04_tensor_parallel", "05_hybrid_and_scaling", "06_memory_levers", "08_overlap", "09_collective_costs",
+            "04_tensor_parallel", "05_hybrid_and_scaling", "06_memory_levers", "07_plan_at_scale",
+            "08_overlap", "09_collective_costs",
             "10_choosing_a_configuration"]
 
 

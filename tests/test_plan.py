@@ -18,6 +18,8 @@ from playground.planning.presets import PRESETS, build_preset
 from playground.result.run_result import RunResult
 from playground.spec.config import PRESET_BLOCKS
 
+from measured import runs_once
+
 RESULTS = pathlib.Path(__file__).parent / "data" / "results"
 RECORDED = ("transformer-fsdp", "mlp-data", "cnn-tensor", "transformer-hybrid-dp2tp2", "mlp-hybrid-dp2pp2",
             "transformer-pipeline-1f1b", "mlp-pipeline-interleaved1f1b", "seed-mlp-single", "cnn-model")
@@ -48,6 +50,76 @@ def test_plan_equals_a_real_run_with_adam():
     planned = plan(config)
     assert planned.ranks[0]["optimizer"] > 0
     _assert_equals_run(planned, result.ranks)
+
+
+KNOBS = {
+    "zero1": RunConfig(model="mlp", strategy="data", world_size=2, optimizer="adam", lr=1e-3, zero_stage=1,
+                       steps=2, global_batch=16),
+    "zero2-bf16": RunConfig(model="mlp", strategy="data", world_size=2, optimizer="adam", lr=1e-3, zero_stage=2,
+                            precision="bf16", steps=2, global_batch=16),
+    "recompute-tensor": RunConfig(model="transformer", strategy="tensor", world_size=2, recompute="full", steps=2,
+                                  global_batch=8),
+    "accumulate-fsdp": RunConfig(model="transformer", strategy="fsdp", world_size=2, grad_accumulation=4, steps=2,
+                                 global_batch=16),
+}
+"""Each memory knob on a strategy it changes: ZeRO stages 1 and 2, bf16
+autocast with FSDP2's bf16 gathers, full recomputation under tensor
+parallelism, gradient accumulation over 4 micro-steps."""
+
+
+@pytest.fixture(scope="module")
+def knob_runs():
+    return runs_once(KNOBS)
+
+
+def _traffic_by_kind(result, rank: int) -> dict[str, tuple[float, float]]:
+    out: dict[str, list[float]] = {}
+    for e in result.traffic["collectives"]:
+        if e["rank"] == rank:
+            entry = out.setdefault(e["kind"], [0.0, 0.0])
+            entry[0] += e["calls_per_step"]
+            entry[1] += e["bytes_per_step"]
+    return {k: tuple(v) for k, v in out.items()}
+
+
+@pytest.mark.parametrize("knob", KNOBS)
+def test_plan_with_each_knob_equals_a_real_run(knob_runs, knob):
+    result = knob_runs(knob)
+    assert result.passed
+    planned = plan(KNOBS[knob])
+    _assert_equals_run(planned, result.ranks)
+    for r in planned.ranks:
+        comm = planned.kinds[r["kind"]]["comm"]
+        assert {k: (v["calls_per_step"], v["bytes_per_step"]) for k, v in comm.items()} == \
+            _traffic_by_kind(result, r["rank"]), r["rank"]
+
+
+def test_zero1_plans_each_ranks_own_partition(knob_runs):
+    planned = plan(KNOBS["zero1"])
+    assert planned.ranks[0]["optimizer"] != planned.ranks[1]["optimizer"]
+    assert len(planned.kinds) == 2
+    assert any("ZeroRedundancyOptimizer" in n for n in planned.notes)
+
+
+def test_bf16_keeps_fp32_parameters_and_recompute_lowers_the_activation_peak():
+    base = {"model": "gpt2", "strategy": "fsdp", "world_size": 2, "global_batch": 2, "sequence_length": 32,
+            "optimizer": "adam"}
+    plain, bf16, again = plan(base), plan({**base, "precision": "bf16"}), plan({**base, "recompute": "full"})
+    for key in ("params", "grads", "optimizer"):
+        assert bf16.ranks[0][key] == plain.ranks[0][key] == again.ranks[0][key]
+    # FSDP2's MixedPrecisionPolicy gathers bf16: half of fp32's bytes per all-gather.
+    assert bf16.kinds[0]["comm"]["all_gather"]["bytes_per_step"] * 2 == plain.kinds[0]["comm"]["all_gather"]["bytes_per_step"]
+    assert again.ranks[0]["activations_peak"] < plain.ranks[0]["activations_peak"] / 2
+
+
+def test_folding_with_every_knob_equals_full_depth():
+    config = {"model": "gpt2", "strategy": "data", "world_size": 2, "zero_stage": 1, "optimizer": "adam",
+              "recompute": "full", "grad_accumulation": 2, "global_batch": 4, "sequence_length": 8}
+    folded, full = plan(config), plan(config, fold=False)
+    for a, b in zip(folded.ranks, full.ranks, strict=True):
+        assert {k: a[k] for k in ("params", "grads", "optimizer", "activations_peak")} == \
+               {k: b[k] for k in ("params", "grads", "optimizer", "activations_peak")}
+    assert folded.kinds[0]["comm"] == full.kinds[0]["comm"]
 
 
 def test_llama3_8b_fsdp_over_64_ranks_holds_16_psi_over_64_bytes():

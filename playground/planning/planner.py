@@ -11,9 +11,14 @@ shapes), in this process,
      returns at once and moves nothing, but is issued and recorded;
   2. the model is built under ``FakeTensorMode``: tensors with shapes and
      dtypes and no memory;
-  3. the strategy (``rank.strategies``) wraps it exactly as in a run (DDP,
-     FSDP2, DTensor tensor parallel, pipeline stages), and one training step
-     runs: forward and loss, backward, optimizer step;
+  3. the strategy the run would use (``rank.strategies.strategy_class``)
+     wraps it exactly as in a run (DDP, ZeroRedundancyOptimizer at ZeRO
+     stage 1, FSDP2 at stages 2 and 3 with bf16 gathers under bf16,
+     DTensor tensor parallel, pipeline stages), the levers go on every
+     block as a rank puts them (``zoo.levers.on_blocks``: recomputation,
+     bf16 autocast over fp32 parameters), and one training step runs:
+     forward and loss, backward, as k micro-steps under gradient
+     accumulation, then the optimizer step (``fake_step.measure``);
   4. what the rank holds is counted as a run counts it
      (``recorder.memory_bytes``: parameters, gradients, optimizer state; the
      recorder's ``SavedTensors``: activations saved for backward), and every
@@ -30,474 +35,35 @@ Presets (``planning.presets``): their layers are identical blocks, so each
 stage is measured with 1 and then 2 of its layers, and every figure is
 extended to the stage's n layers as v(1) + (n - 1) (v(2) - v(1)) (exact for
 sums over layers: bytes of parameters, gradients, optimizer state,
-activations, collectives). ``fold=False`` measures at full depth.
+activations, collectives). ZeRO stage 1's optimizer partition is not such
+a sum, so a folded plan gives each rank's state by the partition rule
+(``zero1_owned``). ``fold=False`` measures at full depth.
 
 Nothing of this is a measurement of a run: every number is a prediction,
 and the Plan says so.
+
+Modules: ``subject`` (what is planned: model, shapes, layout, kinds of
+rank), ``fake_step`` (one rank's step on fake tensors), ``report`` (the
+Plan and its text), this one (``plan``: kinds measured, extended, combined).
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
-from torch import nn
-from torch.nn.parallel import DistributedDataParallel as DDP
 
-from playground import instrument
-from playground.spec.config import PRESET_BLOCKS, ConfigError, PlanConfig, RunConfig
-from playground.spec.partition import stage_ranges
+from playground.spec.config import ConfigError, PlanConfig, RunConfig
 from playground.spec.schedules import schedule_table
-from playground.spec.topology import Topology
-from playground.zoo.datasets import load_dataset, loss_fn as task_loss
-from playground.zoo.models import MODELS, build_model, model_block_infos
-from playground.predict.formulas import all_reduce_bytes, chunk_rows, ddp_initial_buckets, held_peak, in_flight
+from playground.predict.formulas import held_peak, in_flight, optimizer_bytes, zero1_partition
 from playground.predict.predict import bubble_fraction
-from playground.predict.saved import SavedTensors
-from playground.rank.recorder import Recorder, local_bytes, memory_bytes
-from playground.rank.strategies import STRATEGY_CLASSES
-from playground.rank.training import make_groups, make_optimizer
-from playground.planning.presets import PRESETS, block_labels, build_preset
-
-GB = 10**9
-DEFAULT_GPU_MEMORY_GB = 80.0
-"""The GPU memory a plan is checked against by default (an 80 GB H100 or A100)."""
-MEMORY_KEYS = ("params", "grads", "optimizer", "activations_peak")
-COLLECTIVES = ("all_reduce", "all_gather", "reduce_scatter")
-PREDICTION = "prediction: one step of the strategy code run on fake tensors under a fake process group, not a run"
-
-
-# --------------------------------------------------------------------------
-# The result
-
-
-@dataclass
-class Plan:
-    """Predicted memory and traffic of one training step, per rank.
-
-    Every figure is a prediction (``label``). Bytes throughout; GB = 10^9 bytes."""
-
-    config: PlanConfig
-    gpu_memory: int
-    """Bytes of memory per GPU the plan is checked against."""
-    num_params: int
-    """Parameters of the whole model (a tied Parameter counted once)."""
-    ranks: list[dict[str, Any]]
-    """One per rank, in rank order: {"rank", "dp_rank", "pp_rank", "tp_rank",
-    "kind" (index into ``kinds``), "params", "grads", "optimizer",
-    "activations_peak", "total"} (bytes; total = the four summed)."""
-    kinds: list[dict[str, Any]]
-    """One per kind of rank measured: {"rank" (the rank run), "ranks" (how
-    many ranks are of this kind), "comm" ({kind: {"calls_per_step",
-    "bytes_per_step", "ring_bytes_per_step"}}, kind one of all_reduce,
-    all_gather, reduce_scatter, send), "modules" ([{"module", "count",
-    "bytes"}] per block kind, largest first: parameters, gradients,
-    optimizer state and activations of one block), "seconds"}."""
-    bubble: float | None
-    """Idle share of a pipeline rank per step, (p - 1) / (m + p - 1) and its
-    relatives (``predict.bubble_fraction``); None without a pipeline."""
-    notes: list[str] = field(default_factory=list)
-    seconds: float = 0.0
-    """Wall time the plan took."""
-    label: str = PREDICTION
-
-    @property
-    def peak_rank(self) -> dict[str, Any]:
-        """The rank that needs the most memory (the first such)."""
-        return max(self.ranks, key=lambda r: r["total"])
-
-    @property
-    def fits(self) -> bool:
-        """Every rank's predicted total within ``gpu_memory``."""
-        return self.peak_rank["total"] <= self.gpu_memory
-
-    @property
-    def shortfall(self) -> int:
-        """Bytes the fullest rank lacks (0 when the plan fits)."""
-        return max(0, self.peak_rank["total"] - self.gpu_memory)
-
-    @property
-    def top_modules(self) -> list[dict[str, Any]]:
-        """The blocks that take the most memory on the fullest rank, largest first."""
-        return self.kinds[self.peak_rank["kind"]]["modules"]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"label": self.label, "config": self.config.to_dict(), "gpu_memory": self.gpu_memory,
-                "num_params": self.num_params, "fits": self.fits, "shortfall": self.shortfall,
-                "bubble": self.bubble, "ranks": self.ranks, "kinds": self.kinds, "notes": self.notes,
-                "seconds": self.seconds}
-
-    def table(self) -> list[dict[str, Any]]:
-        """One row per kind of rank: the ranks of that kind, their memory in GB."""
-        rows = []
-        for i, kind in enumerate(self.kinds):
-            mine = [r for r in self.ranks if r["kind"] == i]
-            worst = max(mine, key=lambda r: r["total"])
-            rows.append({"ranks": _ranges([r["rank"] for r in mine]),
-                         **{k: worst[k] / GB for k in (*MEMORY_KEYS, "total")}})
-        return rows
-
-    def summary(self) -> str:
-        """The plan as text: verdict, memory per kind of rank, traffic,
-        bubble, the largest modules. Every figure labelled a prediction."""
-        c, peak = self.config, self.peak_rank
-        mesh = f"dp {c.dp_size} x pp {c.pp_size} x tp {c.tp_size}"
-        verdict = (f"fits: {peak['total'] / GB:.2f} GB of {self.gpu_memory / GB:.0f} GB on the fullest rank "
-                   f"({peak['rank']})" if self.fits else
-                   f"does NOT fit: rank {peak['rank']} needs {peak['total'] / GB:.2f} GB, "
-                   f"{self.shortfall / GB:.2f} GB more than {self.gpu_memory / GB:.0f} GB")
-        lines = [f"Plan ({self.label})",
-                 f"{c.model} ({self.num_params / 1e9:.3g} B parameters), strategy {c.strategy}, "
-                 f"{c.world_size} ranks ({mesh}), global batch {c.global_batch}, optimizer {c.optimizer}",
-                 verdict, "",
-                 f"{'ranks':<16}{'params':>10}{'grads':>10}{'optimizer':>11}{'activations':>13}{'total':>10}  (GB)"]
-        for row in self.table():
-            lines.append(f"{row['ranks']:<16}{row['params']:>10.2f}{row['grads']:>10.2f}{row['optimizer']:>11.2f}"
-                         f"{row['activations_peak']:>13.2f}{row['total']:>10.2f}")
-        comm = self.kinds[peak["kind"]]["comm"]
-        if comm:
-            lines += ["", f"traffic per step of rank {peak['rank']} (payload; a ring sends the second figure):"]
-            lines += [f"  {kind:<15}{v['calls_per_step']:>6.0f} calls {v['bytes_per_step'] / GB:>10.3f} GB "
-                      f"{v['ring_bytes_per_step'] / GB:>10.3f} GB" for kind, v in comm.items()]
-        if self.bubble is not None:
-            lines.append(f"pipeline bubble (formula): {self.bubble:.1%} of a step idle")
-        lines += ["", f"largest modules on rank {peak['rank']} (parameters, gradients, optimizer, activations):"]
-        lines += [f"  {m['module']:<24} x{m['count']:<4} {m['bytes'] / GB:>9.3f} GB each" for m in self.top_modules[:5]]
-        lines += [f"note: {n}" for n in self.notes]
-        lines.append(f"planned in {self.seconds:.1f} s")
-        return "\n".join(lines)
-
-    def _repr_pretty_(self, p, cycle) -> None:
-        p.text(self.summary())
-
-
-def _ranges(ranks: list[int]) -> str:
-    """[0, 1, 2, 5] -> "0-2, 5"."""
-    parts, start = [], ranks[0]
-    for a, b in zip(ranks, ranks[1:] + [None]):
-        if b != a + 1:
-            parts.append(f"{start}" if start == a else f"{start}-{a}")
-            start = b
-    text = ", ".join(parts)
-    return text if len(text) <= 15 else f"{len(ranks)} ranks"
-
-
-# --------------------------------------------------------------------------
-# What is planned: the model, its data, its layout
-
-
-@dataclass(frozen=True)
-class Subject:
-    """The model and one batch's shapes, as ``plan`` needs them."""
-
-    build: Callable[[int | None], nn.Sequential]
-    """Builds the model; the argument: layers to build (presets), None all."""
-    labels: tuple[str, ...]
-    x: tuple[tuple[int, ...], torch.dtype]
-    """Shape of one sample (no batch dimension) and dtype of the input."""
-    y: tuple[tuple[int, ...], torch.dtype]
-    task: str
-    layers: int | None
-    """Identical layers (blocks 1..layers) when the model is a preset, else None."""
-    block_costs: list[float]
-    """Forward FLOPs per sample of each block, for balanced split points."""
-
-
-def subject_of(config: PlanConfig) -> Subject:
-    if config.model in PRESETS:
-        p = PRESETS[config.model]
-        s = config.sequence_length or p.context
-        layer_params = sum(q.numel() for q in _layer_shapes(p))
-        costs = [1.0] + [2.0 * layer_params * s + 4.0 * s * s * p.d_model] * p.layers + [2.0 * p.d_model * p.vocab * s]
-        dtype = _precision_dtype(config)
-        return Subject(build=lambda n: _in_dtype(dtype, build_preset, config.model, n), labels=block_labels(config.model),
-                       x=((s,), torch.long), y=((s,), torch.long), task="classification", layers=p.layers,
-                       block_costs=costs)
-    spec, data = MODELS[config.model], load_dataset(config.model)
-    return Subject(build=lambda n: build_model(config.model, config.seed), labels=spec.block_labels,
-                   x=(spec.sample_shape, spec.sample_dtype), y=(tuple(data.train_y.shape[1:]), data.train_y.dtype),
-                   task=data.task, layers=None, block_costs=[max(1, b.flops) for b in model_block_infos(config.model)])
-
-
-def _in_dtype(dtype: torch.dtype, build, *args):
-    """``build(*args)`` with ``dtype`` as torch's default: parameters made in it."""
-    before = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        return build(*args)
-    finally:
-        torch.set_default_dtype(before)
-
-
-def _layer_shapes(p) -> list[torch.Tensor]:
-    with torch.device("meta"):
-        return list(build_preset(p.name, 1)[1].parameters())
-
-
-def _precision_dtype(config: RunConfig) -> torch.dtype:
-    """Parameters' dtype: 16-bit throughout for precision "bf16" or "fp16"
-    (read where the config has the field), else float32."""
-    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(getattr(config, "precision", "fp32"), torch.float32)
-
-
-def plan_config(config: RunConfig | dict[str, Any]) -> PlanConfig:
-    """``config`` as a PlanConfig, checked for planning: ConfigError(field,
-    value, rule) for an unknown model or preset, a mesh that does not
-    divide the world, tensor parallelism that does not divide a preset's
-    heads, a sequence longer than a learned position table."""
-    if isinstance(config, dict):
-        config = PlanConfig.from_dict(config)
-    elif not isinstance(config, PlanConfig):
-        fields = config.to_dict()
-        fields.pop("max_world_size")
-        config = PlanConfig.from_dict(fields)
-    if config.model == "custom":
-        raise ConfigError("model", config.model, f"plan() builds the zoo's models or a preset "
-                                                 f"({', '.join(PRESET_BLOCKS)}), not a custom module")
-    p = PRESETS.get(config.model)
-    if p is not None:
-        tp = config.tp_size
-        tp_field = "tp" if config.strategy == "hybrid" else "world_size"
-        if p.heads % tp or p.kv_heads % tp:
-            raise ConfigError(tp_field, tp, f"tensor parallelism cuts attention by heads: {config.model} has "
-                                            f"{p.heads} heads and {p.kv_heads} key-value heads, tp must divide both")
-        if p.family == "gpt2" and (config.sequence_length or 0) > p.context:
-            raise ConfigError("sequence_length", config.sequence_length,
-                              f"{config.model} has learned positions for {p.context} tokens at most")
-    return config
-
-
-# --------------------------------------------------------------------------
-# Kinds of rank
-
-
-@dataclass(frozen=True)
-class Layout:
-    """Where the blocks go, in the full model and in the model measured
-    (each stage's layers cut to ``keep``)."""
-
-    ranges: list[tuple[int, int]]
-    """Each stage's blocks [first, end) in the full model."""
-    layers: list[int]
-    """Identical layers each stage holds (0 for a model that is not a preset)."""
-
-    def measured(self, keep: int | None) -> tuple[tuple[int, ...], int | None]:
-        """(split points, layers to build) of the model measured with at
-        most ``keep`` layers per stage (None: the full model)."""
-        if keep is None:
-            return tuple(e for _, e in self.ranges[:-1]), None
-        lengths = [(end - first) - n + min(n, keep) for (first, end), n in zip(self.ranges, self.layers)]
-        cuts = [sum(lengths[:i + 1]) for i in range(len(lengths) - 1)]
-        return tuple(cuts), sum(min(n, keep) for n in self.layers)
-
-
-def layout_of(config: PlanConfig, subject: Subject) -> Layout:
-    n_blocks = len(subject.labels)
-    split = config.resolved_split_points(subject.block_costs) if config.stages > 1 else ()
-    ranges = stage_ranges(split, n_blocks)
-    if subject.layers is None:
-        return Layout(ranges, [0] * len(ranges))
-    return Layout(ranges, [max(0, min(end, subject.layers + 1) - max(first, 1)) for first, end in ranges])
-
-
-def kind_keys(config: PlanConfig, widths: list[int]) -> tuple[list, list, list]:
-    """Per axis, a key for each place on it such that ranks with equal keys
-    on every axis run the same step on tensors of the same shapes: the
-    pp rank (its stages), the tp rank (the shard of every width), the dp
-    rank (its batch, and its FSDP shard of every width)."""
-    dp, pp, tp = config.dp_size, config.pp_size, config.tp_size
-    sharded = config.strategy == "fsdp" or (tp > 1 and dp > 1)
-    tp_keys = [tuple(chunk_rows(w, tp, r) for w in widths) for r in range(tp)]
-    local = sorted({c for key in tp_keys for c in key} | set(widths))
-    batches = config.rank_batches()
-    dp_keys = [(batches[r], tuple(chunk_rows(w, dp, r) for w in local) if sharded else ()) for r in range(dp)]
-    pp_keys = [config.rank_stages(r) for r in range(pp)]
-    return dp_keys, pp_keys, tp_keys
-
-
-# --------------------------------------------------------------------------
-# One rank's step on fake tensors
-
-
-@dataclass
-class Measured:
-    """What one rank's step held and moved."""
-
-    memory: dict[str, int]
-    """params, grads, optimizer (bytes), as ``recorder.memory_bytes``."""
-    activations: int
-    """Whole-model strategies: the recorder's activation peak of the step."""
-    stage_bytes: list[int]
-    """Pipelines: activation bytes saved by one micro-batch, per stage held
-    in ``rank_stages`` order (the batch's inputs and targets left out)."""
-    saves_input: bool
-    saves_target: bool
-    comm: dict[str, dict[str, float]]
-    blocks: dict[int, int]
-    """Bytes per block of the model measured: parameters, gradients,
-    optimizer state, activations saved while it ran."""
-
-
-def measure(config: PlanConfig, subject: Subject, layout: Layout, rank: int, keep: int | None) -> Measured:
-    """Run ``rank``'s training step of ``config`` on fake tensors under a
-    fake process group (left destroyed on return)."""
-    split, layers = layout.measured(keep)
-    cfg = config.replace(split_points=split) if config.stages > 1 else config
-    topology = Topology.for_config(cfg, rank)
-    with instrument.quiet_known_warnings(), instrument.fake_process_group(rank, cfg.world_size), \
-            instrument.unchecked_ddp_shapes(), instrument.real_device_meshes():
-        groups = make_groups(topology, "cpu")
-        with instrument.fake_tensor_mode():
-            model = subject.build(layers)
-            recorder = Recorder()
-            recorder.ignore_storages_of(model.parameters())
-            loss_fn = task_loss(subject.task)
-            strategy = STRATEGY_CLASSES[cfg.strategy](model, topology, cfg, recorder, loss_fn, groups)
-            optimizer = make_optimizer(cfg, strategy.module.parameters())
-            x = torch.zeros((cfg.global_batch, *subject.x[0]), dtype=subject.x[1])
-            y = torch.zeros((cfg.global_batch, *subject.y[0]), dtype=subject.y[1])
-            with strategy.context(), BlockActivations(model, recorder.saved) as activations:
-                if cfg.pipelined:
-                    stage_bytes, saves, comm = _pipeline_step(cfg, strategy, model, x, y, loss_fn, activations)
-                else:
-                    recorder.ignore_only_storages_of(strategy.module.parameters())
-                    part = getattr(strategy, "part", None)  # 'single' trains on the whole batch
-                    xs, ys, weight = (part.take(x), part.take(y), part.weight) if part is not None else (x, y, 1.0)
-                    loss = recorder.forward_and_loss(strategy.module, loss_fn, xs, ys)
-                    (loss * weight).backward()
-                    stage_bytes, saves, comm = [], (False, False), {}
-                if optimizer is not None:
-                    optimizer.step()
-            memory = memory_bytes(strategy.local_model, optimizer)
-            blocks = _block_bytes(strategy.local_model, optimizer, activations.bytes)
-    comm.update(_collectives(recorder.events))
-    return Measured(memory=memory, activations=recorder.activations_peak, stage_bytes=stage_bytes,
-                    saves_input=saves[0], saves_target=saves[1], comm=comm, blocks=blocks)
-
-
-def _pipeline_step(cfg, strategy, model, x, y, loss_fn, activations: BlockActivations):
-    """One micro-batch through each stage the rank holds, forward (and the
-    loss on the last stage) then backward; returns (activation bytes per
-    stage, (saves the input, saves the target), point-to-point bytes per step)."""
-    part, m = strategy.part, cfg.micro_batches
-    xs, ys = (part.take(x), part.take(y)) if strategy.topology.dp > 1 else (x, y)
-    micro = xs.shape[0] // m
-    x_mb, y_mb = xs[:micro], ys[:micro]
-    ranges = stage_ranges(cfg.split_points or (), len(model))
-    owner = {s: r for r in range(cfg.pp_size) for s in cfg.rank_stages(r)}
-    me = strategy.topology.pp_rank
-    stage_bytes, sent, saves_input, saves_target, ddp_bytes = [], 0, False, False, []
-    x_key, y_key = (instrument.storage_key(t.untyped_storage()) for t in (x, y))
-    for stage in strategy.stages:
-        s = stage.stage_index
-        first, end = ranges[s]
-        if stage.is_first:
-            inp = x_mb
-        else:  # as received: a fresh buffer that requires grad
-            with torch.no_grad():
-                shape_of = model[:first](x_mb)
-            inp = torch.zeros_like(shape_of).requires_grad_(True)
-        saved = activations.counter = SavedTensors()
-        saved.ignore_storages_of(model.parameters())
-        submodule = stage.submod
-        if isinstance(submodule, DDP):
-            # DDP's search for unused parameters reads flags off the device,
-            # which fake tensors do not hold: the stage runs unwrapped, and its
-            # once-per-step all-reduce is DDP's buckets (formulas.ddp_initial_buckets).
-            submodule = submodule.module
-            buckets = ddp_initial_buckets([local_bytes(p) for p in submodule.parameters() if p.requires_grad])
-            ddp_bytes += buckets
-        with saved.counting():
-            out = submodule(inp)
-            loss = loss_fn(out, y_mb) * part.weight if stage.is_last else None
-            input_held = stage.is_first and saved.saw(x_key)
-            target_held = stage.is_last and saved.saw(y_key)
-        held_xy = (x.untyped_storage().nbytes() if input_held else 0) + (y.untyped_storage().nbytes() if target_held else 0)
-        stage_bytes.append(saved.peak - held_xy)
-        saves_input, saves_target = saves_input or input_held, saves_target or target_held
-        if not stage.is_last and owner[s + 1] != me:
-            sent += m * out.numel() * out.element_size()
-        if not stage.is_first and owner[s - 1] != me:
-            sent += m * inp.numel() * inp.element_size()
-        (loss if loss is not None else out).backward(None if loss is not None else torch.zeros_like(out))
-    strategy._reduce_tied_gradients()
-    comm = {"send": {"calls_per_step": 0.0, "bytes_per_step": float(sent), "ring_bytes_per_step": float(sent)}} \
-        if sent else {}
-    if ddp_bytes:
-        n = strategy.topology.dp
-        comm["all_reduce (DDP, formula)"] = {"calls_per_step": float(len(ddp_bytes)),
-                                             "bytes_per_step": float(sum(ddp_bytes)),
-                                             "ring_bytes_per_step": float(sum(all_reduce_bytes(b, n) for b in ddp_bytes))}
-    return stage_bytes, (saves_input, saves_target), comm
-
-
-def _collectives(events: list[dict]) -> dict[str, dict[str, float]]:
-    """Calls, payload bytes and ring bytes per collective kind, as
-    ``result.accounting.traffic_per_step`` counts a run's: 2 (n - 1) / n B
-    sent for an all-reduce, (n - 1) / n B for an all-gather or reduce-scatter."""
-    out: dict[str, dict[str, float]] = {}
-    for e in events:
-        if e["kind"] not in COLLECTIVES:
-            continue
-        n, b = e["group_size"], e["bytes"]
-        entry = out.setdefault(e["kind"], {"calls_per_step": 0.0, "bytes_per_step": 0.0, "ring_bytes_per_step": 0.0})
-        entry["calls_per_step"] += 1
-        entry["bytes_per_step"] += b
-        entry["ring_bytes_per_step"] += all_reduce_bytes(b, n) if e["kind"] == "all_reduce" else (n - 1) * b // n
-    return out
-
-
-class BlockActivations:
-    """Bytes saved for backward while each block's forward ran, by block
-    index: ``counter.bytes`` (a ``SavedTensors``) after the block's forward
-    less before it. Hooks on the blocks, removed on exit."""
-
-    def __init__(self, model: nn.Sequential, counter: SavedTensors):
-        self.model, self.counter = model, counter
-        self.bytes: dict[int, int] = {}
-        self._handles: list = []
-        self._before: dict[int, int] = {}
-
-    def __enter__(self) -> "BlockActivations":
-        for i, block in enumerate(self.model):
-            self._handles.append(block.register_forward_pre_hook(self._pre(i)))
-            self._handles.append(block.register_forward_hook(self._post(i)))
-        return self
-
-    def _pre(self, i: int):
-        def hook(module, args):
-            self._before[i] = self.counter.bytes
-        return hook
-
-    def _post(self, i: int):
-        def hook(module, args, output):
-            self.bytes[i] = self.bytes.get(i, 0) + max(0, self.counter.bytes - self._before.pop(i, 0))
-        return hook
-
-    def __exit__(self, *exc) -> None:
-        for h in self._handles:
-            h.remove()
-
-
-def _block_bytes(local: nn.Module, optimizer, activations: dict[int, int]) -> dict[int, int]:
-    """Parameters, gradients and optimizer state per block (the first part
-    of each parameter's name), plus its activations."""
-    state = optimizer.state if optimizer is not None else {}
-    out: dict[int, int] = dict(activations)
-    for name, p in local.named_parameters():
-        block = int(name.split(".", 1)[0]) if name.split(".", 1)[0].isdigit() else -1
-        held = local_bytes(p) + (local_bytes(p.grad) if p.grad is not None else 0)
-        held += sum(local_bytes(v) for v in state.get(p, {}).values() if isinstance(v, torch.Tensor))
-        out[block] = out.get(block, 0) + held
-    return out
-
-
-
-
-# --------------------------------------------------------------------------
-# The plan
+from playground.planning.fake_step import Measured, layer_activation_bytes, measure
+from playground.planning.presets import PRESETS
+from playground.planning.report import DEFAULT_GPU_MEMORY_GB, GB, MEMORY_KEYS, Plan
+from playground.planning.subject import Layout, Subject, kind_keys, layout_of, plan_config, subject_of
+
+__all__ = ["Plan", "plan", "plan_config", "layer_activation_bytes", "DEFAULT_GPU_MEMORY_GB"]
 
 
 def plan(config: RunConfig | dict[str, Any], gpu_memory_gb: float = DEFAULT_GPU_MEMORY_GB,
@@ -523,7 +89,11 @@ def plan(config: RunConfig | dict[str, Any], gpu_memory_gb: float = DEFAULT_GPU_
     with torch.device("meta"):
         sample = subject.build(1 if subject.layers else None)
     widths = sorted({d for p in sample.parameters() for d in p.shape})
-    dp_keys, pp_keys, tp_keys = kind_keys(config, widths)
+    # ZeRO stage 1: which parameters' optimizer state each dp rank keeps. Measured
+    # (ZeroRedundancyOptimizer ran) where the model is measured whole; a folded
+    # preset's partition is not a sum over layers, so there the rule gives it.
+    owned = zero1_owned(config, subject) if config.resolved_zero_stage == 1 else None
+    dp_keys, pp_keys, tp_keys = kind_keys(config, widths, None if fold else owned)
     pp_keys = [tuple((layout.layers[s], layout.ranges[s][1] - layout.ranges[s][0], s == 0, s == config.stages - 1)
                      for s in stages) for stages in pp_keys]
 
@@ -557,6 +127,8 @@ def plan(config: RunConfig | dict[str, Any], gpu_memory_gb: float = DEFAULT_GPU_
         m = measured[k]
         row = {"rank": r, "dp_rank": d, "pp_rank": s, "tp_rank": t, "kind": k, **m.memory,
                "activations_peak": peaks(m, s, d)}
+        if owned is not None and fold:
+            row["optimizer"] = optimizer_bytes(config.optimizer, owned[d])
         row["total"] = sum(row[key] for key in MEMORY_KEYS)
         ranks.append(row)
 
@@ -565,6 +137,7 @@ def plan(config: RunConfig | dict[str, Any], gpu_memory_gb: float = DEFAULT_GPU_
         num_params += (subject.layers - 1) * sum(p.numel() for p in sample[1].parameters())
     notes = [f"{config.model}: {PRESETS[config.model].source}; each stage measured with 1 and 2 of its "
              f"identical layers, extended to all" if fold else None]
+    notes += lever_notes(config, fold)
     if config.scheduled and config.schedule in ("interleavedzerobubble", "zbvzerobubble", "dualpipev"):
         notes.append("split-backward schedule: activations held as if a weight pass frees what its input pass kept")
     bubble = None
@@ -574,6 +147,42 @@ def plan(config: RunConfig | dict[str, Any], gpu_memory_gb: float = DEFAULT_GPU_
     return Plan(config=config, gpu_memory=int(gpu_memory_gb * GB), num_params=num_params, ranks=ranks,
                 kinds=kinds, bubble=bubble, notes=[n for n in notes if n],
                 seconds=time.perf_counter() - started)
+
+
+def zero1_owned(config: PlanConfig, subject: Subject) -> list[list[int]]:
+    """Per dp rank, the bytes of each parameter whose optimizer state it
+    keeps at ZeRO stage 1: torch's ZeroRedundancyOptimizer's rule
+    (``formulas.zero1_partition``: whole parameters, largest first, each to
+    the rank holding the fewest elements) over the whole model's parameters
+    in module order, built on the meta device."""
+    with torch.device("meta"):
+        params = list(subject.build(None).parameters())
+    parts = zero1_partition([p.numel() for p in params], config.dp_size)
+    return [[params[i].numel() * params[i].element_size() for i in part] for part in parts]
+
+
+def lever_notes(config: PlanConfig, fold: bool) -> list[str]:
+    """How the memory levers the config pulls entered the plan."""
+    notes = []
+    if config.precision == "bf16":
+        notes.append("precision bf16: every block and the loss under torch.autocast(bfloat16), parameters, "
+                     "gradients and optimizer state in fp32 (levers.on_blocks)"
+                     + ("; FSDP2 gathers bf16 parameters (MixedPrecisionPolicy)"
+                        if config.resolved_zero_stage in (2, 3) else ""))
+    if config.recompute == "full":
+        notes.append("recompute full: every block under torch.utils.checkpoint, so the forward keeps each "
+                     "block's inputs; the activation peak counts what the forward keeps, as a run's recorder "
+                     "does (one block's activations exist again while backward recomputes it)")
+    if config.grad_accumulation > 1:
+        k = config.grad_accumulation
+        notes.append(f"grad_accumulation {k}: activation peak of one micro-step of B/{k} samples; traffic per "
+                     f"optimizer step ({k} micro-steps, gradients reduced in the last)")
+    if config.resolved_zero_stage == 1:
+        notes.append("ZeRO stage 1: torch's ZeroRedundancyOptimizer ran under the fake process group (its "
+                     "broadcasts counted); " + ("each rank's optimizer state is its partition by the same rule "
+                     "(predict.formulas.zero1_partition) over the whole model, since a partition does not "
+                     "extend layer by layer" if fold else "each partition measured"))
+    return notes
 
 
 def _extended(config: PlanConfig, layout: Layout, pp_rank: int, one: Measured, two: Measured) -> Measured:
@@ -665,33 +274,3 @@ def _modules(config: PlanConfig, subject: Subject, layout: Layout, pp_rank: int,
 def _holds_head(config: PlanConfig, layout: Layout, stages: tuple[int, ...]) -> bool:
     return any(layout.ranges[s][1] == layout.ranges[-1][1] for s in stages)
 
-
-def layer_activation_bytes(preset: str, batch: int, sequence: int, dtype: torch.dtype = torch.bfloat16) -> int:
-    """Bytes one layer of ``preset`` saves for backward in training mode,
-    for ``batch`` samples of ``sequence`` tokens, parameters and inputs in
-    ``dtype``, counted as a run counts them (``SavedTensors``, by storage;
-    the layer's input included, its parameters not). Built on fake tensors.
-
-    Against Korthikanti et al. 2022 (eq. 2), s b h (34 + 5 a s / h) bytes
-    in 16-bit with dropout, PyTorch on CPU saves, for GPT-2,
-    s b h (42 + 12 a s / h) + 8 s b bytes:
-      + 6 s b h   scaled_dot_product_attention's math path (the one that
-                  takes dropout on CPU) keeps Q, K and V in float32;
-      + 2 s b h   the two residual dropouts keep their masks in the
-                  activations' dtype (2 bytes), not 1 byte;
-      + 7 a s^2 b the same path keeps the softmax output, the dropout mask
-                  and the dropout output in float32 (4 + 4 + 4 bytes for
-                  2 + 1 + 2);
-      + 8 s b     LayerNorm's mean and 1/std, 2 per LayerNorm.
-    A fused attention kernel (FlashAttention, Dao et al. 2022) saves no
-    a s^2 term at all."""
-    with instrument.fake_tensor_mode():
-        layer = _in_dtype(dtype, build_preset, preset, 1)[1]
-        x = torch.zeros(batch, sequence, PRESETS[preset].d_model, dtype=dtype).requires_grad_(True)
-        saved = SavedTensors()
-        saved.ignore_storages_of(layer.parameters())
-        with saved.counting():
-            out = layer(x)
-        peak = saved.peak
-        del out
-    return peak

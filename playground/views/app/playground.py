@@ -21,6 +21,7 @@ from playground.views.app import form
 from playground.views.app.jobs import Jobs, LiveProgress, Throttle
 from playground.views.app.binding import FormBinding
 from playground.views.app.runs import Runs
+from playground.views.app.plan_panel import PlanPanel
 from playground.views.app.panels import (
     CSS, PAGE_WIDTH, Controls, History, ResultsView, SplitStrip, SweepPanel,
 )
@@ -61,9 +62,10 @@ class Playground(FormBinding, Runs, W.VBox):
         self.state_json = W.Textarea(placeholder="state JSON: export, or paste and load",
                                 layout=W.Layout(width="100%", height="110px"))
         self.export_button, self.load_button = W.Button(description="export"), W.Button(description="load")
+        self.plan_panel = PlanPanel(self.jobs)  # plans in the runs' job: one at a time
         self.extras = W.Accordion(children=[self.history, self.sweep, W.VBox(
-            [self.state_json, W.HBox([self.export_button, self.load_button])])],
-            titles=("history and compare", "sweep", "share"), layout=W.Layout(width="100%"))
+            [self.state_json, W.HBox([self.export_button, self.load_button])]), self.plan_panel],
+            titles=("history and compare", "sweep", "share", "plan at scale"), layout=W.Layout(width="100%"))
         self.extras.observe(lambda ch: self.history.show(ch["new"] == 0), names="selected_index")
         super().__init__([W.HTML(CSS + "<h3 style='margin:4px 0'>Model and data parallelism playground</h3>"),
                           c, self.strip, self.message, self.way_out,
