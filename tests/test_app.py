@@ -245,6 +245,11 @@ def test_a_real_run_draws_the_visible_tab_then_each_tab_when_selected(finished):
     # Only the tab on screen was rendered; every caption is there already.
     assert set(app.figures) == {"timeline"}
     assert bytes(app.results.children[0].children[1].value).startswith(SVG)
+    # The timeline's title and legend are text beside the picture, not drawn in it.
+    legend = app.results.children[0].children[0].value
+    assert "playground-timeline-legend" in legend and "What each rank did, step by step" in legend
+    assert "forward" in legend and "step boundary" in legend
+    assert b"What each rank did" not in bytes(app.results.children[0].children[1].value)
     assert all(len(pane.children) == 1 and pane.children[0].value for pane in app.results.children[1:])
     for i, title in enumerate(app.results.titles[1:], start=1):
         app.results.selected_index = i

@@ -123,7 +123,8 @@ def serve(job_fd: int, report_fd: int, lifeline_fd: int, many: bool = False, ran
                 break
             if not _run_job(job, reports, status) or not many:
                 break
-            _give_back_memory()
+            if not jobs.poll(GIVE_BACK_AFTER_S):  # a job that follows at once is not held up
+                _give_back_memory()
     finally:
         try:
             reports.close()
@@ -199,6 +200,12 @@ def zygote(control_fd: int) -> None:
             os.close(fd)
         fds = []
         sock.sendall(json.dumps({"pid": pid}).encode() + b"\n")
+
+
+GIVE_BACK_AFTER_S = 1.0
+"""Seconds a pooled rank waits for the next job before it collects the last
+one's garbage and trims the allocator (about 0.1 s of work, which a job
+sent at once, as a re-run or a sweep's next point is, would wait for)."""
 
 
 def _give_back_memory() -> None:

@@ -12,6 +12,7 @@ kinds warm, plus the totals compute / comm / wait / overhead / idle), one per me
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 from matplotlib.figure import Figure
@@ -78,8 +79,31 @@ def _footer(fig: Figure, result: RunResult) -> None:
 # 1. Timeline
 
 
+@dataclass(frozen=True)
+class LegendEntry:
+    """One entry of the timeline's legend: a swatch and its label."""
+
+    label: str
+    color: str
+    hatch: str | None = None
+    alpha: float = 1.0
+    edge: str | None = None
+    line: bool = False
+    """a dashed line (the step boundary) rather than a filled swatch"""
+
+
 def plot_timeline(result: RunResult, steps: int | Sequence[int] | None = 2) -> Figure:
-    """Per-rank Gantt chart of the measured steps.
+    """Per-rank Gantt chart of the measured steps, with its title, legend
+    and the run's notes (``timeline_figure``)."""
+    return timeline_figure(result, steps)[0]
+
+
+def timeline_figure(result: RunResult, steps: int | Sequence[int] | None = 2,
+                    framed: bool = True) -> tuple[Figure, list[LegendEntry]]:
+    """Per-rank Gantt chart of the measured steps, and its legend's entries.
+    ``framed`` False leaves the title, the legend and the notes out of the
+    picture (the app shows them as text beside it, which costs nothing to
+    draw: they are about half of the time to write the picture).
 
     ``steps``: the last ``steps`` steps (an int), the steps from the first
     to the last of the given indices (a sequence), or every step (None).
@@ -92,11 +116,12 @@ def plot_timeline(result: RunResult, steps: int | Sequence[int] | None = 2) -> F
     """
     chosen = shown_steps(result, steps)
     ranks = result.ranks
-    legend_rows, note = 2, 0.25 if result.notes else 0.0  # inches under the legend for the footer
+    legend_rows, note = (2, 0.25 if result.notes else 0.0) if framed else (0, 0.0)  # inches for legend, footer
     planned = planned_actions(result) is not None
-    fig = Figure(figsize=(12, 1.65 + note + 0.3 * legend_rows + (1.15 if planned else 0.95) * len(ranks)))
+    title = 0.75 if framed else 0.15
+    fig = Figure(figsize=(12, 0.9 + title + note + 0.3 * legend_rows + (1.15 if planned else 0.95) * len(ranks)))
     inch = 1 / fig.get_figheight()
-    fig.subplots_adjust(left=0.14, right=0.94, bottom=(0.6 + note + 0.3 * legend_rows) * inch, top=1 - 0.75 * inch)
+    fig.subplots_adjust(left=0.14, right=0.94, bottom=(0.6 + note + 0.3 * legend_rows) * inch, top=1 - title * inch)
     ax = fig.add_subplot()
     t0 = min(r.step_times[chosen[0]][0] for r in ranks) * MS
     t1 = max(r.step_times[chosen[-1]][1] for r in ranks) * MS
@@ -177,22 +202,29 @@ def plot_timeline(result: RunResult, steps: int | Sequence[int] | None = 2) -> F
     ax.set_xlabel("time since the first rank began step 0 (ms)")
     ax.grid(axis="x", color="#EEE")
     ax.set_axisbelow(True)
-    fig.suptitle(f"What each rank did, step by step — {run_title(result)}", fontsize=11, y=1 - 0.12 * inch)
-
-    handles = [Patch(facecolor=KIND_COLORS[k], label=KIND_LABELS[k]) for k in COMPUTE_KINDS + COMM_KINDS
-               if k in kinds_seen]
+    entries = [LegendEntry(KIND_LABELS[k], KIND_COLORS[k]) for k in COMPUTE_KINDS + COMM_KINDS if k in kinds_seen]
     if waited:
-        handles.append(Patch(facecolor="#999", alpha=0.4, hatch="////", edgecolor="#666",
-                             label="waiting for the peer to post"))
+        entries.append(LegendEntry("waiting for the peer to post", "#999", hatch="////", alpha=0.4, edge="#666"))
     if halted:
-        handles.append(Patch(facecolor="white", hatch="xxxx", edgecolor=KIND_COLORS["comm"],
-                             label="halted on a transfer inside compute (not compute)"))
-    handles.append(Line2D([], [], ls="--", color="#333", label="step boundary"))
+        entries.append(LegendEntry("halted on a transfer inside compute (not compute)", "white", hatch="xxxx",
+                                   edge=KIND_COLORS["comm"]))
+    entries.append(LegendEntry("step boundary", "#333", line=True))
+    if not framed:
+        return fig, entries
+    fig.suptitle(f"What each rank did, step by step — {run_title(result)}", fontsize=11, y=1 - 0.12 * inch)
+    handles = [Line2D([], [], ls="--", color=e.color, label=e.label) if e.line else
+               Patch(facecolor=e.color, alpha=e.alpha, hatch=e.hatch, edgecolor=e.edge, label=e.label)
+               for e in entries]
     fig.legend(handles=handles, loc="lower center", bbox_to_anchor=(0.5, note * inch),
                ncol=(len(handles) + legend_rows - 1) // legend_rows, fontsize=8, frameon=False,
-               title=("numbers in boxes: micro-batch · " if numbered else "") + "blank: idle", title_fontsize=8)
+               title=legend_title(result), title_fontsize=8)
     _footer(fig, result)
-    return fig
+    return fig, entries
+
+
+def legend_title(result: RunResult) -> str:
+    """What the timeline's boxes mean beyond their colours."""
+    return ("numbers in boxes: micro-batch · " if result.config.micro_batches > 1 else "") + "blank: idle"
 
 
 # --------------------------------------------------------------------------

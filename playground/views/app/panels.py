@@ -304,6 +304,25 @@ class SplitStrip(W.VBox):
         self.stage_shares.value = " &nbsp;│&nbsp; ".join(spans)
 
 
+def legend_html(entries: list[plots.LegendEntry], title: str, run: str) -> str:
+    """The timeline's title and legend as HTML swatches (``timeline_figure``'s
+    entries), for the picture drawn without them."""
+    def swatch(e: plots.LegendEntry) -> str:
+        if e.line:
+            return (f"<span style='display:inline-block;width:18px;border-top:2px dashed {e.color};"
+                    "margin-bottom:3px'></span>")
+        pattern = ("background-image:repeating-linear-gradient(45deg,{0} 0 1px,transparent 1px 4px);"
+                   .format(e.edge or e.color) if e.hatch else "")
+        return (f"<span style='display:inline-block;width:14px;height:10px;background-color:{e.color};"
+                f"opacity:{e.alpha};{pattern}border:1px solid {e.edge or e.color}'></span>")
+
+    items = "".join(f"<span style='margin-right:12px;white-space:nowrap'>{swatch(e)} {esc(e.label)}</span>"
+                    for e in entries)
+    return (f"<div class='playground-timeline-legend' style='font-size:12px;line-height:1.8'>"
+            f"<b>What each rank did, step by step — {esc(run)}</b><br>{items}"
+            f"<span style='color:{GREY}'>{esc(title)}</span></div>")
+
+
 class ResultsView(W.Tab):
     """One tab per picture of the latest run, each drawn from the RunResult
     when its tab is first shown (``selected_index``), never before: a run
@@ -321,14 +340,24 @@ class ResultsView(W.Tab):
         """SVG bytes of the figures drawn so far for ``result``, by tab title"""
         self.what_if = WhatIfPanel()
         """Under the memory figure: other settings of the memory levers, predicted"""
+        # One caption, picture and pane per tab, made once and refilled by
+        # each run: a widget made anew costs more than its value set.
+        self._captions = [W.HTML() for _ in self.TITLES]
+        self._pictures = [W.Image(format=PICTURE_FORMAT, layout=fit()) for _ in self.TITLES]
+        self._pictures[0].add_class("playground-timeline")
+        self._panes = [W.VBox([caption]) for caption in self._captions]
         self.observe(lambda change: self.draw(change["new"]), names="selected_index")
 
     def show(self, result: RunResult) -> None:
         """Set the captions of every tab and draw the selected tab's figure."""
         self.result, self.figures = result, {}
         self.what_if.set_result(result)
-        self.children = [W.VBox([W.HTML(caption)]) for caption in self.captions(result)]
-        self.titles = self.TITLES
+        for pane, caption, text in zip(self._panes, self._captions, self.captions(result)):
+            caption.value = text
+            pane.children = [caption]
+        if self.titles != self.TITLES:
+            self.children = self._panes
+            self.titles = self.TITLES
         self.draw(self.selected_index or 0)
 
     @staticmethod
@@ -348,19 +377,22 @@ class ResultsView(W.Tab):
         result = self.result
         if result is None or index is None or self.TITLES[index] in self.figures:
             return
-        fig = getattr(plots, self.PLOTS[index])(result)
+        if index == 0:  # the title, legend and notes as text beside the picture, not drawn in it
+            fig, entries = plots.timeline_figure(result, framed=False)
+        else:
+            fig = getattr(plots, self.PLOTS[index])(result)
         data = picture(fig)
         if result is not self.result:  # a newer run arrived meanwhile: this picture is stale
             return
         pane = self.children[index]
         caption = pane.children[0]
         if index == 0:  # the timeline's rows as drawn, in words: its alt text, for screen readers
+            caption.value += legend_html(entries, plots.legend_title(result), plots.run_title(result))
             rows = [t.get_text() for t in fig.axes[0].get_yticklabels()]
             alt = f"timeline picture: {len(rows)} rows, one per rank: " + "; ".join(rows)
             caption.value += f"<span class='playground-timeline-rows' style='{SCREEN_READER_ONLY}'>{esc(alt)}</span>"
-        img = W.Image(value=data, format=PICTURE_FORMAT, layout=fit())
-        if index == 0:
-            img.add_class("playground-timeline")
+        img = self._pictures[index]
+        img.value = data
         pane.children = [caption, img] + ([self.what_if] if self.TITLES[index] == "memory" else [])
         self.figures[self.TITLES[index]] = data
 
