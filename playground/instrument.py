@@ -496,6 +496,10 @@ KNOWN_WARNINGS = (
     "torch.distributed.nn.functional.all_reduce is deprecated",
     # Gathering a DTensor of a 2-D mesh whole goes dim by dim.
     ".*sequential all_gather.*",
+    # Importing torch.distributed.optim (ZeroRedundancyOptimizer, ZeRO
+    # stage 1) scripts its functional optimizers with torch.jit.
+    "`torch.jit.script` is deprecated",
+    "`torch.jit.interface` is deprecated",
 )
 
 
