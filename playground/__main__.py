@@ -10,7 +10,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from playground.spec.config import OPTIMIZERS, PRECISIONS, RECOMPUTE, SCHEDULES, STRATEGIES, ConfigError, RunConfig
+from playground.spec.config import (LOOPED_SCHEDULES, OPTIMIZERS, PRECISIONS, RECOMPUTE, SCHEDULES, STRATEGIES,
+                                     V_SCHEDULES, ConfigError, RunConfig)
 from playground.zoo.models import MODEL_NAMES
 
 
@@ -41,8 +42,9 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
                    help="shares per data-parallel rank, e.g. 3,1 (default: even)")
     p.add_argument("--micro-batches", type=int, default=d.micro_batches, help="micro-batches (pipeline)")
     p.add_argument("--schedule", default=d.schedule, help=f"pipeline schedule: {', '.join(SCHEDULES)}")
-    p.add_argument("--virtual-stages", type=int, default=d.virtual_stages,
-                   help="stages per pipeline rank (interleaved, looped and V schedules)")
+    p.add_argument("--virtual-stages", type=int, default=None,
+                   help="stages per pipeline rank (default: 2 for the interleaved, looped and V schedules, "
+                        "which need at least 2; else 1)")
     p.add_argument("--dp", type=int, default=None, help="hybrid: data-parallel size of the mesh")
     p.add_argument("--pp", type=int, default=None, help="hybrid: pipeline ranks per replica")
     p.add_argument("--tp", type=int, default=None, help="hybrid: tensor-parallel ranks per layer")
@@ -80,9 +82,11 @@ def config_from_args(a: argparse.Namespace) -> RunConfig:
         world = (a.dp or 1) * (a.pp or 1) * (a.tp or 1)
     else:
         world = 1 if a.strategy == "single" else 2
+    virtual = a.virtual_stages if a.virtual_stages is not None else \
+        (2 if a.schedule in LOOPED_SCHEDULES + V_SCHEDULES else 1)
     return RunConfig(model=a.model, strategy=a.strategy, world_size=world, split_points=a.split_points,
                      global_batch=a.global_batch, batch_partition=a.batch_partition,
-                     micro_batches=a.micro_batches, schedule=a.schedule, virtual_stages=a.virtual_stages,
+                     micro_batches=a.micro_batches, schedule=a.schedule, virtual_stages=virtual,
                      dp=a.dp, pp=a.pp, tp=a.tp, steps=a.steps, lr=a.lr,
                      optimizer=a.optimizer, seed=a.seed, device=a.device, backend=a.backend,
                      timeout_s=a.timeout, max_world_size=a.max_world_size,

@@ -89,3 +89,15 @@ def test_the_demo_runs_pass_their_check():
     for title, config in DEMO:
         result = playground.run(config)
         assert result.passed, (title, result.baseline["max_abs_param_diff"])
+
+
+def test_looped_and_v_schedules_get_two_virtual_stages_unless_told(capsys):
+    from playground.__main__ import main
+
+    for schedule, virtual in (("zbvzerobubble", 2), ("interleaved1f1b", 2), ("1f1b", 1)):
+        assert main(["config", "--strategy", "pipeline", "--model", "mlp", "--schedule", schedule,
+                     "--micro-batches", "4", "--global-batch", "32"]) == 0
+        assert json.loads(capsys.readouterr().out)["virtual_stages"] == virtual
+    assert main(["config", "--strategy", "pipeline", "--model", "mlp", "--schedule", "loopedbfs",
+                 "--virtual-stages", "3", "--micro-batches", "4", "--global-batch", "32"]) == 0
+    assert json.loads(capsys.readouterr().out)["virtual_stages"] == 3
