@@ -47,22 +47,24 @@ def browser(artifacts):
             b.close()
 
 
+def _copied(tmp_path_factory, path, folder: str):
+    """A copy of ``path`` in a fresh folder (the servers' root)."""
+    assert path.exists(), f"{path} is missing"
+    root = tmp_path_factory.mktemp(folder)
+    shutil.copy(path, root / path.name)
+    return root / path.name
+
+
 @pytest.fixture(scope="module")
 def notebook_copy(tmp_path_factory):
-    """A copy of notebooks/00_playground.ipynb in a fresh folder (the servers' root)."""
-    assert NOTEBOOK.exists(), f"{NOTEBOOK} is missing"
-    root = tmp_path_factory.mktemp("notebooks")
-    shutil.copy(NOTEBOOK, root / NOTEBOOK.name)
-    return root / NOTEBOOK.name
+    """A copy of notebooks/00_playground.ipynb in a fresh folder."""
+    return _copied(tmp_path_factory, NOTEBOOK, "notebooks")
 
 
 @pytest.fixture(scope="module")
 def app_copy(tmp_path_factory):
     """A copy of app.ipynb (the app view's notebook) in a fresh folder."""
-    assert APP.exists(), f"{APP} is missing"
-    root = tmp_path_factory.mktemp("app")
-    shutil.copy(APP, root / APP.name)
-    return root / APP.name
+    return _copied(tmp_path_factory, APP, "app")
 
 
 @pytest.fixture(scope="module")
