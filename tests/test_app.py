@@ -217,7 +217,7 @@ def test_what_if_draws_predicted_bars_beside_the_measured_and_starts_nothing(no_
 
 def test_the_memory_caption_names_the_formulas_source_and_every_gap():
     from playground.predict.formulas import ZERO_MEMORY_FORMULAS, ZERO_SOURCE
-    from playground.views.app.panels import zero_html
+    from playground.views.app.texts import zero_html
 
     # A stage-1 record as predict.zero_formulas writes it: whole tensors, shared out unevenly.
     zero = {"stage": 1, "source": ZERO_SOURCE, "psi": 100, "n_d": 2, "k": 8, "formula": ZERO_MEMORY_FORMULAS[1],

@@ -17,7 +17,7 @@ def __getattr__(name: str):
         from playground.views.app.playground import Playground
         return Playground
     if name == "notes_html":
-        from playground.views.app.panels import notes_html
+        from playground.views.app.texts import notes_html
         return notes_html
     if name == "plot_sweep":
         from playground.views.plots import plot_sweep

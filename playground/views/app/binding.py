@@ -13,9 +13,7 @@ from traitlets import TraitError
 
 from playground.spec.config import ConfigError, RunConfig
 from playground.views.app import form
-from playground.views.app.panels import (
-    AMBER, GREEN, GREY, RED, error_html, esc,
-)
+from playground.views.app.texts import AMBER, GREEN, GREY, RED, error_html, esc
 
 
 

@@ -22,9 +22,7 @@ from playground.views.app.jobs import Jobs, LiveProgress, Throttle
 from playground.views.app.binding import FormBinding
 from playground.views.app.runs import Runs
 from playground.views.app.plan_panel import PlanPanel
-from playground.views.app.panels import (
-    CSS, PAGE_WIDTH, Controls, History, ResultsView, SplitStrip, SweepPanel,
-)
+from playground.views.app.panels import CSS, PAGE_WIDTH, Controls, History, ResultsView, SplitStrip, SweepPanel
 
 
 class Playground(FormBinding, Runs, W.VBox):

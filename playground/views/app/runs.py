@@ -13,7 +13,7 @@ from playground.views.plots import run_title
 from playground.result.run_result import RunResult
 from playground.views.app import form
 from playground.views.app.jobs import LiveProgress, Throttle
-from playground.views.app.panels import (
+from playground.views.app.texts import (
     GREY, RED, check_html, esc, live_html, notes_html, output_html, trace_link_html,
 )
 
