@@ -25,6 +25,14 @@ fi
 echo "setting up .venv (first time, or the requirements changed) ..." >&2
 # torch first, pinned: the range in pyproject.toml (what users elsewhere
 # get) is then already met, and pip does not fetch a multi-GB CUDA build.
-.venv/bin/pip install -q --disable-pip-version-check "torch==${TORCH_VERSION}"
+# On Linux, PyPI's torch is the CUDA build: take the CPU one ("+cpu") from
+# PyTorch's CPU index (a wheel folder pip is configured with serves as well).
+# Elsewhere (macOS) PyPI's torch is the CPU build.
+if [ "$(uname -s)" = Linux ]; then
+    .venv/bin/pip install -q --disable-pip-version-check --retries 1 \
+        --extra-index-url https://download.pytorch.org/whl/cpu "torch==${TORCH_VERSION}+cpu"
+else
+    .venv/bin/pip install -q --disable-pip-version-check "torch==${TORCH_VERSION}"
+fi
 .venv/bin/pip install -q --disable-pip-version-check -e ".[dev]"
 echo "$want" > "$stamp"

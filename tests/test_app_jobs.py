@@ -60,3 +60,20 @@ def test_throttle_lets_one_through_per_interval():
     assert t.due() and not t.due()
     time.sleep(0.21)
     assert t.due()
+
+
+def test_the_live_loss_curve_fills_its_width_whatever_the_run_length():
+    import re
+
+    from playground.views.app.texts import LIVE_POINTS, live_html
+
+    def xs(html):
+        points = re.search(r"points='([^']*)'", html).group(1).split()
+        return [float(p.split(",")[0]) for p in points]
+
+    short = xs(live_html([2.0, 1.5, 1.2], {0: 0.01}, steps=10))
+    assert short[-1] < 220 / 2  # 3 of 10 steps: a quarter of the way
+    long = xs(live_html([1.0 / (i + 1) for i in range(60)], {0: 0.01}, steps=100_000))
+    assert long[-1] == 218.0  # 60 of 100 000: the steps done so far fill it
+    many = xs(live_html([1.0] * 5000, {0: 0.01}, steps=100_000))
+    assert len(many) <= LIVE_POINTS + 1 and many[-1] == 218.0

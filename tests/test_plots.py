@@ -223,3 +223,22 @@ def _rgb(color: str) -> tuple[float, float, float]:
     from matplotlib.colors import to_rgb
 
     return to_rgb(color)
+
+
+def test_a_check_of_losses_says_so_in_the_table_and_the_figure(results):
+    # Where one device is not expected to match (BatchNorm per shard, random
+    # layers), the check compares losses: the CLI's line and the loss figure
+    # name that check and its tolerance, not the parameters' 1e-5.
+    import dataclasses
+
+    from playground.result.table import format_table
+
+    result = results["data"]
+    b = dict(result.baseline, compares="loss", why=["BatchNorm normalises each rank's shard"],
+             max_abs_param_diff=1.23e-2, mean_loss_rel_diff=0.004, passed=True)
+    shown = dataclasses.replace(result, baseline=b)
+    line = next(x for x in format_table(shown).splitlines() if "check" in x)
+    assert line.startswith("loss check: PASS  mean loss 0.4% from one device's (tolerance 10%)"), line
+    assert "not expected to match" in line and "tolerance 1e-05" not in line
+    title = plots.plot_losses(shown).axes[0].get_title()
+    assert title.startswith("loss check: PASS") and "1e-05" not in title

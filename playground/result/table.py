@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-
-
+from playground.result.run_result import check_sentence
 
 
 def _mib(n: int | None) -> str:
@@ -31,9 +30,7 @@ def format_table(result) -> str:
     lines = [head, "  ".join(h.rjust(w) for h, w in zip(cols, widths))]
     lines += ["  ".join(v.rjust(w) for v, w in zip(row, widths)) for row in rows]
     b = result.baseline
-    verdict = "PASS" if b["passed"] else "FAIL"
-    lines.append(f"baseline check: {verdict}  max |Δparam| = {b['max_abs_param_diff']:.2e} "
-                 f"(tolerance {b['tolerance']:.0e}), final loss {result.losses[-1]:.6f} vs "
+    lines.append(f"{check_sentence(b)}, final loss {result.losses[-1]:.6f} vs "
                  f"{b['losses'][-1]:.6f} single-device (Δ {b['final_loss_diff']:.2e})")
     if b.get("compares_with"):  # results saved before the levers lack it
         lines.append(f"  compared with {b['compares_with']}; tolerance: {b['tolerance_why']}")

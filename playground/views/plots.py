@@ -22,7 +22,7 @@ from matplotlib.transforms import blended_transform_factory
 
 from playground.rank.recorder import COLLECTIVE_KINDS, COMM_KINDS, COMPUTE_KINDS, NESTED_KINDS
 from playground.rank.report import RankReport
-from playground.result.run_result import RunResult
+from playground.result.run_result import RunResult, check_sentence
 from playground.result.accounting import step_of
 from playground.result.accounting import timed_steps as _timed_steps
 from playground.views.style import (  # noqa: F401 - the figures' shared look, also read from here
@@ -439,10 +439,7 @@ def plot_losses(result: RunResult) -> Figure:
         diff_ax.text(0.5, 0.5, "identical at every step", transform=diff_ax.transAxes, ha="center", fontsize=8)
     diff_ax.set_xlabel("optimizer step")
     diff_ax.xaxis.get_major_locator().set_params(integer=True)
-    verdict = "PASS" if b["passed"] else "FAIL"
-    diff = b["max_abs_param_diff"]
-    check = f"max |Δparam| = {diff:.2e}" if diff else "max |Δparam| = 0 (bit-identical)"
-    check += f" vs tolerance {b['tolerance']:.0e}: {verdict}"
+    check = check_sentence(b)
     if result.accuracy is not None:
         check += f"\nheld-out accuracy {result.accuracy:.3f} (single device {b['accuracy']:.3f})"
     fig.suptitle(f"Loss per step against single-device training\n{run_title(result)}", fontsize=10, y=0.985)

@@ -148,7 +148,7 @@ class ResultsView(W.Tab):
     @staticmethod
     def captions(result: RunResult) -> list[str]:
         bubble = bubble_sentences(result.bubble) if result.bubble else \
-            "no pipeline here: idle time is waiting for peers"
+            "no pipeline here: idle is waiting for a peer and the runtime's own overhead, shown apart"
         memory = esc("solid bars: measured; outlined bars: the cost model's prediction beside them"
                      if result.predictions else f"no cost-model prediction for strategy '{result.config.strategy}' yet")
         if result.zero:
@@ -359,7 +359,8 @@ def lever_controls(make) -> tuple[W.Dropdown, W.BoundedIntText, W.ToggleButtons,
 
 class Controls(W.HBox):
     """One control per RunConfig field the form sets (``inputs``, by field),
-    plus the hybrid mesh and the batch-shares text, in three columns."""
+    plus the hybrid mesh and the batch-shares text, in four columns that
+    wrap onto two rows on a narrow page."""
 
     def __init__(self, cap: int):
         style = {"description_width": "120px"}
@@ -395,4 +396,8 @@ class Controls(W.HBox):
                    [self.steps, self.lr, self.optimizer, self.seed, self.threads_per_rank, self.sync_batchnorm],
                    [W.HTML(f"<span style='color:{GREY}'>memory levers</span>"), self.zero_stage,
                     self.grad_accumulation, self.recompute, self.precision])
-        super().__init__([W.VBox(c, layout=W.Layout(width="25%", padding="0 8px 0 0")) for c in columns])
+        # Columns at least 290 px wide (a 120 px label and a usable control):
+        # where the page is narrower (JupyterLab with its file browser open)
+        # they wrap onto a second row rather than squeeze the controls.
+        super().__init__([W.VBox(c, layout=W.Layout(flex="1 1 290px", min_width="290px", padding="0 8px 0 0"))
+                          for c in columns], layout=W.Layout(flex_flow="row wrap", width="100%"))

@@ -185,17 +185,27 @@ def key_numbers(n: int, result: RunResult) -> str:
     return f"<table style='font-size:12px'>{cells}</table>"
 
 
+LIVE_POINTS = 200
+"""The most points the live loss curve draws."""
+
+
 def live_html(losses: list[float], step_s: dict[int, float], steps: int) -> str:
     """A run in progress, drawn as inline SVG (no figure to render): the
     loss of each finished step (summed over ranks) against the step, and
-    each rank's latest step time as a bar (ms)."""
+    each rank's latest step time as a bar (ms). The steps axis spans the
+    whole run while it is short, else the steps finished so far (at least
+    50), so that a long run's curve is not a line at the left edge; at most
+    ``LIVE_POINTS`` points are drawn, every k-th step."""
     w, h = 220, 56
     parts = [f"<span style='color:{GREY}'>loss</span> "]
     if losses:
         lo, hi = min(losses), max(losses)
         span = (hi - lo) or 1.0
-        pts = " ".join(f"{2 + (w - 4) * i / max(1, steps - 1):.1f},{h - 4 - (h - 8) * (v - lo) / span:.1f}"
-                       for i, v in enumerate(losses))
+        width = max(len(losses), min(steps, 50)) - 1 or 1
+        every = -(-len(losses) // LIVE_POINTS)
+        shown = list(range(0, len(losses), every)) + ([len(losses) - 1] if (len(losses) - 1) % every else [])
+        pts = " ".join(f"{2 + (w - 4) * i / width:.1f},{h - 4 - (h - 8) * (losses[i] - lo) / span:.1f}"
+                       for i in shown)
         parts.append(f"<svg class='playground-live-loss' width='{w}' height='{h}' style='vertical-align:middle;"
                      f"border:1px solid #DDD'><polyline points='{pts}' fill='none' stroke='{plots.KIND_COLORS['forward']}'"
                      f" stroke-width='1.5'/></svg> <code>{losses[-1]:.4f}</code> at step {len(losses) - 1}")
