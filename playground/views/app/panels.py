@@ -351,6 +351,7 @@ def lever_controls(make) -> tuple[W.Dropdown, W.BoundedIntText, W.ToggleButtons,
     precision = make(W.ToggleButtons, "precision", options=list(PRECISIONS),
                      tooltip="bf16: forward and loss under autocast; parameters, gradients and optimizer state "
                              "stay fp32")
+    grad_accumulation.style.description_width = "136px"  # its label whole
     for toggles in (recompute, precision):
         toggles.style.button_width = "60px"
         toggles.add_class("widget-inline-hbox")
