@@ -104,7 +104,8 @@ def assemble(workload: Workload, reports: list[tuple[RankReport, dict]], device_
     shared cores).
 
     The check compares parameters (max |a - b| <= the precision's
-    tolerance, ``run_result.baseline_tolerance``) where
+    tolerance, ``run_result.baseline_tolerance``: in bf16 a share of what
+    training moved the weights) where
     the run should equal one device. Where it cannot (``differences``: batch
     statistics per rank or per micro-batch, random layers), it compares the
     mean loss over the steps instead, relative to one device's, within
@@ -127,7 +128,8 @@ def assemble(workload: Workload, reports: list[tuple[RankReport, dict]], device_
     loss_diff = mean_loss_rel_diff(losses, baseline_losses)
     accuracy = evaluate(trained, data)
     bubble, table = _bubble(config, ranks)
-    tolerance, tolerance_why = baseline_tolerance(config.precision)
+    moved = max_abs_param_diff(baseline_model, workload.fresh_model()) if config.precision == "bf16" else None
+    tolerance, tolerance_why = baseline_tolerance(config.precision, moved)
     baseline = {
         "max_abs_param_diff": diff,
         "final_loss_diff": abs(losses[-1] - baseline_losses[-1]),
