@@ -232,3 +232,15 @@ def test_what_if_shows_the_configs_refusal_instead_of_bars(recorded):
     assert what_if(recorded).changes == {}
     with pytest.raises(ValueError, match="what if changes only"):
         what_if(recorded, world_size=4)
+
+
+def test_recompute_with_a_split_backward_schedule_offers_ways_out():
+    values = form.state_values(RunConfig(model="mlp", strategy="pipeline", world_size=2, micro_batches=4,
+                                         schedule="zbvzerobubble", virtual_stages=2))[0]
+    values["recompute"] = "full"
+    error = form.build(values)
+    assert isinstance(error, ConfigError) and error.field == "recompute"
+    labels = [label for label, _ in form.way_out(values)]
+    assert labels[0] == "recompute none" and "schedule interleaved1f1b" in labels
+    for _, changes in form.way_out(values):
+        assert not isinstance(form.build({**values, **changes}), ConfigError)

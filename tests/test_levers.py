@@ -14,7 +14,7 @@ import torch
 
 from playground.host.runner import max_abs_param_diff, run, train_single
 from playground.result.run_result import BF16_SHARE
-from playground.spec.config import ConfigError, RunConfig
+from playground.spec.config import ConfigError, PlanConfig, RunConfig
 from playground.zoo.datasets import load_dataset
 from playground.zoo.models import build_model
 
@@ -197,3 +197,16 @@ def test_the_bf16_check_fails_a_run_with_the_wrong_learning_rate_or_a_step_missi
     moved = max_abs_param_diff(right, build_model(model, 0))
     for wrong in (right_config.replace(lr=1.5 * right_config.lr), right_config.replace(steps=1)):
         assert max_abs_param_diff(trained(wrong), right) > BF16_SHARE * moved, wrong
+
+
+@pytest.mark.parametrize("schedule", ["zbvzerobubble", "dualpipev", "interleavedzerobubble"])
+def test_recompute_is_refused_with_a_split_backward_schedule(schedule):
+    # Run, it failed inside the ranks (checkpoint cannot recompute for the
+    # separate backward_weight pass); refused before any process starts.
+    with pytest.raises(ConfigError) as info:
+        RunConfig(model="mlp", strategy="pipeline", world_size=2, micro_batches=4, schedule=schedule,
+                  virtual_stages=2, recompute="full")
+    assert info.value.field == "recompute" and "backward_weight" in str(info.value)
+    with pytest.raises(ConfigError):
+        PlanConfig(model="llama3-70b", strategy="pipeline", world_size=4, micro_batches=8, global_batch=8,
+                   schedule=schedule, virtual_stages=2, recompute="full")

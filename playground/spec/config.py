@@ -159,7 +159,9 @@ class RunConfig:
     block saves for backward; "full" runs each block under
     ``torch.utils.checkpoint`` (non-reentrant), keeping only the block's
     inputs and running its forward again during backward (recorded as
-    "recompute" spans). Applies to every strategy."""
+    "recompute" spans). Applies to every strategy; refused with the
+    split-backward schedules, whose separate weight-gradient pass
+    (backward_weight) checkpoint cannot recompute for."""
 
     precision: str = "fp32"
     """Compute precision (``PRECISIONS``): "fp32", or "bf16": forward and
@@ -406,6 +408,12 @@ def _check_levers(c: RunConfig) -> None:
     _check_choice("recompute", c.recompute, RECOMPUTE)
     _check_choice("precision", c.precision, PRECISIONS)
     _check_int("grad_accumulation", c.grad_accumulation, 1, 1024)
+    if c.recompute == "full" and c.scheduled and c.schedule in SPLIT_BACKWARD_SCHEDULES:
+        raise ConfigError("recompute", c.recompute,
+                          f"schedule '{c.schedule}' computes weight gradients in a pass of their own "
+                          "(backward_weight), which torch.utils.checkpoint cannot recompute a block's forward "
+                          f"for: use recompute 'none' with it, or a schedule without the split "
+                          f"({', '.join(s for s in SCHEDULES if s not in SPLIT_BACKWARD_SCHEDULES)})")
     k = c.grad_accumulation
     if k > 1 and c.pipelined:
         raise ConfigError("grad_accumulation", k,

@@ -248,6 +248,9 @@ def _other_ways_out(values: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
         b = values["global_batch"]
         near = sorted({max(1, b - k) for k in range(1, 9)} | {b + k for k in range(1, 9)}, key=lambda n: abs(n - b))
         out += [(f"global batch {n}", {"global_batch": n}) for n in near]
+    elif error.field == "recompute":  # a split-backward schedule: keep one, or the recompute
+        out += [("recompute none", {"recompute": "none"})]
+        out += [(f"schedule {s}", {"schedule": s, "cuts": None}) for s in ("interleaved1f1b", "1f1b")]
     elif error.field == "micro_batches" and isinstance(values.get("micro_batches"), int):
         m = values["micro_batches"]
         near = sorted((n for n in range(max(1, m - 4), m + 5) if n != m), key=lambda n: abs(n - m))
