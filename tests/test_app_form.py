@@ -216,9 +216,10 @@ def test_what_if_predicts_the_changed_config_without_a_process(recorded, monkeyp
     # ZeRO-3 halves each rank's parameters and gradients on 2 ranks (mlp's dims divide evenly).
     for r, p in zip(recorded.ranks, w.predictions):
         assert 2 * p["params"] == r.memory["params"] and 2 * p["grads"] == r.memory["grads"]
-    assert [(rank, m) for rank, m, _ in w.totals(recorded)] == \
-        [(r.rank, sum(r.memory[f] for f in ("params", "grads", "optimizer", "activations_peak")))
-         for r in recorded.ranks]
+    fields = ("params", "grads", "optimizer", "activations_peak")
+    assert [(rank, m, o) for rank, m, o, _ in w.totals(recorded)] == \
+        [(r.rank, sum(r.memory[f] for f in fields), sum(p[f] for f in fields))
+         for r, p in zip(recorded.ranks, recorded.predictions)]
     assert set(rank_pids()) == before
 
 

@@ -210,3 +210,11 @@ def test_recompute_is_refused_with_a_split_backward_schedule(schedule):
     with pytest.raises(ConfigError):
         PlanConfig(model="llama3-70b", strategy="pipeline", world_size=4, micro_batches=8, global_batch=8,
                    schedule=schedule, virtual_stages=2, recompute="full")
+
+
+def test_adam_in_bf16_is_checked_by_its_losses_and_says_why():
+    result = run(RunConfig(model="mlp", strategy="data", world_size=2, optimizer="adam", lr=1e-3,
+                           precision="bf16", steps=2, global_batch=16))
+    b = result.baseline
+    assert b["compares"] == "loss" and any(w.startswith("Adam in bf16") for w in b["why"])
+    assert b["passed"] and b["mean_loss_rel_diff"] <= b["loss_tolerance"]

@@ -71,14 +71,30 @@ class Plan:
                 "bubble": self.bubble, "ranks": self.ranks, "kinds": self.kinds, "notes": self.notes,
                 "seconds": self.seconds}
 
+    @property
+    def unit(self) -> tuple[str, float]:
+        """(name, bytes) of the unit the plan's memory reads best in: GB,
+        MB or kB (powers of ten, as GPU memory is sold), the largest that
+        shows the fullest rank as 0.1 or more."""
+        largest = self.peak_rank["total"]
+        return next(((name, size) for name, size in (("GB", 1e9), ("MB", 1e6)) if largest >= 0.1 * size),
+                    ("kB", 1e3))
+
+    @property
+    def parameters_text(self) -> str:
+        """The parameter count as people say it: 70.6 B, 124 M, 142,218."""
+        n = self.num_params
+        return f"{n / 1e9:.3g} B" if n >= 1e9 else f"{n / 1e6:.3g} M" if n >= 1e6 else f"{n:,}"
+
     def table(self) -> list[dict[str, Any]]:
-        """One row per kind of rank: the ranks of that kind, their memory in GB."""
+        """One row per kind of rank: the ranks of that kind, their memory in
+        ``unit``."""
         rows = []
         for i, kind in enumerate(self.kinds):
             mine = [r for r in self.ranks if r["kind"] == i]
             worst = max(mine, key=lambda r: r["total"])
             rows.append({"ranks": _ranges([r["rank"] for r in mine]),
-                         **{k: worst[k] / GB for k in (*MEMORY_KEYS, "total")}})
+                         **{k: worst[k] / self.unit[1] for k in (*MEMORY_KEYS, "total")}})
         return rows
 
     def summary(self) -> str:
@@ -86,27 +102,29 @@ class Plan:
         bubble, the largest modules. Every figure labelled a prediction."""
         c, peak = self.config, self.peak_rank
         mesh = f"dp {c.dp_size} x pp {c.pp_size} x tp {c.tp_size}"
-        verdict = (f"fits: {peak['total'] / GB:.2f} GB of {self.gpu_memory / GB:.0f} GB on the fullest rank "
+        u, size = self.unit
+        verdict = (f"fits: {peak['total'] / size:.2f} {u} of {self.gpu_memory / GB:.0f} GB on the fullest rank "
                    f"({peak['rank']})" if self.fits else
                    f"does NOT fit: rank {peak['rank']} needs {peak['total'] / GB:.2f} GB, "
                    f"{self.shortfall / GB:.2f} GB more than {self.gpu_memory / GB:.0f} GB")
         lines = [f"Plan ({self.label})",
-                 f"{c.model} ({self.num_params / 1e9:.3g} B parameters), strategy {c.strategy}, "
+                 f"{c.model} ({self.parameters_text} parameters), strategy {c.strategy}, "
                  f"{c.world_size} ranks ({mesh}), global batch {c.global_batch}, optimizer {c.optimizer}",
                  verdict, "",
-                 f"{'ranks':<16}{'params':>10}{'grads':>10}{'optimizer':>11}{'activations':>13}{'total':>10}  (GB)"]
+                 f"{'ranks':<16}{'params':>10}{'grads':>10}{'optimizer':>11}{'activations':>13}{'total':>10}  ({u})"]
         for row in self.table():
             lines.append(f"{row['ranks']:<16}{row['params']:>10.2f}{row['grads']:>10.2f}{row['optimizer']:>11.2f}"
                          f"{row['activations_peak']:>13.2f}{row['total']:>10.2f}")
         comm = self.kinds[peak["kind"]]["comm"]
         if comm:
             lines += ["", f"traffic per step of rank {peak['rank']} (payload; a ring sends the second figure):"]
-            lines += [f"  {kind:<15}{v['calls_per_step']:>6.0f} calls {v['bytes_per_step'] / GB:>10.3f} GB "
-                      f"{v['ring_bytes_per_step'] / GB:>10.3f} GB" for kind, v in comm.items()]
+            lines += [f"  {kind:<15}{v['calls_per_step']:>6.0f} calls {v['bytes_per_step'] / size:>10.3f} {u} "
+                      f"{v['ring_bytes_per_step'] / size:>10.3f} {u}" for kind, v in comm.items()]
         if self.bubble is not None:
             lines.append(f"pipeline bubble (formula): {self.bubble:.1%} of a step idle")
         lines += ["", f"largest modules on rank {peak['rank']} (parameters, gradients, optimizer, activations):"]
-        lines += [f"  {m['module']:<24} x{m['count']:<4} {m['bytes'] / GB:>9.3f} GB each" for m in self.top_modules[:5]]
+        lines += [f"  {m['module']:<24} x{m['count']:<4} {m['bytes'] / size:>9.3f} {u} each"
+                  for m in self.top_modules[:5]]
         lines += [f"note: {n}" for n in self.notes]
         lines.append(f"planned in {self.seconds:.1f} s")
         return "\n".join(lines)

@@ -241,9 +241,11 @@ class WhatIfPanel(W.VBox):
             return
         changed = ", ".join(f"{k} {v}" if v is not None else f"{k}: the strategy's own"
                             for k, v in shown.changes.items())
-        rows = " · ".join(f"rank {rank}: measured {plots.human_bytes(m)} → {plots.human_bytes(p)} predicted "
-                          f"({(p - m) / m:+.0%})" if m else f"rank {rank}: {plots.human_bytes(p)} predicted"
-                          for rank, m, p in shown.totals(result))
+        rows = " · ".join(
+            f"rank {rank}: predicted {plots.human_bytes(o)} for this run (measured {plots.human_bytes(m)}) → "
+            f"{plots.human_bytes(p)} with the change ({(p - o) / o:+.0%})" if o else
+            f"rank {rank}: {plots.human_bytes(p)} predicted with the change (measured {plots.human_bytes(m)})"
+            for rank, m, o, p in shown.totals(result))
         self.message.value = (f"<div class='playground-what-if'><b>prediction, not run</b>: this run with "
                               f"{esc(changed)}<br>{esc(rows)}</div>")
         self.figure = picture(plots.plot_memory(result, predicted=shown.predictions, formula=shown.zero,

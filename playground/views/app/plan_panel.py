@@ -65,14 +65,15 @@ def plan_html(plan: Plan) -> str:
     modules and the notes, under the label ``PLAN_LABEL``."""
     c, peak = plan.config, plan.peak_rank
     gpu = plan.gpu_memory / GB
+    u, size = plan.unit
     if plan.fits:
         verdict = (f"<b style='color:#1e8449'>fits</b>: the fullest rank ({peak['rank']}) needs "
-                   f"{peak['total'] / GB:.2f} GB of {gpu:.0f} GB")
+                   f"{peak['total'] / size:.2f} {u} of {gpu:.0f} GB")
     else:
         verdict = (f"<b style='color:#c0392b'>does not fit</b>: rank {peak['rank']} needs {peak['total'] / GB:.2f} GB, "
                    f"<b>{plan.shortfall / GB:.2f} GB</b> more than {gpu:.0f} GB")
     mesh = f"dp {c.dp_size} × pp {c.pp_size} × tp {c.tp_size}"
-    head = (f"<div><i>{PLAN_LABEL}</i> · {html.escape(c.model)}, {plan.num_params / 1e9:.3g} B parameters, "
+    head = (f"<div><i>{PLAN_LABEL}</i> · {html.escape(c.model)}, {plan.parameters_text} parameters, "
             f"strategy {html.escape(c.strategy)}, {c.world_size} ranks ({mesh}), planned in {plan.seconds:.1f} s</div>"
             f"<div>{verdict}</div>")
     cells = "".join(f"<th>{h}</th>" for h in ("ranks", "params", "grads", "optimizer", "activations", "total"))
@@ -81,19 +82,19 @@ def plan_html(plan: Plan) -> str:
             f"<td style='text-align:right'>{row[k]:.2f}</td>"
             for k in ("params", "grads", "optimizer", "activations_peak", "total")) + "</tr>"
         for row in plan.table())
-    table = (f"<table class='plan-ranks'><caption>memory per rank, GB ({PLAN_LABEL})</caption>"
+    table = (f"<table class='plan-ranks'><caption>memory per rank, {u} ({PLAN_LABEL})</caption>"
              f"<tr>{cells}</tr>{rows}</table>")
     comm = plan.kinds[peak["kind"]]["comm"]
     traffic = "".join(f"<tr><td>{html.escape(kind)}</td><td style='text-align:right'>{v['calls_per_step']:.0f}</td>"
-                      f"<td style='text-align:right'>{v['bytes_per_step'] / GB:.3f}</td>"
-                      f"<td style='text-align:right'>{v['ring_bytes_per_step'] / GB:.3f}</td></tr>"
+                      f"<td style='text-align:right'>{v['bytes_per_step'] / size:.3f}</td>"
+                      f"<td style='text-align:right'>{v['ring_bytes_per_step'] / size:.3f}</td></tr>"
                       for kind, v in comm.items())
     traffic = (f"<table class='plan-comm'><caption>traffic per step of rank {peak['rank']} ({PLAN_LABEL})</caption>"
-               "<tr><th>collective</th><th>calls</th><th>payload GB</th><th>a ring sends, GB</th></tr>"
+               f"<tr><th>collective</th><th>calls</th><th>payload {u}</th><th>a ring sends, {u}</th></tr>"
                f"{traffic}</table>" if comm else "<div>no collectives on the fullest rank</div>")
     bubble = ("<div>pipeline bubble (formula): " f"{plan.bubble:.1%} of a step idle</div>"
               if plan.bubble is not None else "")
-    modules = "".join(f"<li>{html.escape(m['module'])} ×{m['count']}: {m['bytes'] / GB:.3f} GB each</li>"
+    modules = "".join(f"<li>{html.escape(m['module'])} ×{m['count']}: {m['bytes'] / size:.3f} {u} each</li>"
                       for m in plan.top_modules[:5])
     modules = (f"<div>largest modules on rank {peak['rank']} (parameters, gradients, optimizer, activations):"
                f"<ul style='margin:2px 0'>{modules}</ul></div>")

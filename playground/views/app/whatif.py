@@ -39,14 +39,24 @@ class WhatIf:
     """The ZeRO paper's record for the changed config (``predict.zero_formulas``, shaped as
     ``RunResult.zero``); None for strategies other than data and fsdp, or where refused"""
 
-    def totals(self, result: RunResult) -> list[tuple[int, int, int]]:
-        """Per rank: (rank, bytes measured in the run, bytes predicted for the
-        changed config), each the sum of params, grads, optimizer and the
-        activation peak. Empty where refused."""
+    def totals(self, result: RunResult) -> list[tuple[int, int, int | None, int]]:
+        """Per rank: (rank, bytes measured in the run, bytes the cost model
+        predicted for the run (None where the result has no prediction),
+        bytes predicted for the changed config), each the sum of params,
+        grads, optimizer and the activation peak. The lever's effect is the
+        last against the third: prediction against prediction, so that the
+        model's own error on this run is not counted as the lever's. Empty
+        where refused."""
         if self.predictions is None:
             return []
+        own = result.predictions or [None] * len(result.ranks)
         return [(r.rank, sum(int(r.memory.get(f) or 0) for f in MEMORY_FIELDS),
-                 sum(int(p[f]) for f in MEMORY_FIELDS)) for r, p in zip(result.ranks, self.predictions)]
+                 None if o is None else sum(int(_field(o, f)) for f in MEMORY_FIELDS),
+                 sum(int(p[f]) for f in MEMORY_FIELDS)) for r, o, p in zip(result.ranks, own, self.predictions)]
+
+
+def _field(p: Any, name: str) -> float:
+    return (p.get(name) if isinstance(p, dict) else getattr(p, name, None)) or 0
 
 
 def what_if(result: RunResult, **levers: Any) -> WhatIf:
