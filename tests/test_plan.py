@@ -227,3 +227,15 @@ def test_hooks_are_gone_and_no_group_is_left():
             assert dist.get_backend() == "fake"
             raise RuntimeError("inside")
     assert not dist.is_initialized()
+
+
+def test_a_pipeline_plan_counts_its_sends_as_a_run_records_them():
+    # mlp, 2 stages, 4 micro-batches: each rank sends 4 messages a step
+    # (activations forward from stage 0, input gradients back from stage 1).
+    config = RunConfig(model="mlp", strategy="pipeline", world_size=2, micro_batches=4, schedule="1f1b", steps=2)
+    planned = plan(config)
+    result = pg.run(config)
+    for r in planned.ranks:
+        sends = planned.kinds[r["kind"]]["comm"]["send"]
+        recorded = [e for e in result.ranks[r["rank"]].timeline if e["kind"] == "send"]
+        assert sends["calls_per_step"] == len(recorded) / config.steps == 4

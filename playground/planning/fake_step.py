@@ -124,7 +124,7 @@ def _pipeline_step(cfg, strategy, model, x, y, loss_fn, activations: BlockActiva
     ranges = stage_ranges(cfg.split_points or (), len(model))
     owner = {s: r for r in range(cfg.pp_size) for s in cfg.rank_stages(r)}
     me = strategy.topology.pp_rank
-    stage_bytes, sent, saves_input, saves_target, ddp_bytes = [], 0, False, False, []
+    stage_bytes, sent, sends, saves_input, saves_target, ddp_bytes = [], 0, 0, False, False, []
     x_key, y_key = (instrument.storage_key(t.untyped_storage()) for t in (x, y))
     for stage in strategy.stages:
         s = stage.stage_index
@@ -153,14 +153,16 @@ def _pipeline_step(cfg, strategy, model, x, y, loss_fn, activations: BlockActiva
         held_xy = (x.untyped_storage().nbytes() if input_held else 0) + (y.untyped_storage().nbytes() if target_held else 0)
         stage_bytes.append(saved.peak - held_xy)
         saves_input, saves_target = saves_input or input_held, saves_target or target_held
-        if not stage.is_last and owner[s + 1] != me:
+        if not stage.is_last and owner[s + 1] != me:  # each micro-batch's activations forward
             sent += m * out.numel() * out.element_size()
-        if not stage.is_first and owner[s - 1] != me:
+            sends += m
+        if not stage.is_first and owner[s - 1] != me:  # each micro-batch's input gradient back
             sent += m * inp.numel() * inp.element_size()
+            sends += m
         (loss if loss is not None else out).backward(None if loss is not None else torch.zeros_like(out))
     strategy._reduce_tied_gradients()
-    comm = {"send": {"calls_per_step": 0.0, "bytes_per_step": float(sent), "ring_bytes_per_step": float(sent)}} \
-        if sent else {}
+    comm = {"send": {"calls_per_step": float(sends), "bytes_per_step": float(sent),
+                     "ring_bytes_per_step": float(sent)}} if sent else {}
     if ddp_bytes:
         n = strategy.topology.dp
         comm["all_reduce (DDP, formula)"] = {"calls_per_step": float(len(ddp_bytes)),
