@@ -218,3 +218,14 @@ def test_adam_in_bf16_is_checked_by_its_losses_and_says_why():
     b = result.baseline
     assert b["compares"] == "loss" and any(w.startswith("Adam in bf16") for w in b["why"])
     assert b["passed"] and b["mean_loss_rel_diff"] <= b["loss_tolerance"]
+
+
+@pytest.mark.parametrize("levers", [dict(), dict(recompute="full")])
+def test_the_transformer_under_fsdp_in_bf16_saves_what_the_cost_model_predicts(levers):
+    # FSDP2 gathers bf16 weights, so even the embedding's output is bf16
+    # (autocast alone leaves it fp32): the prediction profiles bf16 copies.
+    result = run(RunConfig(model="transformer", strategy="fsdp", world_size=2, precision="bf16", steps=2,
+                           global_batch=8, **levers))
+    assert result.passed
+    assert [r.memory["activations_peak"] for r in result.ranks] == \
+        [p["activations_peak"] for p in result.predictions]

@@ -116,6 +116,11 @@ def _predict(config: RunConfig, infos, model, sample, target, loss_fn, levered: 
     # copied before the levers go on: a copy would call the original's forward.
     tp_locals = [tensor_local_model(model, tp, r, config.unused_parameters) for r in range(tp)] if tp > 1 \
         else [(model, {})]
+    if config.precision == "bf16" and config.resolved_zero_stage in (2, 3):
+        # FSDP2's MixedPrecisionPolicy gathers the weights in bf16: every op
+        # (the embedding's lookup too, which autocast leaves in fp32) then
+        # computes in bf16. Profiled on bf16 copies, as the ranks compute.
+        tp_locals = [(copy.deepcopy(local).to(torch.bfloat16), plan) for local, plan in tp_locals]
     for local, _ in tp_locals:
         lever(local)
     if tp > 1:
