@@ -116,12 +116,14 @@ def _predict(config: RunConfig, infos, model, sample, target, loss_fn, levered: 
     # copied before the levers go on: a copy would call the original's forward.
     tp_locals = [tensor_local_model(model, tp, r, config.unused_parameters) for r in range(tp)] if tp > 1 \
         else [(model, {})]
+    profiled = tp_locals
     if config.precision == "bf16" and config.resolved_zero_stage in (2, 3):
         # FSDP2's MixedPrecisionPolicy gathers the weights in bf16: every op
         # (the embedding's lookup too, which autocast leaves in fp32) then
-        # computes in bf16. Profiled on bf16 copies, as the ranks compute.
-        tp_locals = [(copy.deepcopy(local).to(torch.bfloat16), plan) for local, plan in tp_locals]
-    for local, _ in tp_locals:
+        # computes in bf16. Activations are profiled on bf16 copies, as the
+        # ranks compute; the fp32 originals still give the state and traffic.
+        profiled = [(copy.deepcopy(local).to(torch.bfloat16), plan) for local, plan in tp_locals]
+    for local, _ in profiled:
         lever(local)
     if tp > 1:
         lever(model)
@@ -131,7 +133,7 @@ def _predict(config: RunConfig, infos, model, sample, target, loss_fn, levered: 
     owner = {s: r for r in range(pp) for s in config.rank_stages(r)}
     cut_out = output_bytes(model, sample) if len(ranges) > 1 else []
     activations = [[stage_activations(local, first, end, sample, target, loss_fn) for first, end in ranges]
-                   for local, _ in tp_locals]
+                   for local, _ in profiled]
     # Full recompute runs each block's forward again in backward, its
     # row-parallel all-reduces included.
     again = 2 if config.recompute == "full" else 1
