@@ -239,3 +239,14 @@ def test_a_pipeline_plan_counts_its_sends_as_a_run_records_them():
         sends = planned.kinds[r["kind"]]["comm"]["send"]
         recorded = [e for e in result.ranks[r["rank"]].timeline if e["kind"] == "send"]
         assert sends["calls_per_step"] == len(recorded) / config.steps == 4
+
+
+def test_run_takes_a_dict_as_plan_does_and_the_world_limit_says_whose():
+    result = pg.run({"model": "seed-mlp", "strategy": "data", "world_size": 2, "steps": 2})
+    assert result.passed and result.config.world_size == 2
+    with pytest.raises(ConfigError) as info:
+        PlanConfig(model="gpt2", strategy="data", world_size=8192)
+    assert "planned ranks" in str(info.value) and "local process" not in str(info.value)
+    with pytest.raises(ConfigError) as info:
+        RunConfig(model="mlp", strategy="data", world_size=9)
+    assert "each rank is a local process" in str(info.value)

@@ -27,7 +27,7 @@ from playground.rank.training import Groups, train_rank
 from playground.zoo.workload import Workload, resolve_workload
 
 
-def run(config: RunConfig, *, model: nn.Sequential | None = None, dataset: Any = None, warm: bool = True,
+def run(config: RunConfig | dict, *, model: nn.Sequential | None = None, dataset: Any = None, warm: bool = True,
         cancel=None, on_step=None, on_progress=None) -> RunResult:
     """Train ``config`` on ``config.world_size`` real processes and return
     what every rank did, the trained model and the baseline check.
@@ -47,8 +47,9 @@ def run(config: RunConfig, *, model: nn.Sequential | None = None, dataset: Any =
     "step_s": seconds rank r spent in step s}. Both are called in the
     caller's thread that runs ``run``, between reads of the ranks' pipes:
     keep them quick.
-    A ``PlanConfig`` runs as the RunConfig of its fields, within
-    RunConfig's limits; a preset is refused (``spec.config.runnable``).
+    A dict of RunConfig fields is read as ``RunConfig.from_dict``; a
+    ``PlanConfig`` runs as the RunConfig of its fields, within RunConfig's
+    limits; a preset is refused (``spec.config.runnable``).
     """
     workload = resolve_workload(runnable(config), model, dataset)
     device_type, backend = resolve_device(workload.config)

@@ -467,7 +467,9 @@ def _validate(c: RunConfig) -> None:
         raise ConfigError(
             "world_size", c.world_size,
             f"must be an integer from 1 to {c.max_world_size} "
-            f"(the limit, max_world_size={c.max_world_size}: each rank is a local process)",
+            f"(the limit, max_world_size={c.max_world_size}: "
+            + ("planned ranks, one of each kind run on fake tensors)" if isinstance(c, PlanConfig) else
+               "each rank is a local process)"),
         )
     if c.strategy == "single" and c.world_size != 1:
         raise ConfigError("world_size", c.world_size, "strategy 'single' runs on exactly 1 rank")
@@ -578,10 +580,13 @@ class PlanConfig(RunConfig):
         super().__post_init__()
 
 
-def runnable(config: RunConfig) -> RunConfig:
-    """``config`` as ``run`` takes it: a RunConfig as it is; a PlanConfig of
-    a zoo model as the RunConfig of the same fields, checked again against
-    RunConfig's own limits. ConfigError for a preset: it is planned, never trained."""
+def runnable(config: RunConfig | dict) -> RunConfig:
+    """``config`` as ``run`` takes it: a RunConfig as it is; a dict of its
+    fields (``RunConfig.from_dict``); a PlanConfig of a zoo model as the
+    RunConfig of the same fields, checked again against RunConfig's own
+    limits. ConfigError for a preset: it is planned, never trained."""
+    if isinstance(config, dict):
+        config = RunConfig.from_dict(config)
     if config.model in PRESET_BLOCKS:
         raise ConfigError("model", config.model,
                           f"an architecture preset is planned, not trained: playground.plan(config); run() trains "
