@@ -101,3 +101,14 @@ def test_the_app_has_a_plan_at_scale_panel_sharing_its_jobs():
     assert "plan at scale" in titles
     assert app.extras.children[titles.index("plan at scale")] is app.plan_panel
     assert app.plan_panel.jobs is app.jobs
+
+
+def test_a_pipelined_plan_names_each_kind_of_rank_by_its_stage():
+    from playground import plan
+
+    planned = plan(dict(model="gpt2", strategy="hybrid", world_size=8, dp=4, pp=2, micro_batches=4,
+                        global_batch=16))
+    labels = [row["ranks"] for row in planned.table()]
+    assert labels == ["pp 0 · 0, 2, 4, 6", "pp 1 · 1, 3, 5, 7"], labels
+    small = plan(dict(model="mlp", strategy="data", world_size=2))
+    assert small.unit[0] in ("MB", "kB") and " 0.00" not in small.summary().split("\n")[4]

@@ -93,7 +93,7 @@ class Plan:
         for i, kind in enumerate(self.kinds):
             mine = [r for r in self.ranks if r["kind"] == i]
             worst = max(mine, key=lambda r: r["total"])
-            rows.append({"ranks": _ranges([r["rank"] for r in mine]),
+            rows.append({"ranks": _place(self.config, worst) + _ranges([r["rank"] for r in mine]),
                          **{k: worst[k] / self.unit[1] for k in (*MEMORY_KEYS, "total")}})
         return rows
 
@@ -111,9 +111,9 @@ class Plan:
                  f"{c.model} ({self.parameters_text} parameters), strategy {c.strategy}, "
                  f"{c.world_size} ranks ({mesh}), global batch {c.global_batch}, optimizer {c.optimizer}",
                  verdict, "",
-                 f"{'ranks':<16}{'params':>10}{'grads':>10}{'optimizer':>11}{'activations':>13}{'total':>10}  ({u})"]
+                 f"{'ranks':<24}{'params':>10}{'grads':>10}{'optimizer':>11}{'activations':>13}{'total':>10}  ({u})"]
         for row in self.table():
-            lines.append(f"{row['ranks']:<16}{row['params']:>10.2f}{row['grads']:>10.2f}{row['optimizer']:>11.2f}"
+            lines.append(f"{row['ranks']:<24}{row['params']:>10.2f}{row['grads']:>10.2f}{row['optimizer']:>11.2f}"
                          f"{row['activations_peak']:>13.2f}{row['total']:>10.2f}")
         comm = self.kinds[peak["kind"]]["comm"]
         if comm:
@@ -131,6 +131,13 @@ class Plan:
 
     def _repr_pretty_(self, p, cycle) -> None:
         p.text(self.summary())
+
+
+def _place(config, rank: dict[str, Any]) -> str:
+    """Where a kind of rank sits on the mesh, for the axes that tell kinds
+    apart: "pp 1 · " on a pipeline, "tp 0 · " on a tensor-parallel mesh."""
+    axes = [(config.pp_size, "pp", rank["pp_rank"]), (config.tp_size, "tp", rank["tp_rank"])]
+    return "".join(f"{name} {place} · " for size, name, place in axes if size > 1)
 
 
 def _ranges(ranks: list[int]) -> str:
