@@ -229,3 +229,16 @@ def test_the_transformer_under_fsdp_in_bf16_saves_what_the_cost_model_predicts(l
     assert result.passed
     assert [r.memory["activations_peak"] for r in result.ranks] == \
         [p["activations_peak"] for p in result.predictions]
+
+
+def test_bf16_on_a_gpu_without_it_is_refused_before_any_process(monkeypatch):
+    from playground.host import runner
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "Tesla V100")
+    with pytest.raises(ConfigError) as info:
+        runner.resolve_device(RunConfig(model="mlp", strategy="data", world_size=2, precision="bf16"))
+    assert info.value.field == "precision" and "Tesla V100" in str(info.value)
+    assert runner.resolve_device(RunConfig(model="mlp", strategy="data", world_size=2)) == ("cuda", "nccl")

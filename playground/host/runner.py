@@ -355,13 +355,18 @@ def evaluate(model: nn.Module, dataset: Dataset) -> float | None:
 
 
 def resolve_device(config: RunConfig) -> tuple[str, str]:
-    """(device type, backend): one CUDA GPU per rank when enough are visible."""
+    """(device type, backend): one CUDA GPU per rank when enough are visible.
+    ConfigError for too few GPUs, or bf16 on a GPU without it (before Ampere);
+    autocast computes bf16 on every CPU."""
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
     if config.device == "cuda" and gpus < config.world_size:
         raise ConfigError("device", config.device,
                           f"needs {config.world_size} visible CUDA GPUs (one per rank); {gpus} visible")
     device = config.device if config.device != "auto" else ("cuda" if gpus >= config.world_size else "cpu")
     backend = config.backend if config.backend != "auto" else ("nccl" if device == "cuda" else "gloo")
+    if config.precision == "bf16" and device == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ConfigError("precision", config.precision,
+                          f"this GPU ({torch.cuda.get_device_name(0)}) does not compute in bf16: use fp32")
     return device, backend
 
 
