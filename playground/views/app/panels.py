@@ -153,6 +153,9 @@ class ResultsView(W.Tab):
                      if result.predictions else f"no cost-model prediction for strategy '{result.config.strategy}' yet")
         if result.zero:
             memory += zero_html(result.zero)
+        if result.device == "cpu":  # what a CPU's communication time holds besides moving bytes
+            bubble += (" On CPU, gloo's threads share the cores with the ranks' compute: a transfer's time "
+                       "includes waiting for a core, more so on a busy machine.")
         return [esc("each rank's events over the last two steps; hatched: waiting for a peer"),
                 esc(bubble) + balance_html(result), memory, check_html(result),
                 esc("bytes per step across each cut and between replicas, as measured")]
