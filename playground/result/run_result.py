@@ -50,19 +50,6 @@ def baseline_tolerance(precision: str, moved: float | None = None) -> tuple[floa
     return BASELINE_TOLERANCE, "fp32 on both sides: only the order of fp32 sums differs, so parameters agree to 1e-5"
 
 
-def check_sentence(baseline: dict[str, Any]) -> str:
-    """The check in one line: what was compared, the verdict, the figure
-    and its tolerance. Where equality with one device is not expected
-    (``baseline["why"]``), the check compared losses, and says so."""
-    verdict = "PASS" if baseline["passed"] else "FAIL"
-    diff = baseline["max_abs_param_diff"]
-    params = f"max |Δparam| = {diff:.2e}" if diff else "max |Δparam| = 0 (bit-identical)"
-    if baseline.get("compares") == "loss":
-        return (f"loss check: {verdict}  mean loss {baseline['mean_loss_rel_diff']:.1%} from one device's "
-                f"(tolerance {baseline['loss_tolerance']:.0%}); {params}, not expected to match")
-    return f"baseline check: {verdict}  {params} (tolerance {baseline['tolerance']:.0e})"
-
-
 @dataclass
 class RunResult:
     config: RunConfig

@@ -22,7 +22,8 @@ from matplotlib.transforms import blended_transform_factory
 
 from playground.rank.recorder import COLLECTIVE_KINDS, COMM_KINDS, COMPUTE_KINDS, NESTED_KINDS
 from playground.rank.report import RankReport
-from playground.result.run_result import RunResult, check_sentence
+from playground.result.run_result import RunResult
+from playground.result.table import check_sentence
 from playground.result.accounting import step_of
 from playground.result.accounting import timed_steps as _timed_steps
 from playground.views.style import (  # noqa: F401 - the figures' shared look, also read from here
