@@ -27,8 +27,8 @@ from playground.result.table import check_sentence
 from playground.result.accounting import step_of
 from playground.result.accounting import timed_steps as _timed_steps
 from playground.views.style import (  # noqa: F401 - the figures' shared look, also read from here
-    KIND_COLORS, KIND_LABELS, MEMORY_COLORS, MEMORY_FIELDS, MEMORY_LABELS, MIB, MS, human_bytes, rank_label,
-    rank_tick, run_title,
+    KIND_COLORS, KIND_LABELS, MEMORY_COLORS, MEMORY_FIELDS, MEMORY_LABELS, MIB, MS, human_bytes, memory_field,
+    rank_label, rank_tick, run_title,
 )
 
 # --------------------------------------------------------------------------
@@ -327,11 +327,6 @@ def _bubble_marks(ax, ranks: list[RankReport], bubble: dict[str, Any]) -> None:
 # 3. Memory
 
 
-def _field(obj: Any, name: str) -> float:
-    value = obj.get(name) if isinstance(obj, dict) else getattr(obj, name, None)
-    return float(value or 0)
-
-
 ZERO_FIELDS = ("params", "grads", "optimizer")
 """The memory fields the ZeRO paper's formula covers (activations are not in it)."""
 
@@ -365,10 +360,10 @@ def plot_memory(result: RunResult, predicted: Sequence[Any] | None | str = "resu
     ax = fig.add_subplot()
     width = 0.6 if per_rank == 1 else 0.8 / per_rank - 0.02
     shifts = {kind: (k - (per_rank - 1) / 2) * (width + 0.02) for k, kind in enumerate(kinds)}
-    bars = [(i + shifts["measured"], {f: _field(r.memory, f) for f in MEMORY_FIELDS}, "measured")
+    bars = [(i + shifts["measured"], {f: memory_field(r.memory, f) for f in MEMORY_FIELDS}, "measured")
             for i, r in enumerate(ranks)]
     if predicted:
-        bars += [(i + shifts["predicted"], {f: _field(p, f) for f in MEMORY_FIELDS}, "predicted")
+        bars += [(i + shifts["predicted"], {f: memory_field(p, f) for f in MEMORY_FIELDS}, "predicted")
                  for i, p in enumerate(predicted)]
     if formula is not None:
         bars += [(i + shifts["formula"], {f: float(formula["memory"][f]) for f in ZERO_FIELDS}, "formula")

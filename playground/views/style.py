@@ -3,6 +3,8 @@ memory fields, the labels of ranks and runs, byte counts in words."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from playground.rank.report import RankReport
 from playground.result.run_result import RunResult
 
@@ -81,6 +83,14 @@ def run_title(result: RunResult) -> str:
         words.append("batch shares " + ":".join(map(str, c.batch_partition)))
     words.append(f"{result.world_size} rank{'s' if result.world_size > 1 else ''} on {result.device}/{result.backend}")
     return " · ".join(words)
+
+
+def memory_field(record: Any, name: str) -> float:
+    """Field ``name`` (one of ``MEMORY_FIELDS``) of a rank's memory: a dict
+    (a report's ``memory``, a saved prediction) or an object with
+    attributes (``RankPrediction``); 0 where it is missing or None."""
+    value = record.get(name) if isinstance(record, dict) else getattr(record, name, None)
+    return float(value or 0)
 
 
 def human_bytes(n: float) -> str:

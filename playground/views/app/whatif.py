@@ -15,10 +15,10 @@ from typing import Any
 
 from playground.result.run_result import RunResult
 from playground.spec.config import ConfigError, RunConfig
+from playground.views.style import MEMORY_FIELDS, memory_field
 
 LEVERS = ("zero_stage", "grad_accumulation", "recompute", "precision")
 """The RunConfig fields a what-if may change."""
-MEMORY_FIELDS = ("params", "grads", "optimizer", "activations_peak")
 
 
 @dataclass(frozen=True)
@@ -50,13 +50,11 @@ class WhatIf:
         if self.predictions is None:
             return []
         own = result.predictions or [None] * len(result.ranks)
-        return [(r.rank, sum(int(r.memory.get(f) or 0) for f in MEMORY_FIELDS),
-                 None if o is None else sum(int(_field(o, f)) for f in MEMORY_FIELDS),
-                 sum(int(p[f]) for f in MEMORY_FIELDS)) for r, o, p in zip(result.ranks, own, self.predictions)]
+        def total(record) -> int:
+            return sum(int(memory_field(record, f)) for f in MEMORY_FIELDS)
 
-
-def _field(p: Any, name: str) -> float:
-    return (p.get(name) if isinstance(p, dict) else getattr(p, name, None)) or 0
+        return [(r.rank, total(r.memory), None if o is None else total(o), total(p))
+                for r, o, p in zip(result.ranks, own, self.predictions)]
 
 
 def what_if(result: RunResult, **levers: Any) -> WhatIf:
