@@ -37,7 +37,8 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--world-size", type=int, default=None, help="ranks (default: 2, or 1 for single)")
     p.add_argument("--split-points", type=_int_list("split_points"), default=None,
                    help="block indices where stages end, e.g. 4 or 3,6 (default: balanced)")
-    p.add_argument("--global-batch", type=int, default=d.global_batch, help=f"samples per step (default {d.global_batch})")
+    p.add_argument("--global-batch", type=int, default=d.global_batch,
+                   help=f"samples per step (default {d.global_batch})")
     p.add_argument("--batch-partition", type=_int_list("batch_partition"), default=None,
                    help="shares per data-parallel rank, e.g. 3,1 (default: even)")
     p.add_argument("--micro-batches", type=int, default=d.micro_batches, help="micro-batches (pipeline)")

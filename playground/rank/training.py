@@ -74,10 +74,11 @@ def train_rank(config: RunConfig, topology: Topology, model: nn.Sequential, data
 
     Returns what the rank knows: its part of each step's loss, its memory,
     and its trained parameters and buffers (from the first data-parallel
-    replica only, since the others hold copies). A loss part that is inf or NaN on any
-    rank ends training on every rank at the same step, at most
-    ``AGREE_EVERY`` + 1 steps later (after that very step without a process group); see ``DivergenceWatch``. ``diverged`` is
-    then {"step": step, "ranks": [ranks whose part was not finite]}, else None.
+    replica only, since the others hold copies). A loss part that is inf or
+    NaN on any rank ends training on every rank at the same step, at most
+    ``AGREE_EVERY`` + 1 steps later (after that very step without a process
+    group); see ``DivergenceWatch``. ``diverged`` is then {"step": step,
+    "ranks": [ranks whose part was not finite]}, else None.
 
     Warnings torch gives about this package's deliberate choices are
     silenced for the call only (``instrument.KNOWN_WARNINGS``): the
