@@ -6,6 +6,7 @@ files honest (and tests/test_cli.py draws a V schedule's pictures)."""
 from __future__ import annotations
 
 import json
+import xml.etree.ElementTree as ET
 import os
 import sys
 
@@ -18,7 +19,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "data"))
 from combinations import combinations, config_or_refusal, path_of  # noqa: E402
 
 import playground as pg  # noqa: E402
-from playground.views import dataflow, plots  # noqa: E402
+from playground.views import dataflow, plots, timeline  # noqa: E402
 from playground.spec.config import ConfigError  # noqa: E402
 from playground.rank.report import RankReport
 from playground.result.run_result import RunResult
@@ -172,6 +173,50 @@ def test_every_figure_draws_what_the_result_holds(drawn, stem):
         assert drawn_blocks.count(f"block:{b['index']}") == rows
     words = " ".join(texts(flow))
     assert all(b["label"] in words for b in result.blocks)
+
+
+def svg_boxes(data: bytes) -> tuple[ET.Element, list[tuple[str, float, float, float, float]]]:
+    """The SVG's root and each drawn box as (gid, x, y, width, height), fractions of the plot's area."""
+    root = ET.fromstring(data)
+    ns = {"s": "http://www.w3.org/2000/svg"}
+    plot = root.find("s:defs/s:clipPath/s:rect", ns)
+    x0, y0, w0, h0 = (float(plot.get(k)) for k in ("x", "y", "width", "height"))
+    boxes = []
+    for g in root.iter("{http://www.w3.org/2000/svg}g"):
+        if g.get("data-gid"):
+            rect = g.find("s:rect", ns)
+            x, y, w, h = (float(rect.get(k)) for k in ("x", "y", "width", "height"))
+            boxes.append((g.get("data-gid"), (x - x0) / w0, (y - y0) / h0, w / w0, h / h0))
+    return root, boxes
+
+
+@pytest.mark.parametrize("stem", RECORDED)
+def test_the_apps_svg_timeline_draws_the_figures_boxes_at_the_same_places(drawn, stem):
+    """The app writes the timeline as SVG itself (``timeline.svg``); the
+    CLI and notebooks draw it with matplotlib: the same boxes, in the same
+    order, at the same places of the plot, the same rows and lane names."""
+    result, figs = drawn[stem]
+    ax = figs["timeline"].axes[0]
+    to_axes = ax.transData + ax.transAxes.inverted()
+    patches = [p for p in ax.patches if p.get_gid()]
+    root, boxes = svg_boxes(timeline.svg(timeline.timeline_scene(result)))
+    assert [b[0] for b in boxes] == [p.get_gid() for p in patches] and boxes
+    for (gid, x, y, w, h), p in zip(boxes, patches):
+        (ax0, ay0), (ax1, ay1) = to_axes.transform([(p.get_x(), p.get_y()), (p.get_x() + p.get_width(),
+                                                                            p.get_y() + p.get_height())])
+        # SVG's y runs down from the plot's top; the axes' fraction runs up from its bottom.
+        assert (x, w, y, h) == pytest.approx((ax0, ax1 - ax0, 1 - ay0, ay0 - ay1), abs=2e-4), gid
+    words = [t.text for t in root.iter("{http://www.w3.org/2000/svg}text")]
+    assert [plots.rank_label(result, r) for r in result.ranks] == [w for w in words if w and w.startswith("rank ")]
+    assert sorted(w for w in words if w in ("compute", "comm", "planned")) == \
+           sorted(t.get_text() for t in ax.texts if t.get_text() in ("compute", "comm", "planned"))
+
+
+def test_the_svg_timelines_ticks_read_as_the_axis_does():
+    assert timeline.tick_text([0.0, 5.0, 10.0]) == ["0", "5", "10"]
+    assert timeline.tick_text([0.0, 2.5, 5.0]) == ["0.0", "2.5", "5.0"]
+    assert timeline.tick_text([-0.25, 0.0, 0.25]) == ["-0.25", "0.00", "0.25"]
+    assert timeline.ticks(-0.3, 19.4) == [0, 2.5, 5, 7.5, 10, 12.5, 15, 17.5]
 
 
 @pytest.mark.parametrize("stem", [s for s in RECORDED if "pipeline" in s or "model" in s or "dp2pp2" in s])

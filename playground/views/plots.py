@@ -12,20 +12,20 @@ kinds warm, plus the totals compute / comm / wait / overhead / idle), one per me
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from typing import Any, Sequence
 
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
-from matplotlib.patches import Patch, Rectangle
-from matplotlib.transforms import blended_transform_factory
+from matplotlib.patches import Patch
 
-from playground.rank.recorder import COLLECTIVE_KINDS, COMM_KINDS, COMPUTE_KINDS, NESTED_KINDS
 from playground.rank.report import RankReport
 from playground.result.run_result import RunResult
 from playground.result.table import check_sentence
-from playground.result.accounting import step_of
 from playground.result.accounting import timed_steps as _timed_steps
+from playground.views.timeline import (  # noqa: F401 - the timeline's parts, also read from here
+    BOTTOM_IN, LEFT, PLANNED_LANE, RIGHT, TOP_IN, WIDTH_IN, LegendEntry, paint, planned_actions, shown_events,
+    shown_steps, timeline_scene,
+)
 from playground.views.style import (  # noqa: F401 - the figures' shared look, also read from here
     KIND_COLORS, KIND_LABELS, MEMORY_COLORS, MEMORY_FIELDS, MEMORY_LABELS, MIB, MS, human_bytes, memory_field,
     rank_label, rank_tick, run_title,
@@ -38,28 +38,6 @@ from playground.views.style import (  # noqa: F401 - the figures' shared look, a
 def timed_steps(result: RunResult) -> list[int]:
     """Steps the time accounting covers: all after the warm-up step 0."""
     return _timed_steps(result.ranks)
-
-
-def shown_steps(result: RunResult, steps: int | Sequence[int] | None) -> list[int]:
-    n = len(result.ranks[0].step_times)
-    if steps is None:
-        return list(range(n))
-    if isinstance(steps, int):
-        return list(range(max(0, n - steps), n))
-    chosen = sorted(set(steps))
-    if not chosen or chosen[0] < 0 or chosen[-1] >= n:
-        raise ValueError(f"steps={list(steps)}: must be step indices from 0 to {n - 1}")
-    # A gap in the time axis would read as idle time: show every step in between.
-    return list(range(chosen[0], chosen[-1] + 1))
-
-
-def shown_events(r: RankReport, steps: list[int]) -> list[dict[str, Any]]:
-    """The rank's events that began during one of ``steps``."""
-    keep = set(steps)
-    return [e for e in r.timeline if step_of(r, e["start"]) in keep]
-
-
-
 
 
 def _footer(fig: Figure, result: RunResult) -> None:
@@ -80,19 +58,6 @@ def _footer(fig: Figure, result: RunResult) -> None:
 # 1. Timeline
 
 
-@dataclass(frozen=True)
-class LegendEntry:
-    """One entry of the timeline's legend: a swatch and its label."""
-
-    label: str
-    color: str
-    hatch: str | None = None
-    alpha: float = 1.0
-    edge: str | None = None
-    line: bool = False
-    """a dashed line (the step boundary) rather than a filled swatch"""
-
-
 def plot_timeline(result: RunResult, steps: int | Sequence[int] | None = 2) -> Figure:
     """Per-rank Gantt chart of the measured steps, with its title, legend
     and the run's notes (``timeline_figure``)."""
@@ -101,126 +66,34 @@ def plot_timeline(result: RunResult, steps: int | Sequence[int] | None = 2) -> F
 
 def timeline_figure(result: RunResult, steps: int | Sequence[int] | None = 2,
                     framed: bool = True) -> tuple[Figure, list[LegendEntry]]:
-    """Per-rank Gantt chart of the measured steps, and its legend's entries.
-    ``framed`` False leaves the title, the legend and the notes out of the
-    picture (the app shows them as text beside it, which costs nothing to
-    draw: they are about half of the time to write the picture).
+    """Per-rank Gantt chart of the measured steps (``timeline.timeline_scene``
+    lays it out: lanes, boxes and hatches are described there), and its
+    legend's entries. ``framed`` False leaves the title, the legend and the
+    notes out of the picture (the app shows them as text beside it).
 
     ``steps``: the last ``steps`` steps (an int), the steps from the first
-    to the last of the given indices (a sequence), or every step (None).
-    Each rank row has a compute lane (boxes numbered by micro-batch) and a
-    thin communication lane below it: sends in its upper half, receives in
-    its lower half, all-reduces across it. The hatched part of a transfer is
-    waiting for the peer (before the last party posted, ``joined``), the
-    solid part is the transfer itself. Pipelines get a thin "planned" lane
-    above the compute lane (``draw_planned_lanes``).
+    to the last of the given indices (a sequence), or every step (None);
+    ValueError for an index the run does not have.
     """
-    chosen = shown_steps(result, steps)
-    ranks = result.ranks
+    scene = timeline_scene(result, steps)
     legend_rows, note = (2, 0.25 if result.notes else 0.0) if framed else (0, 0.0)  # inches for legend, footer
-    planned = planned_actions(result) is not None
-    title = 0.75 if framed else 0.15
-    fig = Figure(figsize=(12, 0.9 + title + note + 0.3 * legend_rows + (1.15 if planned else 0.95) * len(ranks)))
+    title = 0.75 if framed else TOP_IN
+    bottom = BOTTOM_IN + note + 0.3 * legend_rows
+    fig = Figure(figsize=(WIDTH_IN, title + scene.plot_height_in + bottom))
     inch = 1 / fig.get_figheight()
-    fig.subplots_adjust(left=0.14, right=0.94, bottom=(0.6 + note + 0.3 * legend_rows) * inch, top=1 - title * inch)
-    ax = fig.add_subplot()
-    t0 = min(r.step_times[chosen[0]][0] for r in ranks) * MS
-    t1 = max(r.step_times[chosen[-1]][1] for r in ranks) * MS
-    pad = 0.01 * (t1 - t0)
-    ax.set_xlim(t0 - pad, t1 + pad)
-    ax.set_ylim(len(ranks) - 0.45, -0.55)  # rank 0 on top
-    px_per_ms = fig.get_figwidth() * fig.dpi * ax.get_position().width / (t1 - t0 + 2 * pad)
-
-    # Patches go in with add_artist: the limits are set above, and add_patch
-    # would recompute them for each of hundreds of boxes.
-    numbered = result.config.micro_batches > 1
-    kinds_seen: set[str] = set()
-    waited = False
-    for row, r in enumerate(ranks):
-        # Nested spans (a recompute inside its backward) go last, drawn inset over the span around them.
-        for e in sorted(shown_events(r, chosen), key=lambda e: e["kind"] in NESTED_KINDS):
-            kind, start, end = e["kind"], e["start"] * MS, e["end"] * MS
-            kinds_seen.add(kind)
-            color = KIND_COLORS[kind]
-            if kind in COMPUTE_KINDS:
-                y, h = (row - 0.22, 0.35) if planned else (row - 0.33, 0.46)
-                if kind in NESTED_KINDS:
-                    y, h = y + h / 4, h / 2
-                ax.add_artist(Rectangle((start, y), end - start, h, facecolor=color, edgecolor="white",
-                                       linewidth=0.5, gid=f"compute:{kind}"))
-                mb = e.get("micro_batch")
-                label = str(mb) if numbered and mb is not None else ""
-                if label and (end - start) * px_per_ms >= 7 * len(label) + 3:
-                    ax.text((start + end) / 2, y + h / 2, label, ha="center", va="center", fontsize=7,
-                            color="white", fontweight="bold", clip_on=True)
-                continue
-            y, h = (row + 0.18, 0.24) if kind in COLLECTIVE_KINDS else \
-                   ((row + 0.18, 0.12) if kind == "send" else (row + 0.30, 0.12))
-            # A send can finish into a buffer before its receiver posts, so 'joined' may lie past 'end'.
-            joined = min(max(e.get("joined", e["start"]) * MS, start), end)
-            if joined > start:
-                waited = True
-                ax.add_artist(Rectangle((start, y), joined - start, h, facecolor=color, alpha=0.3,
-                                       hatch="////", edgecolor=color, linewidth=0, gid=f"wait:{kind}"))
-            ax.add_artist(Rectangle((joined, y), end - joined, h, facecolor=color, edgecolor="none",
-                                   gid=f"comm:{kind}"))
-
-    # Inside a compute span, the time the rank stood blocked on a transfer
-    # (an in-line all-reduce, an FSDP all-gather) is not compute: the
-    # accounting counts it as comm or wait, and the compute lane shows it so.
-    halted = False
-    lo, hi = (min(r.step_times[chosen[0]][0] for r in ranks), max(r.step_times[chosen[-1]][1] for r in ranks))
-    for row, r in enumerate(ranks):
-        y, h = (row - 0.22, 0.35) if planned else (row - 0.33, 0.46)
-        spans = [(e["start"], e["end"]) for e in r.timeline if e["kind"] in COMPUTE_KINDS]
-        stops = list(r.blocked) + [(e["start"], e["end"]) for e in r.timeline if e.get("inline")]
-        for a, b in stops:
-            for sa, sb in spans:
-                x0, x1 = max(a, sa, lo), min(b, sb, hi)
-                if x1 > x0:
-                    halted = True
-                    ax.add_artist(Rectangle((x0 * MS, y), (x1 - x0) * MS, h, facecolor="white", alpha=0.75,
-                                            hatch="xxxx", edgecolor=KIND_COLORS["comm"], linewidth=0,
-                                            gid="halted"))
-
-    # Step boundaries, per rank (each rank's steps start when it gets there).
-    for row, r in enumerate(ranks):
-        edges = [(r.step_times[s][0], f"step {s}" + (" (warm-up)" if s == 0 and len(r.step_times) > 1 else ""))
-                 for s in chosen] + [(r.step_times[chosen[-1]][1], "end")]
-        for x, label in edges:
-            ax.plot([x * MS] * 2, [row - 0.48, row + 0.45], ls="--", lw=1, color="#333", alpha=0.7)
-            ax.text(x * MS, row - 0.47, f" {label} ", fontsize=7, color="#333", va="top",
-                    ha="left" if label != "end" else "right", clip_on=True)
-
-    ax.set_yticks(range(len(ranks)), [rank_label(result, r) for r in ranks])
-    if planned:
-        draw_planned_lanes(ax, result, {r.rank: row for row, r in enumerate(ranks)}, chosen)
-    lanes = blended_transform_factory(ax.transAxes, ax.transData)
-    for row in range(len(ranks)):
-        ax.text(1.003, row - (0.05 if planned else 0.1), "compute", transform=lanes, fontsize=7, color="#555",
-                va="center")
-        ax.text(1.003, row + 0.3, "comm", transform=lanes, fontsize=7, color="#555", va="center")
-    ax.set_xlabel("time since the first rank began step 0 (ms)")
-    ax.grid(axis="x", color="#EEE")
-    ax.set_axisbelow(True)
-    entries = [LegendEntry(KIND_LABELS[k], KIND_COLORS[k]) for k in COMPUTE_KINDS + COMM_KINDS if k in kinds_seen]
-    if waited:
-        entries.append(LegendEntry("waiting for the peer to post", "#999", hatch="////", alpha=0.4, edge="#666"))
-    if halted:
-        entries.append(LegendEntry("halted on a transfer inside compute (not compute)", "white", hatch="xxxx",
-                                   edge=KIND_COLORS["comm"]))
-    entries.append(LegendEntry("step boundary", "#333", line=True))
+    fig.subplots_adjust(left=LEFT, right=RIGHT, bottom=bottom * inch, top=1 - title * inch)
+    paint(scene, fig.add_subplot())
     if not framed:
-        return fig, entries
+        return fig, scene.entries
     fig.suptitle(f"What each rank did, step by step — {run_title(result)}", fontsize=11, y=1 - 0.12 * inch)
     handles = [Line2D([], [], ls="--", color=e.color, label=e.label) if e.line else
                Patch(facecolor=e.color, alpha=e.alpha, hatch=e.hatch, edgecolor=e.edge, label=e.label)
-               for e in entries]
+               for e in scene.entries]
     fig.legend(handles=handles, loc="lower center", bbox_to_anchor=(0.5, note * inch),
                ncol=(len(handles) + legend_rows - 1) // legend_rows, fontsize=8, frameon=False,
                title=legend_title(result), title_fontsize=8)
     _footer(fig, result)
-    return fig, entries
+    return fig, scene.entries
 
 
 def legend_title(result: RunResult) -> str:
@@ -480,41 +353,6 @@ def save_all(result: RunResult, directory: str | os.PathLike, predicted: Sequenc
 
 __all__ = ["KIND_COLORS", "MEMORY_COLORS", "plot_timeline", "plot_time_breakdown", "plot_memory",
            "plot_losses", "plot_dataflow", "save_all"]
-
-
-# --------------------------------------------------------------------------
-# The planned order, above each rank's measured timeline
-
-
-PLANNED_LANE = (-0.335, 0.09)
-"""(top, height) of the planned lane in a rank's row, above its compute lane."""
-
-
-def planned_actions(result: RunResult) -> dict[int, list[list]] | None:
-    """Each rank's planned actions at their replayed times
-    (``bubble["replayed_timeline"]``: [kind, stage, micro_batch, step,
-    start, end], seconds), keyed by rank; None when the run has none."""
-    timeline = (result.bubble or {}).get("replayed_timeline")
-    if not timeline:
-        return None
-    return {int(rank): actions for rank, actions in timeline.items()}
-
-
-def draw_planned_lanes(ax, result: RunResult, rows: dict[int, int], steps: Sequence[int]) -> None:
-    """A thin lane above each rank's compute lane: the schedule's planned
-    actions (torch's own table) in order, drawn at the times the replay
-    gives them with this run's measured costs, coloured by kind, for the
-    shown ``steps``; ``rows``: rank -> row of the timeline."""
-    top, height = PLANNED_LANE
-    lanes = blended_transform_factory(ax.transAxes, ax.transData)
-    for rank, actions in planned_actions(result).items():
-        row = rows[rank]
-        for kind, _stage, _mb, step, start, end in actions:
-            if step in steps:
-                ax.add_patch(Rectangle((start * MS, row + top), (end - start) * MS, height,
-                                       facecolor=KIND_COLORS[kind], edgecolor="white", linewidth=0.3,
-                                       alpha=0.8, gid=f"planned:{kind}"))
-        ax.text(1.003, row + top + height / 2, "planned", transform=lanes, fontsize=7, color="#555", va="center")
 
 
 def idle_share(result: RunResult) -> float:

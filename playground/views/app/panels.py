@@ -9,7 +9,7 @@ from typing import Any
 
 import ipywidgets as W
 
-from playground.views import plots
+from playground.views import plots, timeline
 from playground.spec.config import OPTIMIZERS, PRECISIONS, RECOMPUTE, SCHEDULES, STRATEGIES, RunConfig
 from playground.predict.formulas import stage_shares
 from playground.zoo.models import MODELS
@@ -165,19 +165,18 @@ class ResultsView(W.Tab):
         result = self.result
         if result is None or index is None or self.TITLES[index] in self.figures:
             return
-        if index == 0:  # the title, legend and notes as text beside the picture, not drawn in it
-            fig, entries = plots.timeline_figure(result, framed=False)
+        if index == 0:  # written as SVG directly, with its title, legend and notes as text beside it
+            scene = timeline.timeline_scene(result)
+            data = timeline.svg(scene)
         else:
-            fig = getattr(plots, self.PLOTS[index])(result)
-        data = picture(fig)
+            data = picture(getattr(plots, self.PLOTS[index])(result))
         if result is not self.result:  # a newer run arrived meanwhile: this picture is stale
             return
         pane = self.children[index]
         caption = pane.children[0]
         if index == 0:  # the timeline's rows as drawn, in words: its alt text, for screen readers
-            caption.value += legend_html(entries, plots.legend_title(result), plots.run_title(result))
-            rows = [t.get_text() for t in fig.axes[0].get_yticklabels()]
-            alt = f"timeline picture: {len(rows)} rows, one per rank: " + "; ".join(rows)
+            caption.value += legend_html(scene.entries, plots.legend_title(result), plots.run_title(result))
+            alt = f"timeline picture: {len(scene.rows)} rows, one per rank: " + "; ".join(scene.rows)
             caption.value += f"<span class='playground-timeline-rows' style='{SCREEN_READER_ONLY}'>{esc(alt)}</span>"
         img = self._pictures[index]
         img.value = data

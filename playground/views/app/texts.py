@@ -25,7 +25,8 @@ SCREEN_READER_ONLY = "position:absolute;width:1px;height:1px;overflow:hidden;cli
 PICTURE_FORMAT = "svg+xml"
 """The app's pictures are SVG with text kept as text: the browser sets the
 type, and matplotlib only writes it out, two to four times faster than
-rendering a PNG of the same figure at 90 dpi."""
+rendering a PNG of the same figure at 90 dpi. The timeline, the tab shown
+first, is written without matplotlib (``timeline.svg``)."""
 
 
 def picture(fig: Figure) -> bytes:
