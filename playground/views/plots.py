@@ -21,6 +21,7 @@ from matplotlib.patches import Patch
 from playground.rank.report import RankReport
 from playground.result.run_result import RunResult
 from playground.result.table import check_sentence
+from playground.result.accounting import step_of  # noqa: F401 - notebooks read it from here
 from playground.result.accounting import timed_steps as _timed_steps
 from playground.views.timeline import (  # noqa: F401 - the timeline's parts, also read from here
     BOTTOM_IN, LEFT, PLANNED_LANE, RIGHT, TOP_IN, WIDTH_IN, LegendEntry, paint, planned_actions, shown_events,
