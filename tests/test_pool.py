@@ -75,11 +75,30 @@ def test_cancel_ends_the_run_and_its_processes(pool):
         if step == 2:
             cancel.set()
 
+    playground.run(CONFIG)
+    factory = pool.process_pids()[-1]
     with pytest.raises(RunCancelled):
         playground.run(CONFIG.replace(model="mlp", steps=500), cancel=cancel, on_step=on_step)
     assert seen[:3] == [0, 1, 2] and len(seen) < 500
-    assert rank_pids() == [] and pool.size == 0
-    assert playground.run(CONFIG).passed  # the next run starts a fresh pool
+    # Every rank ended; the factory, which held no part of the run, stays.
+    assert rank_pids() == [factory] and pool.size == 0
+    assert playground.run(CONFIG).passed  # the next run forks new ranks from it
+    assert pool.process_pids()[-1] == factory and len(rank_pids()) == 3
+
+
+def test_a_stop_while_the_pool_starts_ends_the_run_at_once(pool):
+    """Stop pressed during the first run's process start (seconds; on one
+    CPU, half a minute): the run ends within a moment; the factory goes on
+    starting, so the next run does not start it again."""
+    cancel = threading.Event()
+    threading.Timer(0.2, cancel.set).start()
+    t = time.monotonic()
+    with pytest.raises(RunCancelled):
+        playground.run(CONFIG, cancel=cancel)
+    assert time.monotonic() - t < 1.0 and pool.size == 0
+    factory = pool.process_pids()
+    assert len(factory) == 1 and alive(factory[0])
+    assert playground.run(CONFIG).passed and pool.process_pids()[-1] == factory[0]
 
 
 def test_ranks_exit_when_their_caller_is_killed(tmp_path):
@@ -129,7 +148,7 @@ def test_keyboard_interrupt_ends_the_ranks_and_the_next_run_works(pool):
 
     with pytest.raises(KeyboardInterrupt):
         playground.run(CONFIG.replace(model="mlp", steps=500), on_step=interrupt)
-    assert rank_pids() == [] and pool.size == 0
+    assert rank_pids() == pool.process_pids() and pool.size == 0  # the ranks ended; the factory stays
     assert playground.run(CONFIG).passed
 
 

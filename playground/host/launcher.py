@@ -182,17 +182,35 @@ class _Zygote:
         self.sock = ours
         self._answers = ours.makefile("rb")
         self._lock = threading.Lock()
+        self.ready = False
+        """True once the factory said its imports are done"""
 
-    def _ask(self, request: dict, fds: tuple[int, ...] = ()) -> dict:
-        with self._lock:
-            socket.send_fds(self.sock, [json.dumps(request).encode() + b"\n"], list(fds))
-            line = self._answers.readline()
+    def wait_ready(self, cancel=None) -> None:
+        """Block until the factory has imported what a rank needs (seconds,
+        once). ``cancel`` set meanwhile raises RunCancelled at once; the
+        factory goes on starting, for the next run."""
+        while not self.ready:
+            if cancel is not None and cancel.is_set():
+                raise RunCancelled()
+            if select.select([self.sock], [], [], 0.1)[0]:
+                with self._lock:
+                    self._answer()  # {"ready": true}
+                self.ready = True
+
+    def _answer(self) -> dict:
+        line = self._answers.readline()
         if not line:
             self.log.seek(0)
             said = self.log.read()[-2000:].decode(errors="replace").strip()
             raise RuntimeError(f"the pool's rank factory (pid {self.proc.pid}) ended: exit code {self.proc.poll()}"
                                + (f"; it printed:\n{said}" if said else ""))
         return json.loads(line)
+
+    def _ask(self, request: dict, fds: tuple[int, ...] = ()) -> dict:
+        self.wait_ready()
+        with self._lock:
+            socket.send_fds(self.sock, [json.dumps(request).encode() + b"\n"], list(fds))
+            return self._answer()
 
     def fork(self, rank: int, fds: tuple[int, ...]) -> "_ForkedProc":
         pid = self._ask({"rank": rank, "sys_path": _import_path(), "cwd": os.getcwd()}, fds)["pid"]
@@ -339,6 +357,69 @@ def launch(config: RunConfig, device_type: str, backend: str, custom: tuple | No
         del store
 
 
+def seconds_from_env(name: str, default: float) -> float:
+    """The number of seconds environment variable ``name`` gives, or
+    ``default`` where it is unset. ValueError naming the variable, its value
+    and what is allowed when it is not a number >= 0."""
+    text = os.environ.get(name)
+    if text is None:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0:
+        raise ValueError(f"{name}={text!r}: must be a number of seconds >= 0 (0: never)")
+    return value
+
+
+MEMORY_SHORT = 0.15
+"""An idle pool ends its processes when less than this share of the memory
+allowed (the cgroup's limit, else the machine's) is available."""
+WATCH_S = 0.5
+"""How often an idle pool looks at the clock and at the memory, seconds."""
+MEMORY_GRACE_S = 5.0
+"""An idle pool looks at the memory only after this many seconds without a
+run: a sweep's next point, or a re-run, comes sooner."""
+
+
+def memory_headroom() -> tuple[int, int] | None:
+    """(bytes available, bytes allowed) for this process: under a cgroup v2
+    memory limit (``memory.max``, as on Binder and in containers), the limit
+    less what the cgroup uses beyond its reclaimable file cache
+    (``memory.current`` - ``inactive_file`` of ``memory.stat``), and never
+    more than the machine's MemAvailable (/proc/meminfo); None where none of
+    these can be read."""
+    try:
+        with open("/proc/meminfo") as f:
+            info = {line.split(":")[0]: int(line.split()[1]) * 1024 for line in f}
+        available, allowed = info["MemAvailable"], info["MemTotal"]
+    except (OSError, KeyError, ValueError, IndexError):
+        return None
+    try:
+        with open("/proc/self/cgroup") as f:
+            path = next(line.split(":", 2)[2].strip() for line in f if line.startswith("0::"))
+        folder = f"/sys/fs/cgroup{path}"
+        with open(f"{folder}/memory.max") as f:
+            limit = f.read().strip()
+        if limit != "max":
+            with open(f"{folder}/memory.current") as f:
+                used = int(f.read())
+            with open(f"{folder}/memory.stat") as f:
+                cache = next((int(line.split()[1]) for line in f if line.startswith("inactive_file ")), 0)
+            allowed = int(limit)
+            available = min(available, allowed - max(0, used - cache))
+    except (OSError, StopIteration, ValueError, IndexError):
+        pass
+    return available, allowed
+
+
+def memory_short() -> bool:
+    """Less than ``MEMORY_SHORT`` of the memory allowed is available (``memory_headroom``)."""
+    room = memory_headroom()
+    return room is not None and room[0] < MEMORY_SHORT * room[1]
+
+
 class Pool:
     """Ranks kept alive between runs.
 
@@ -347,23 +428,34 @@ class Pool:
     change of device count costs no interpreter start or torch import. New
     ranks are forked by a factory process that imported torch once
     (``worker.zygote``), in milliseconds. Ranks beyond a run's size sit
-    blocked on their job pipe: no CPU, no process group, no socket.
+    blocked on their job pipe: no CPU, no process group, no socket; after
+    ``trim_after_s`` without a run they end, and with them the memory their
+    last job left them (a rank that ran a job holds about 90 MiB more than a
+    fresh one).
 
     The pool belongs to the process that made it. Its ranks end when it is
     shut down (at interpreter exit for the default pool), when a run fails
-    (the next run starts fresh ones), and by themselves when this process
-    dies (their lifeline pipe closes; the factory sees its socket close)."""
+    or is stopped (the next run forks new ones from the factory, which stays),
+    after ``idle_release_s`` without a run, or at once when an idle pool
+    finds memory short (``memory_short``: another kernel needs the room);
+    and by themselves when this process dies (their lifeline pipe closes;
+    the factory sees its socket close). A run stopped while the factory
+    still starts ends at once; the factory goes on starting for the next."""
 
-    def __init__(self, idle_release_s: float | None = None):
+    def __init__(self, idle_release_s: float | None = None, trim_after_s: float | None = None):
         self._ranks: list[_Rank] = []
         self._zygote: _Zygote | None = None
         self._lock = threading.Lock()  # one run at a time on these ranks
-        self.idle_release_s = float(os.environ.get("PLAYGROUND_POOL_IDLE_S", 600)) if idle_release_s is None \
+        self.idle_release_s = seconds_from_env("PLAYGROUND_POOL_IDLE_S", 600) if idle_release_s is None \
             else idle_release_s
         """Seconds without a run after which the pool ends its processes (a
         shared machine, such as a Binder session, gets their memory back);
-        the next run starts them again. ``PLAYGROUND_POOL_IDLE_S`` sets it."""
-        self._idle_timer: threading.Timer | None = None
+        the next run starts them again. ``PLAYGROUND_POOL_IDLE_S`` sets it; 0: never."""
+        self.trim_after_s = seconds_from_env("PLAYGROUND_POOL_TRIM_S", 30) if trim_after_s is None \
+            else trim_after_s
+        """Seconds without a run after which the ranks beyond the last run's
+        size end. ``PLAYGROUND_POOL_TRIM_S`` sets it; 0: never."""
+        self._watch_stop: threading.Event | None = None
 
     @property
     def size(self) -> int:
@@ -385,41 +477,69 @@ class Pool:
     def run(self, config: RunConfig, store_port: int, device_type: str, backend: str, custom, cancel=None,
             on_progress=None) -> list[tuple[RankReport, dict[str, Any]]]:
         with self._lock:
-            self._cancel_idle_release()
-            self._ensure(config.world_size)
+            self._stop_watch()
+            try:
+                self._ensure(config.world_size, cancel)
+            except RunCancelled:
+                self._watch_idle(0)
+                raise
             ranks = self._ranks[:config.world_size]
             try:
                 _send_jobs(ranks, config, store_port, device_type, backend, custom)
                 reports = _collect(ranks, config.timeout_s, cancel, on_progress)
             except BaseException:
-                self._shutdown()
+                # The ranks may be inside a collective: end them all. The
+                # factory holds no job's state and stays: the next run forks
+                # new ranks rather than importing torch again.
+                ranks, self._ranks = self._ranks, []
+                _end(ranks)
+                self._watch_idle(0)
                 raise
-            self._schedule_idle_release()
+            self._watch_idle(config.world_size)
             return reports
 
-    def _schedule_idle_release(self) -> None:
-        if self.idle_release_s > 0:
-            self._idle_timer = threading.Timer(self.idle_release_s, self._release_if_idle)
-            self._idle_timer.daemon = True
-            self._idle_timer.start()
+    def _watch_idle(self, size: int) -> None:
+        """From now until the next run: end the ranks beyond ``size`` after
+        ``trim_after_s``, and everything after ``idle_release_s`` or when
+        memory runs short."""
+        stop = self._watch_stop = threading.Event()
+        threading.Thread(target=self._watch, args=(stop, size, time.monotonic()), daemon=True,
+                         name="playground-pool-idle").start()
 
-    def _cancel_idle_release(self) -> None:
-        if self._idle_timer is not None:
-            self._idle_timer.cancel()
-            self._idle_timer = None
+    def _stop_watch(self) -> None:
+        if self._watch_stop is not None:
+            self._watch_stop.set()
+            self._watch_stop = None
 
-    def _release_if_idle(self) -> None:
-        if self._lock.acquire(blocking=False):  # a run in progress keeps its ranks
+    def _watch(self, stop: threading.Event, size: int, since: float) -> None:
+        trimmed = False
+        while not stop.wait(WATCH_S):
+            idle = time.monotonic() - since
+            if (0 < self.idle_release_s <= idle) or (idle >= MEMORY_GRACE_S and memory_short()):
+                self._while_idle(stop, self._shutdown)
+                return
+            if not trimmed and 0 < self.trim_after_s <= idle:
+                self._while_idle(stop, lambda: self._trim(size))
+                trimmed = True
+
+    def _while_idle(self, stop: threading.Event, act) -> None:
+        """``act()`` unless a run holds the pool or came since ``stop``'s watch began."""
+        if self._lock.acquire(blocking=False):
             try:
-                self._shutdown()
+                if not stop.is_set():
+                    act()
             finally:
                 self._lock.release()
+
+    def _trim(self, size: int) -> None:
+        extra, self._ranks = self._ranks[size:], self._ranks[:size]
+        _end(extra)
 
     def shutdown(self) -> None:
         with self._lock:
             self._shutdown()
 
-    def _ensure(self, world_size: int) -> None:
+    def _ensure(self, world_size: int, cancel=None) -> None:
         if any(r.proc.poll() is not None for r in self._ranks) or (
                 self._zygote is not None and self._zygote.proc.poll() is not None):
             self._shutdown()
@@ -429,14 +549,17 @@ class Pool:
         try:
             if self._zygote is None:
                 self._zygote = _Zygote(env)
+            self._zygote.wait_ready(cancel)
             for rank in range(self.size, world_size):
                 self._ranks.append(_Rank(rank, env, many=True, zygote=self._zygote))
+        except RunCancelled:
+            raise
         except BaseException:
             self._shutdown()
             raise
 
     def _shutdown(self) -> None:
-        self._cancel_idle_release()
+        self._stop_watch()
         ranks, self._ranks = self._ranks, []
         zygote, self._zygote = self._zygote, None
         try:

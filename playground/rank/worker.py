@@ -137,8 +137,9 @@ def serve(job_fd: int, report_fd: int, lifeline_fd: int, many: bool = False, ran
 
 
 def zygote(control_fd: int) -> None:
-    """The warm pool's rank factory: import what a rank needs once, then
-    fork a new rank for each request on ``control_fd`` (a Unix socket).
+    """The warm pool's rank factory: import what a rank needs once, say
+    ``{"ready": true}`` on ``control_fd`` (a Unix socket), then fork a new
+    rank for each request on it.
 
     A request is a JSON line ``{"rank", "sys_path", "cwd"}`` with the
     rank's five descriptors attached (job, report, lifeline, status,
@@ -175,6 +176,7 @@ def zygote(control_fd: int) -> None:
 
     signal.signal(signal.SIGCHLD, reap)
     sock = socket.socket(fileno=control_fd)
+    sock.sendall(b'{"ready": true}\n')  # the imports are done: the caller may ask for ranks
     buffer, fds = b"", []
     while True:
         data, more, _flags, _addr = socket.recv_fds(sock, 1 << 16, 5)
