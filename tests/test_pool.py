@@ -201,3 +201,62 @@ def test_an_idle_pool_gives_its_processes_back():
         assert own.size == 2
     finally:
         own.shutdown()
+
+
+def test_ranks_beyond_the_last_runs_size_end_after_a_while():
+    """After a run at 3 and one at 2, the third rank (which holds its last
+    job's memory) ends once the pool has had no run for ``trim_after_s``;
+    the two in use and the factory stay."""
+    from playground.host.launcher import launch
+
+    own = Pool(trim_after_s=1.0)
+    try:
+        launch(CONFIG.replace(model="mlp", world_size=3, global_batch=30), "cpu", "gloo", pool=own)
+        launch(CONFIG, "cpu", "gloo", pool=own)
+        ranks, factory = own.pids(), own.process_pids()[-1]
+        assert len(ranks) == 3
+        deadline = time.monotonic() + 20
+        while own.size > 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        while alive(ranks[2]) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert own.pids() == ranks[:2] and not alive(ranks[2])
+        assert all(alive(p) for p in ranks[:2] + [factory])
+        launch(CONFIG.replace(model="mlp", world_size=3, global_batch=30), "cpu", "gloo", pool=own)
+        assert own.pids()[:2] == ranks[:2] and own.process_pids()[-1] == factory  # forked again, no new factory
+    finally:
+        own.shutdown()
+
+
+def test_an_idle_pool_ends_its_processes_when_memory_runs_short(monkeypatch):
+    """Another kernel needs the room: an idle pool gives everything back."""
+    from playground.host import launcher
+
+    own = Pool()
+    try:
+        launcher.launch(CONFIG, "cpu", "gloo", pool=own)
+        held = own.process_pids()
+        assert len(held) == 3
+        monkeypatch.setattr(launcher, "MEMORY_GRACE_S", 0.0)
+        monkeypatch.setattr(launcher, "memory_short", lambda: True)
+        deadline = time.monotonic() + 20
+        while (own.size or any(alive(p) for p in held)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert own.process_pids() == [] and not any(alive(p) for p in held)
+    finally:
+        own.shutdown()
+
+
+def test_the_memory_headroom_is_read_from_the_system():
+    from playground.host.launcher import memory_headroom
+
+    available, allowed = memory_headroom()
+    assert 0 < available <= allowed
+
+
+def test_a_bad_pool_setting_names_the_variable_and_what_is_allowed(monkeypatch):
+    monkeypatch.setenv("PLAYGROUND_POOL_IDLE_S", "10m")
+    with pytest.raises(ValueError, match=r"PLAYGROUND_POOL_IDLE_S='10m': must be a number of seconds >= 0"):
+        Pool()
+    monkeypatch.setenv("PLAYGROUND_POOL_IDLE_S", "120")
+    assert Pool().idle_release_s == 120.0
