@@ -98,3 +98,13 @@ def rank_pids() -> list[int]:
     (``python -m playground.rank.worker``): what a finished or failed run
     must not leave behind. A browser the tests start is not one."""
     return worker_pids()
+
+
+def no_rank_left() -> bool:
+    """A failed or stopped run left no rank: what is left of the default
+    pool is its rank factory at most (it holds no part of any run, and the
+    next run forks new ranks from it), and no other worker process."""
+    import playground
+
+    pool = playground.default_pool()
+    return pool.size == 0 and sorted(rank_pids()) == sorted(pool.process_pids())

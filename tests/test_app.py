@@ -14,7 +14,7 @@ import pytest
 
 
 import playground.host.runner as runner  # noqa: E402
-from support import rank_pids  # noqa: E402
+from support import no_rank_left, rank_pids  # noqa: E402
 from playground.views.app import Playground, form, mesh_options, plot_sweep, sweep_config  # noqa: E402
 from playground.spec.config import RunConfig  # noqa: E402
 from playground.host.launcher import RunCancelled, default_pool  # noqa: E402
@@ -377,7 +377,7 @@ def test_stop_ends_a_real_run_and_its_processes():
     app.stop_button.click()
     assert app.wait(timeout=30), "Stop did not end the run within 30 s"
     assert app.status.value.startswith("stopped")
-    assert rank_pids() == []
+    assert no_rank_left()
     assert app.result is None and app.history.runs[-1]["error"] == "stopped"
 
 

@@ -10,7 +10,7 @@ import pytest
 
 import playground
 from playground import RankDied, RankError, RunConfig, RunTimeout
-from support import faulty_model, rank_pids, regression_data
+from support import faulty_model, no_rank_left, rank_pids, regression_data
 
 
 def _run(strategy: str, what: str, rank: int = 1, **fields):
@@ -28,7 +28,7 @@ def test_rank_that_raises_gives_its_traceback_and_leaves_nothing(strategy):
     assert "rank 1 raised ValueError: deliberate failure on rank 1" in str(err)
     assert "--- traceback of rank 1 ---" in str(err)
     assert "faulty.py" in err.traceback and "raise ValueError" in err.traceback
-    assert rank_pids() == []
+    assert no_rank_left()
 
 
 def test_rank_killed_mid_run_is_reported():
@@ -38,7 +38,7 @@ def test_rank_killed_mid_run_is_reported():
     assert info.value.rank == 1
     assert "killed by signal 9" in str(info.value)
     assert time.monotonic() - started < 30
-    assert rank_pids() == []
+    assert no_rank_left()
 
 
 def test_rank_that_hangs_is_stopped_at_the_timeout():
@@ -50,7 +50,7 @@ def test_rank_that_hangs_is_stopped_at_the_timeout():
     assert info.value.doing[1].startswith("forward"), info.value.doing
     assert info.value.doing[0].startswith("all_reduce"), info.value.doing
     assert "rank 1: forward" in str(info.value)
-    assert rank_pids() == []
+    assert no_rank_left()
 
 
 def test_next_run_after_a_failure_works():
@@ -82,4 +82,4 @@ def test_a_job_the_rank_cannot_read_is_reported_with_a_hint(monkeypatch):
                        model=model, dataset=regression_data())
     assert "could not read the job" in str(info.value) and "ghost_blocks" in str(info.value)
     assert "importable by the ranks" in str(info.value)
-    assert rank_pids() == []
+    assert no_rank_left()
