@@ -151,6 +151,7 @@ def zygote(control_fd: int) -> None:
     Nothing here runs a torch op before forking: no thread pool exists to
     be broken by ``fork``. End of file on the socket (the caller is gone)
     ends the factory; its ranks watch their own lifelines."""
+    import gc
     import json
     import signal
     import socket
@@ -175,6 +176,11 @@ def zygote(control_fd: int) -> None:
             ended[pid] = os.waitstatus_to_exitcode(status)
 
     signal.signal(signal.SIGCHLD, reap)
+    # What was imported stays for good: moved out of the collector's sight,
+    # a rank's collections never write to those objects, so their pages stay
+    # shared with the factory and the other ranks instead of being copied.
+    gc.collect()
+    gc.freeze()
     sock = socket.socket(fileno=control_fd)
     sock.sendall(b'{"ready": true}\n')  # the imports are done: the caller may ask for ranks
     buffer, fds = b"", []
