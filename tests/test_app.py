@@ -75,14 +75,32 @@ def test_a_cut_too_many_is_refused_and_balance_repairs_it(no_launch):
     free.value = True
     assert app.error.field == "split_points" and app.run_button.disabled
     assert app.strip.stage_shares.value.count("stage ") == 3
+    # The cuts as a person writes them, "(1, 5)", not Python's tuple of one, "(5,)".
+    assert f"<code>({', '.join(map(str, app.strip.cuts))})</code>" in app.message.value
     app.strip.balance.click()
     assert app.strip.cuts == balanced and app.error is None
     app.strip.toggles[0].value, app.strip.toggles[balanced[0] - 1].value = True, False
-    assert app.config.split_points == (1,) and "stage 0: blocks 0–0" in app.strip.stage_shares.value
+    assert app.config.split_points == (1,) and "stage 0: block 0 · " in app.strip.stage_shares.value
+    assert "blocks 0–0" not in app.strip.stage_shares.value and "stage 1: blocks 1–" in app.strip.stage_shares.value
     app.world.value = 4  # three cuts now: start again from balanced ones
     assert len(app.strip.cuts) == 3 and app.error is None
     app.strategy.value = "data"
     assert all(t.disabled for t in app.strip.toggles) and app.config.split_points is None
+
+
+def test_a_refused_value_reads_as_the_form_writes_it():
+    from playground.spec.config import ConfigError
+    from playground.views.app.texts import error_html
+
+    with pytest.raises(ConfigError) as one:
+        RunConfig(model="mlp", strategy="model", world_size=3, split_points=(4,))
+    assert one.value.value == (4,) and "<b>split_points</b> = <code>4</code>: " in error_html(one.value)
+    with pytest.raises(ConfigError) as two:
+        RunConfig(model="mlp", strategy="model", world_size=2, split_points=(1, 3))
+    assert "<b>split_points</b> = <code>(1, 3)</code>: " in error_html(two.value)
+    with pytest.raises(ConfigError) as word:
+        RunConfig(model="mlp", recompute="some")
+    assert "<b>recompute</b> = <code>&#x27;some&#x27;</code>: " in error_html(word.value)
 
 
 def test_strategy_single_means_one_rank_and_hybrid_keeps_the_mesh_product(no_launch):
@@ -404,3 +422,67 @@ def test_the_start_status_says_how_long_the_first_run_takes_on_one_core(monkeypa
     app.start_run()
     assert app.status.value.startswith("starting 2 devices")
     assert ("on 1 CPU core up to about half a minute" in app.status.value) == expect, app.status.value
+    # The warm pool's factory imports PyTorch once and forks the ranks (host/launcher.py), not a process per device.
+    assert "rank factory that imports PyTorch once" in app.status.value and "forks more" in app.status.value
+    assert "in each" not in app.status.value
+
+
+def test_the_live_view_catches_up_at_the_next_tick_when_the_throttle_held_a_step_back(no_launch, monkeypatch):
+    """A step's last rank reports within milliseconds of its first: the
+    throttle holds that message back, and the job's tick draws it, so the
+    status does not stay a step behind what every rank has finished."""
+    from playground.views.app.jobs import Throttle
+
+    app = Playground(config=SMALL)
+    monkeypatch.setattr(app.jobs, "start", lambda job: None)  # the ranks' messages come from here instead
+    app.start_run()
+    app._throttle = Throttle(3600)  # no window ends during the test: only the tick can catch up
+    assert app._throttle.due()  # the window starts now
+    drawn = []
+    app.live.observe(lambda ch: drawn.append(ch["new"]), names="value")
+
+    def finish(step: int) -> None:
+        app._on_progress({"rank": 0, "step": step, "loss": None, "step_s": 0.5})
+        app._on_progress({"rank": 1, "step": step, "loss": 2.0 - step / 4, "step_s": 1.0})
+
+    finish(0)
+    assert len(drawn) == 1 and app.progress.value == 1  # rank 0's first message drew; rank 1's was held
+    assert "step 0 of 3" in app.status.value
+    app._tick(1.0)
+    assert "running: step 1 of 3 finished on every rank" in app.status.value and len(drawn) == 2
+    assert "<code>2.0000</code> at step 0" in app.live.value and "1000.0 ms" in app.live.value
+    app._tick(1.5)  # nothing new: nothing redrawn
+    assert len(drawn) == 2
+    finish(1)
+    assert len(drawn) == 2 and "step 1 of 3" in app.status.value  # held back, not drawn per message
+    app._tick(2.0)
+    assert "step 2 of 3" in app.status.value and "<code>1.7500</code> at step 1" in app.live.value
+    finish(2)  # the last step is drawn at once
+    assert "step 3 of 3" in app.status.value and len(drawn) == 4
+
+
+def test_a_tick_after_a_failed_run_leaves_the_failure_shown(monkeypatch):
+    def fake_run(config, *, cancel=None, on_progress=None):
+        on_progress({"rank": 0, "step": 0, "loss": None, "step_s": 0.01})
+        on_progress({"rank": 1, "step": 0, "loss": 2.0, "step_s": 0.01})  # held back by the throttle
+        raise RuntimeError("rank 1 died")
+    monkeypatch.setattr(runner, "run", fake_run)
+    app = Playground(config=SMALL)
+    app.run_button.click()
+    assert app.wait(timeout=30)
+    assert "run failed: RuntimeError: rank 1 died" in app.status.value
+    app._tick(1.0)
+    assert "run failed: RuntimeError: rank 1 died" in app.status.value
+
+
+@pytest.mark.parametrize("path", ["app.ipynb", "notebooks/00_playground.ipynb"])
+def test_what_to_expect_describes_the_rank_factory(path):
+    """The first run starts one rank factory that imports PyTorch once and
+    forks the ranks (host/launcher.py); the notebooks' texts say so."""
+    from pathlib import Path
+
+    cells = json.loads((Path(__file__).parent.parent / path).read_text(encoding="utf-8"))["cells"]
+    text = " ".join("".join(c["source"]) for c in cells if c["cell_type"] == "markdown").replace("\n", " ")
+    expect = next(part for part in text.split("**") if "rank factory" in part)
+    assert "imports PyTorch once" in expect and "forks more ranks" in expect
+    assert "loads PyTorch in each" not in text and "15–35 s" in text

@@ -443,3 +443,38 @@ def test_the_memory_figure_draws_a_formula_it_is_given_or_none():
     assert_formula_bars(fig, result, other)
     assert texts(fig).count("what if") == len(result.ranks)
     assert "what if: prediction, not run (outline)" in [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+
+
+def test_the_longest_rank_label_fits_left_of_the_timeline_in_both_painters():
+    """A hybrid dp 2 × pp 2 run with two stages per rank (interleaved1f1b,
+    virtual_stages 2) labels its rows "rank 0 · stages 0, 2 · dp 0": 27
+    characters, more than the least left margin holds. Both painters must
+    keep every row label inside the picture."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.font_manager import FontProperties
+    from matplotlib.textpath import TextPath
+
+    result = load("mlp-hybrid-dp2pp2")
+    held = {0: [(0, 0, 3), (2, 5, 7)], 1: [(1, 3, 5), (3, 7, 10)]}  # as such a run of mlp records them
+    for r in result.ranks:
+        r.stages = held[r.pp_rank]
+    rows = [plots.rank_label(result, r) for r in result.ranks]
+    assert rows[0] == "rank 0 · stages 0, 2 · dp 0"
+
+    fig = plots.plot_timeline(result)
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_yticklabels()] == rows
+    assert min(t.get_window_extent(renderer).x0 for t in ax.get_yticklabels()) >= 0
+
+    # The SVG's row labels end 7 points left of the plot (text-anchor "end"); DejaVu Sans is its first font.
+    root = ET.fromstring(timeline.svg(timeline.timeline_scene(result)))
+    group = next(g for g in root.iter("{http://www.w3.org/2000/svg}g") if g.get("text-anchor") == "end")
+    labels = list(group)
+    assert [t.text for t in labels] == rows and group.get("font-size") == "10"
+    font = FontProperties(family="DejaVu Sans", size=10)
+    for t in labels:
+        assert float(t.get("x")) - TextPath((0, 0), t.text, prop=font).get_extents().width >= 0, t.text
+
+    # A short label keeps the least margin: the picture does not shift for it.
+    assert timeline.timeline_scene(load("mlp-data")).left == timeline.LEFT

@@ -82,7 +82,7 @@ def timeline_figure(result: RunResult, steps: int | Sequence[int] | None = 2,
     bottom = BOTTOM_IN + note + 0.3 * legend_rows
     fig = Figure(figsize=(WIDTH_IN, title + scene.plot_height_in + bottom))
     inch = 1 / fig.get_figheight()
-    fig.subplots_adjust(left=LEFT, right=RIGHT, bottom=bottom * inch, top=1 - title * inch)
+    fig.subplots_adjust(left=scene.left, right=RIGHT, bottom=bottom * inch, top=1 - title * inch)
     paint(scene, fig.add_subplot())
     if not framed:
         return fig, scene.entries

@@ -31,9 +31,19 @@ from playground.views.style import KIND_COLORS, KIND_LABELS, MS, rank_label
 
 WIDTH_IN = 12.0
 """The picture's width, inches."""
+PT = 72
+"""Points per inch (the SVG's user units)."""
 LEFT, RIGHT = 0.14, 0.94
-"""The plot's left and right edges, fractions of the width (rank labels
-left of it, lane names right of it)."""
+"""The plot's least left edge and its right edge, fractions of the width
+(rank labels left of it, lane names right of it); a scene moves its left
+edge right where its longest rank label needs more room (``left_edge``)."""
+LABEL_PT_PER_CHAR = 5.6
+"""Room a character of a 10-pt rank label takes, points: DejaVu Sans
+averages 4.6-4.8 over labels like "rank 0 · stages 0, 2 · dp 0", a digit
+alone 6.4."""
+LABEL_PAD_PT = 14
+"""Room beside a rank label, points: the tick and its gap (7) and as much
+again between the label and the picture's edge."""
 DPI = 100
 """Pixels per inch at which a micro-batch number must fit in its box."""
 BOTTOM_IN = 0.6
@@ -113,6 +123,8 @@ class Scene:
     rows: list[str]
     """each row's rank label, top to bottom"""
     plot_height_in: float
+    left: float = LEFT
+    """the plot's left edge, a fraction of the width (``left_edge(rows)``)"""
     boxes: list[Box] = field(default_factory=list)
     labels: list[Label] = field(default_factory=list)
     rules: list[Rule] = field(default_factory=list)
@@ -157,6 +169,14 @@ def planned_actions(result: RunResult) -> dict[int, list[list]] | None:
     return {int(rank): actions for rank, actions in timeline.items()}
 
 
+def left_edge(rows: Sequence[str]) -> float:
+    """The plot's left edge, a fraction of the picture's width, that leaves
+    room for the longest of ``rows`` at 10 pt: (LABEL_PT_PER_CHAR x its
+    characters + LABEL_PAD_PT) / (WIDTH_IN x PT), and never less than LEFT."""
+    longest = max((len(row) for row in rows), default=0)
+    return max(LEFT, (LABEL_PT_PER_CHAR * longest + LABEL_PAD_PT) / (WIDTH_IN * PT))
+
+
 def timeline_scene(result: RunResult, steps: int | Sequence[int] | None = 2) -> Scene:
     """The timeline of ``steps`` (as ``shown_steps``) laid out as a Scene."""
     chosen = shown_steps(result, steps)
@@ -165,10 +185,10 @@ def timeline_scene(result: RunResult, steps: int | Sequence[int] | None = 2) -> 
     t0 = min(r.step_times[chosen[0]][0] for r in ranks) * MS
     t1 = max(r.step_times[chosen[-1]][1] for r in ranks) * MS
     pad = 0.01 * (t1 - t0)
-    scene = Scene(xlim=(t0 - pad, t1 + pad), ylim=(len(ranks) - 0.45, -0.55),
-                  rows=[rank_label(result, r) for r in ranks],
-                  plot_height_in=0.3 + (1.15 if planned else 0.95) * len(ranks))
-    px_per_ms = WIDTH_IN * DPI * (RIGHT - LEFT) / (t1 - t0 + 2 * pad)
+    rows = [rank_label(result, r) for r in ranks]
+    scene = Scene(xlim=(t0 - pad, t1 + pad), ylim=(len(ranks) - 0.45, -0.55), rows=rows,
+                  plot_height_in=0.3 + (1.15 if planned else 0.95) * len(ranks), left=left_edge(rows))
+    px_per_ms = WIDTH_IN * DPI * (RIGHT - scene.left) / (t1 - t0 + 2 * pad)
     compute_lane = (-0.22, 0.35) if planned else (-0.33, 0.46)  # (top, height) in a row
 
     numbered = result.config.micro_batches > 1
@@ -286,8 +306,6 @@ def paint(scene: Scene, ax) -> None:
 # Written as SVG
 
 
-PT = 72
-"""SVG user units (points) per inch."""
 TOP_IN = 0.15
 """Room above the plot in the SVG, inches."""
 FONT = "DejaVu Sans, Bitstream Vera Sans, Arial, Helvetica, sans-serif"
@@ -319,7 +337,7 @@ def svg(scene: Scene) -> bytes:
     width = WIDTH_IN * PT
     top, plot_h = TOP_IN * PT, scene.plot_height_in * PT
     height = top + plot_h + BOTTOM_IN * PT
-    left, right = LEFT * width, RIGHT * width
+    left, right = scene.left * width, RIGHT * width
     (x_lo, x_hi), (y_bottom, y_top) = scene.xlim, scene.ylim
 
     def X(x: float) -> float:

@@ -100,8 +100,8 @@ class SplitStrip(W.VBox):
         spans = []
         for s in shares:
             (first, end), color = s["blocks"], STAGE_COLORS[s["stage"] % len(STAGE_COLORS)]
-            text = (f"stage {s['stage']}: blocks {first}–{end - 1} · {s['flop_share']:.0%} FLOPs · "
-                    f"{s['param_share']:.0%} params")
+            held = f"block {first}" if end - first == 1 else f"blocks {first}–{end - 1}"
+            text = f"stage {s['stage']}: {held} · {s['flop_share']:.0%} FLOPs · {s['param_share']:.0%} params"
             if s["flop_share"] == slowest:  # the slowest stage sets a pipeline's pace
                 text = f"<b>{text}</b>"
             spans.append(f"<span style='background:{color};padding:0 4px'>{text}</span>")

@@ -22,6 +22,9 @@ from playground.views.app.texts import (
 class Runs:
     """Starts and stops the background jobs and shows what they report."""
 
+    _live_behind = False
+    """A rank's message arrived that the live view and status do not show
+    yet (the throttle held it back); the job's next tick draws it."""
 
     # -- running, in a background job --------------------------------------
 
@@ -39,10 +42,12 @@ class Runs:
         if config is None or self.jobs.busy:
             return
         self._live, self._throttle = LiveProgress(config.world_size, config.steps), Throttle(0.2)
-        # Measured: 6-10 s on one core of the development machine, 15-33 s on mybinder.org's 1 CPU.
+        self._live_behind, self._live_lock = False, threading.Lock()
+        # The factory's one import of PyTorch: seconds here, 15-35 s on mybinder.org's 1 CPU.
         slow = "; on 1 CPU core up to about half a minute" if self.cores == 1 else ""
-        self._begin(config.steps, f"starting {form.plural(config.world_size, 'device')}… (the first run with a new "
-                                  f"number of devices starts a process per device and loads PyTorch in each{slow})")
+        self._begin(config.steps, f"starting {form.plural(config.world_size, 'device')}… (the first run starts a "
+                                  f"rank factory that imports PyTorch once{slow}; each device is a rank forked "
+                                  "from it, and a new number of devices forks more in well under a second)")
         self.live.value = ""
         self.jobs.start(lambda cancel: self._run_job(config, cancel))
 
@@ -74,23 +79,45 @@ class Runs:
 
     def _tick(self, elapsed: float) -> None:
         self.progress.description = f"{elapsed:.0f} s"  # time passes, even before the first step ends
+        if self._live_behind:
+            self._draw_live(only_if_behind=True)
 
     def _on_error(self, e: BaseException) -> None:
         self.status.value = f"<span style='color:{RED}'>playground error: {esc(type(e).__name__)}: {esc(e)}</span>"
 
     def _on_progress(self, update: dict) -> None:
         """A rank finished a step (called in the job's thread): the bar at
-        every finished step, the live view at most 5 times a second."""
+        every finished step, the live view and status at most 5 times a
+        second. A message the throttle holds back is drawn by the job's next
+        tick (every ``jobs.tick_s``) unless a later message draws it first:
+        a step's last rank reports within milliseconds of its first, and
+        without the tick the view would stay a step behind until the next."""
         first = not self._live.last_step
         self._live.add(update)
         done = self._live.steps_done
         if done != self.progress.value:
             self.progress.value = done
         if first or self._throttle.due() or done == self._live.steps:
+            self._draw_live()
+        else:
+            self._live_behind = True
+
+    def _draw_live(self, only_if_behind: bool = False) -> None:
+        """The live loss curve, step times and status as the ranks' messages so far say."""
+        with self._live_lock:  # the job's thread and the ticker both draw; the run's end waits for either
+            if only_if_behind and not self._live_behind:
+                return
+            self._live_behind = False  # before the snapshot: a message after it sets it again
             losses, step_s = self._live.snapshot()
             self.live.value = live_html(losses, step_s, self._live.steps)
             if not self.jobs.cancel.is_set():
-                self.status.value = f"running: step {done} of {self._live.steps} finished on every rank"
+                self.status.value = (f"running: step {len(losses)} of {self._live.steps} "
+                                     "finished on every rank")
+
+    def _end_live(self) -> None:
+        """The run returned or failed: no tick may draw "running" over what it shows next."""
+        with self._live_lock:
+            self._live_behind = False
 
     def _failed(self, config: RunConfig, e: Exception, cancel: threading.Event) -> None:
         stopped = cancel.is_set()
@@ -108,7 +135,9 @@ class Runs:
         try:
             result = runner.run(config, cancel=cancel, on_progress=self._on_progress)
         except Exception as e:
+            self._end_live()
             return self._failed(config, e, cancel)
+        self._end_live()
         # The check and the key numbers first, then the one figure looked at.
         self.result = result
         self.progress.value, self.progress.bar_style = self.progress.max, "success" if result.passed else "danger"

@@ -64,8 +64,16 @@ def esc(x: Any) -> str:
     return html.escape(str(x))
 
 
+def value_text(value: Any) -> str:
+    """A field's value as a person writes it: ``1`` for the tuple (1,),
+    ``(1, 3)`` for (1, 3); other values as Python writes them ('full')."""
+    if isinstance(value, (tuple, list)):
+        return str(value[0]) if len(value) == 1 else "(" + ", ".join(map(str, value)) + ")"
+    return repr(value)
+
+
 def error_html(e: ConfigError) -> str:
-    return (f"<div style='color:{RED}'>✗ <b>{esc(e.field)}</b> = <code>{esc(repr(e.value))}</code>: "
+    return (f"<div style='color:{RED}'>✗ <b>{esc(e.field)}</b> = <code>{esc(value_text(e.value))}</code>: "
             f"{esc(e.allowed)}</div>")
 
 
