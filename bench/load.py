@@ -1,4 +1,5 @@
-"""Load: many consecutive small runs, warm and cold mixed, in one process.
+"""Load: many consecutive small runs, warm and cold mixed, device counts
+1, 2, 3 and 4 mixed (the pool grows, runs smaller, forks again), in one process.
 Prints what the process holds before and after (children, listening
 sockets, open files, memory).
 
@@ -18,14 +19,21 @@ from playground.host.health import snapshot  # noqa: E402
 
 CONFIGS = [
     pg.RunConfig(model="seed-mlp", strategy="data", world_size=2, steps=2),
+    pg.RunConfig(model="mlp", strategy="data", world_size=4, global_batch=32, steps=2),
     pg.RunConfig(model="seed-mlp", strategy="model", world_size=2, steps=2),
+    pg.RunConfig(model="seed-mlp", strategy="single", world_size=1, steps=2),
     pg.RunConfig(model="seed-mlp", strategy="pipeline", schedule="1f1b", world_size=2, micro_batches=2, steps=2),
+    pg.RunConfig(model="mlp", strategy="pipeline", schedule="gpipe", world_size=3, micro_batches=3, global_batch=48,
+                 steps=2),
 ]
 
 
 def main(runs: int = 200, cold_every: int = 10) -> dict:
-    # Warm up once each way: the first runs import modules and start the pool.
-    pg.run(CONFIGS[0])
+    # Warm up: the first run of each config imports modules, loads its data
+    # and fills the caller's caches (baselines, predictions); the first cold
+    # run starts the pool's peers' imports. Growth is measured after these.
+    for config in CONFIGS:
+        pg.run(config)
     pg.run(CONFIGS[0], warm=False)
     pg.default_pool().shutdown()
     before = snapshot()
