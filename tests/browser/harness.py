@@ -15,7 +15,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from support import alive, cmdline, descendants, free_port  # noqa: F401  (alive: for the tests)
+from support import alive, cmdline, descendants, free_port, proc_stat  # noqa: F401  (alive: for the tests)
 
 REPO = Path(__file__).resolve().parents[2]
 NOTEBOOK = REPO / "notebooks" / "00_playground.ipynb"
@@ -26,6 +26,8 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
                  "--disable-sync", "--no-first-run", "--disable-quic"]
 VIEWPORT = {"width": 1280, "height": 800}
 WORKER = "playground.rank.worker"
+FACTORY = "--zygote-fd"
+"""What the pool's rank factory's command line holds beside ``WORKER`` (and its forked ranks')."""
 """What a rank's command line holds (``python -m playground.rank.worker``)."""
 
 
@@ -85,8 +87,20 @@ class Server:
         return found
 
     def workers(self) -> dict[int, int]:
-        """The ranks (``playground.rank.worker`` processes) the server's kernels have running now: pid -> start time."""
-        return {p: s for p, s in self.processes().items() if WORKER in cmdline(p)}
+        """The ranks (``playground.rank.worker`` processes, not a pool's
+        rank factory) the server's kernels have running now: pid -> start time."""
+        every = {p: s for p, s in self.processes().items() if WORKER in cmdline(p)}
+        factories = self.factories()
+        return {p: s for p, s in every.items() if p not in factories}
+
+    def factories(self) -> dict[int, int]:
+        """The pools' rank factories the server's kernels have running now:
+        pid -> start time. A factory's command line holds ``FACTORY``, and so
+        do the ranks it forks (a fork keeps its parent's); a factory's parent
+        is a kernel, a forked rank's is the factory."""
+        every = {p: s for p, s in self.processes().items() if WORKER in cmdline(p)}
+        return {p: s for p, s in every.items()
+                if FACTORY in cmdline(p) and (st := proc_stat(p)) is not None and st[1] not in every}
 
     def stop(self, grace: float = 15) -> None:
         """Ask the server to shut down (it shuts its kernels down, and a
