@@ -35,6 +35,29 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _spawned(fn, args: tuple, world: int) -> dict:
+    """Run ``fn(rank, *args, out)`` in ``world`` spawned processes and return
+    what rank 0 put on ``out``. Rank 0 puts it before the group is torn
+    down, and processes still alive 30 s after it (a teardown that hangs:
+    seen once in gloo's ``destroy_process_group`` here) are ended, so a
+    benchmark never waits on them."""
+    import torch.multiprocessing as mp
+
+    out = mp.get_context("spawn").Queue()
+    context = mp.start_processes(fn, args=(*args, out), nprocs=world, start_method="spawn", join=False)
+    try:
+        result = out.get(timeout=600)
+        deadline = time.monotonic() + 30
+        while not context.join(timeout=1) and time.monotonic() < deadline:
+            pass
+    finally:
+        for p in context.processes:
+            if p.is_alive():
+                p.kill()
+                p.join(5)
+    return result
+
+
 def _train(rank: int, world: int, port: int, model_name: str, batch: int, steps: int, lr: float, out) -> None:
     import torch
     import torch.distributed as dist
@@ -60,23 +83,17 @@ def _train(rank: int, world: int, port: int, model_name: str, batch: int, steps:
         loss_of(model(x), y).backward()
         opt.step()
         ends.append(time.perf_counter())
-    dist.barrier()
-    dist.destroy_process_group()
     if rank == 0:
         out.put({"throughput": batch * (steps - 1) / (ends[-1] - ends[0])})
+    dist.barrier()
+    dist.destroy_process_group()
 
 
 def ddp_training(model: str, world: int, batch: int, steps: int, lr: float = 0.05) -> dict:
     """Spawn ``world`` processes that import torch and train: the bare
     equivalent of a cold playground run (without baseline or recording)."""
-    import torch.multiprocessing as mp
-
     start = time.perf_counter()
-    ctx = mp.get_context("spawn")
-    out = ctx.Queue()
-    mp.start_processes(_train, args=(world, _free_port(), model, batch, steps, lr, out), nprocs=world,
-                       start_method="spawn")
-    result = out.get(timeout=60)
+    result = _spawned(_train, (world, _free_port(), model, batch, steps, lr), world)
     result["wall_s"] = time.perf_counter() - start
     return result
 
@@ -94,20 +111,15 @@ def _all_reduce(rank: int, world: int, port: int, nbytes: int, repeats: int, out
         start = time.perf_counter()
         dist.all_reduce(t)
         times.append(time.perf_counter() - start)
-    dist.barrier()
-    dist.destroy_process_group()
     if rank == 0:
         out.put({"median_s": statistics.median(times[1:])})
+    dist.barrier()
+    dist.destroy_process_group()
 
 
 def all_reduce_time(nbytes: int, world: int = 2, repeats: int = 21) -> float:
     """Median seconds of a bare gloo all-reduce of ``nbytes`` (after a barrier)."""
-    import torch.multiprocessing as mp
-
-    out = mp.get_context("spawn").Queue()
-    mp.start_processes(_all_reduce, args=(world, _free_port(), nbytes, repeats, out), nprocs=world,
-                       start_method="spawn")
-    return out.get(timeout=60)["median_s"]
+    return _spawned(_all_reduce, (world, _free_port(), nbytes, repeats), world)["median_s"]
 
 
 def _p2p(rank: int, world: int, port: int, nbytes: int, repeats: int, out) -> None:
@@ -128,21 +140,17 @@ def _p2p(rank: int, world: int, port: int, nbytes: int, repeats: int, out) -> No
             for w in dist.batch_isend_irecv([dist.P2POp(op, t, peer)]):
                 w.wait()
         times.append((time.perf_counter() - start) / 2)
-    dist.barrier()
-    dist.destroy_process_group()
     if rank == 0:
         out.put({"median_s": statistics.median(times[1:]), "mean_s": statistics.mean(times[1:])})
+    dist.barrier()
+    dist.destroy_process_group()
 
 
 def p2p_time(nbytes: int, repeats: int = 201) -> dict:
     """One-way time of a bare gloo isend/irecv of ``nbytes`` between two
     spawned processes with one thread each: half a ping-pong's round trip
     (median and mean, seconds)."""
-    import torch.multiprocessing as mp
-
-    out = mp.get_context("spawn").Queue()
-    mp.start_processes(_p2p, args=(2, _free_port(), nbytes, repeats, out), nprocs=2, start_method="spawn")
-    return out.get(timeout=60)
+    return _spawned(_p2p, (2, _free_port(), nbytes, repeats), 2)
 
 
 if __name__ == "__main__":
