@@ -335,6 +335,11 @@ def test_sweep_fills_history_and_compare(finished, monkeypatch):
     app.extras.selected_index = 0
     assert len(app.history.side.children) == 2
     assert all(bytes(p.children[1].value).startswith(SVG) for p in app.history.side.children)
+    assert "the tabs below show the last single run" not in app.status.value  # there is none
+    app.result = finished.result  # a single run before the sweep: its tabs stay, and the status says whose
+    app.sweep_button.click()
+    assert app.wait(timeout=60)
+    assert "the tabs below show the last single run (" in app.status.value
 
 
 def test_sweep_helpers():
@@ -486,3 +491,13 @@ def test_what_to_expect_describes_the_rank_factory(path):
     expect = next(part for part in text.split("**") if "rank factory" in part)
     assert "imports PyTorch once" in expect and "forks more ranks" in expect
     assert "loads PyTorch in each" not in text and "15–35 s" in text
+
+
+def test_a_timeouts_status_names_where_each_rank_was():
+    from playground.host.launcher import RunTimeout
+    from playground.views.app.runs import headline
+
+    said = headline(str(RunTimeout([0, 1], 3, {0: "all_reduce (step 4)", 1: "forward (step 4)"})))
+    assert said.endswith("Each rank was in: rank 0: all_reduce (step 4); rank 1: forward (step 4)"), said
+    assert headline("rank 1 raised ValueError: boom\n--- traceback of rank 1 ---\n  File x") == \
+        "rank 1 raised ValueError: boom"

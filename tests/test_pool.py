@@ -260,3 +260,44 @@ def test_a_bad_pool_setting_names_the_variable_and_what_is_allowed(monkeypatch):
         Pool()
     monkeypatch.setenv("PLAYGROUND_POOL_IDLE_S", "120")
     assert Pool().idle_release_s == 120.0
+
+
+def test_a_folder_added_to_sys_path_after_the_pool_started_reaches_its_ranks(pool, tmp_path, monkeypatch):
+    """A notebook adds its own folder to sys.path after a first run: the
+    warm ranks, forked before, import a custom model's blocks from it."""
+    import importlib
+
+    import torch
+
+    from faulty import regression_data
+
+    playground.run(CONFIG)
+    ranks = pool.pids()
+    (tmp_path / "late_blocks.py").write_text(textwrap.dedent("""
+        import torch
+
+        class Tanh8(torch.nn.Module):
+            def forward(self, x):
+                return torch.tanh(x)
+    """))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    late = importlib.import_module("late_blocks")
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 8), late.Tanh8(), torch.nn.Linear(8, 4))
+    result = playground.run(RunConfig(model="custom", strategy="data", world_size=2, steps=2, global_batch=16),
+                            model=model, dataset=regression_data())
+    assert result.passed and pool.pids() == ranks  # the same warm ranks
+
+
+def test_a_pool_started_ahead_is_released_when_idle():
+    own = Pool(idle_release_s=1.0)
+    try:
+        own.start(2)
+        held = own.process_pids()
+        assert len(held) == 3
+        deadline = time.monotonic() + 20
+        while (own.size or any(alive(p) for p in held)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert own.process_pids() == [] and not any(alive(p) for p in held)
+    finally:
+        own.shutdown()

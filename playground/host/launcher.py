@@ -299,6 +299,7 @@ def _send_jobs(ranks: list[_Rank], config: RunConfig, store_port: int, device_ty
                custom: tuple | None) -> None:
     import cloudpickle
 
+    paths = _import_path()
     clock_origin = time.perf_counter()
     for r in ranks:
         # cloudpickle, not Connection.send: torch's reducers would pass
@@ -306,11 +307,15 @@ def _send_jobs(ranks: list[_Rank], config: RunConfig, store_port: int, device_ty
         # writes plain pickle, by reference for classes the ranks can import
         # and by value for those they cannot (defined in a notebook cell or
         # in __main__), so a custom model's own blocks travel with it.
-        r.jobs.send_bytes(cloudpickle.dumps({"rank": r.rank, "config": config.to_dict(), "store_port": store_port,
-                                             "device_type": device_type, "backend": backend, "custom": custom,
-                                             # One machine, one monotonic clock: every rank
-                                             # measures from this same instant.
-                                             "clock_origin": clock_origin}))
+        job = cloudpickle.dumps({"rank": r.rank, "config": config.to_dict(), "store_port": store_port,
+                                 "device_type": device_type, "backend": backend, "custom": custom,
+                                 # One machine, one monotonic clock: every rank
+                                 # measures from this same instant.
+                                 "clock_origin": clock_origin})
+        # The caller's import path and folder as they are now, read by the
+        # rank before the job: a warm rank forked before a notebook added a
+        # folder to sys.path still finds the custom model's modules there.
+        r.jobs.send_bytes(pickle.dumps({"sys_path": paths, "cwd": os.getcwd(), "job": job}))
 
 
 def _end(ranks: list[_Rank]) -> None:
@@ -470,9 +475,12 @@ class Pool:
         return self.pids() + ([self._zygote.proc.pid] if self._zygote is not None else [])
 
     def start(self, world_size: int) -> None:
-        """Grow to at least ``world_size`` ranks ahead of the first run."""
+        """Grow to at least ``world_size`` ranks ahead of the first run; they
+        are released, trimmed and watched as after a run of that size."""
         with self._lock:
+            self._stop_watch()
             self._ensure(world_size)
+            self._watch_idle(self.size)
 
     def run(self, config: RunConfig, store_port: int, device_type: str, backend: str, custom, cancel=None,
             on_progress=None) -> list[tuple[RankReport, dict[str, Any]]]:

@@ -104,6 +104,8 @@ def serve(job_fd: int, report_fd: int, lifeline_fd: int, many: bool = False, ran
         capture_output(output_fd)
     # Jobs are written by cloudpickle (launcher._send_jobs) and read by plain
     # pickle; cloudpickle must be importable here for classes sent by value.
+    # Each comes in an envelope with the caller's sys.path and folder of the
+    # moment, which the rank takes before it reads the job.
     jobs, reports = Connection(job_fd, writable=False), Connection(report_fd, readable=False)
     status = StatusSlot(status_fd) if status_fd is not None else None
     try:
@@ -113,7 +115,13 @@ def serve(job_fd: int, report_fd: int, lifeline_fd: int, many: bool = False, ran
             except (EOFError, OSError):
                 break  # the pool was shut down
             try:
-                job = pickle.loads(raw)
+                envelope = pickle.loads(raw)  # plain data: the caller's import path and folder, the job's bytes
+                sys.path[:] = envelope["sys_path"]
+                try:
+                    os.chdir(envelope["cwd"])
+                except OSError:  # the caller's folder is gone: stay where the rank is
+                    pass
+                job = pickle.loads(envelope["job"])
             except Exception as e:  # e.g. a custom model's class this process cannot import
                 hint = (" (a custom model's classes must be importable by the ranks, from the caller's "
                         "sys.path, or defined in __main__ or a notebook cell)"

@@ -19,6 +19,18 @@ from playground.views.app.texts import (
 
 
 
+def headline(message: str) -> str:
+    """An error's first line; where it ends on ":", the indented lines that
+    follow it too, joined by "; " (a timeout's "Each rank was in:" and where
+    each rank was)."""
+    lines = message.splitlines() or [""]
+    first = lines[0]
+    if first.endswith(":"):
+        rest = [line.strip() for line in lines[1:] if line.startswith((" ", "\t")) and line.strip()]
+        first += " " + "; ".join(rest)
+    return first
+
+
 class Runs:
     """Starts and stops the background jobs and shows what they report."""
 
@@ -121,7 +133,7 @@ class Runs:
 
     def _failed(self, config: RunConfig, e: Exception, cancel: threading.Event) -> None:
         stopped = cancel.is_set()
-        what = "stopped" if stopped else f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        what = "stopped" if stopped else f"{type(e).__name__}: {headline(str(e))}"
         self.history.add(config, error=what)
         self.progress.bar_style = "warning" if stopped else "danger"
         self.status.value = ("stopped: every rank was ended" if stopped else
@@ -170,4 +182,8 @@ class Runs:
             self.sweep.show(over, points)
         done = f"sweep: {len(points)} of {len(counts)} point(s) ran" + (" (stopped)" if cancel.is_set() else "")
         self.status.value = esc(done) + "".join(f"<div style='color:{GREY}'>skipped {esc(s)}</div>" for s in skipped)
+        if self.result is not None:  # the tabs still hold it: say so, lest they pass for a sweep point's
+            self.status.value += (f"<div style='color:{GREY}'>the sweep's points are in the sweep panel and the "
+                                  f"history; the tabs below show the last single run "
+                                  f"({esc(run_title(self.result))})</div>")
         self.progress.bar_style = "success" if len(points) == len(counts) else "warning"
