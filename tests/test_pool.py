@@ -20,6 +20,14 @@ from support import alive, proc_stat, rank_pids, socket_fds
 CONFIG = RunConfig(model="seed-mlp", strategy="data", world_size=2, steps=5)
 
 
+def released(own: Pool, held: list[int], within_s: float = 20) -> bool:
+    """Whether ``own`` gives up every process (ranks and factory) and each of ``held`` ends, within ``within_s``."""
+    deadline = time.monotonic() + within_s
+    while (own.process_pids() or any(alive(p) for p in held)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return own.process_pids() == [] and not any(alive(p) for p in held)
+
+
 @pytest.fixture
 def pool():
     playground.default_pool().shutdown()
@@ -193,10 +201,7 @@ def test_an_idle_pool_gives_its_processes_back():
         launch(CONFIG, "cpu", "gloo", pool=own)
         held = own.process_pids()
         assert len(held) == 3 and all(alive(p) for p in held)
-        deadline = time.monotonic() + 20
-        while (own.size or any(alive(p) for p in held)) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert own.size == 0 and not any(alive(p) for p in held)
+        assert released(own, held)
         launch(CONFIG, "cpu", "gloo", pool=own)  # and the next run starts them again
         assert own.size == 2
     finally:
@@ -239,10 +244,7 @@ def test_an_idle_pool_ends_its_processes_when_memory_runs_short(monkeypatch):
         assert len(held) == 3
         monkeypatch.setattr(launcher, "MEMORY_GRACE_S", 0.0)
         monkeypatch.setattr(launcher, "memory_short", lambda: True)
-        deadline = time.monotonic() + 20
-        while (own.size or any(alive(p) for p in held)) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert own.process_pids() == [] and not any(alive(p) for p in held)
+        assert released(own, held)
     finally:
         own.shutdown()
 
@@ -295,9 +297,6 @@ def test_a_pool_started_ahead_is_released_when_idle():
         own.start(2)
         held = own.process_pids()
         assert len(held) == 3
-        deadline = time.monotonic() + 20
-        while (own.size or any(alive(p) for p in held)) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert own.process_pids() == [] and not any(alive(p) for p in held)
+        assert released(own, held)
     finally:
         own.shutdown()
