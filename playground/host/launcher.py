@@ -213,7 +213,8 @@ class _Zygote:
             return self._answer()
 
     def fork(self, rank: int, fds: tuple[int, ...]) -> "_ForkedProc":
-        pid = self._ask({"rank": rank, "sys_path": _import_path(), "cwd": os.getcwd()}, fds)["pid"]
+        # The rank takes the caller's sys.path and folder with each job (``_send_jobs``).
+        pid = self._ask({"rank": rank}, fds)["pid"]
         return _ForkedProc(pid, self)
 
     def exitcode(self, pid: int) -> int | None:

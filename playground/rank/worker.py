@@ -149,7 +149,7 @@ def zygote(control_fd: int) -> None:
     ``{"ready": true}`` on ``control_fd`` (a Unix socket), then fork a new
     rank for each request on it.
 
-    A request is a JSON line ``{"rank", "sys_path", "cwd"}`` with the
+    A request is a JSON line ``{"rank"}`` with the
     rank's five descriptors attached (job, report, lifeline, status,
     output); the
     answer is ``{"pid"}``. ``{"exitcode": pid}`` asks how a rank ended:
@@ -208,8 +208,6 @@ def zygote(control_fd: int) -> None:
             sock.close()
             signal.signal(signal.SIGCHLD, signal.SIG_DFL)
             os.setsid()  # a terminal's Ctrl-C goes to the caller, which ends its ranks itself
-            sys.path[:] = request["sys_path"]
-            os.chdir(request["cwd"])
             job_fd, report_fd, lifeline_fd, status_fd, output_fd = fds
             serve(job_fd, report_fd, lifeline_fd, True, request["rank"], status_fd, output_fd)
         for fd in fds:

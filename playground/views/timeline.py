@@ -346,7 +346,8 @@ def svg(scene: Scene) -> bytes:
     def Y(y: float) -> float:
         return top + (y - y_top) / (y_bottom - y_top) * plot_h
 
-    out = ['<?xml version="1.0" encoding="utf-8"?>\n', f'<svg xmlns="http://www.w3.org/2000/svg" width="{width:.0f}pt" height="{height:.1f}pt" '
+    out = ['<?xml version="1.0" encoding="utf-8"?>\n',
+           f'<svg xmlns="http://www.w3.org/2000/svg" width="{width:.0f}pt" height="{height:.1f}pt" '
            f'viewBox="0 0 {width:.0f} {height:.1f}" font-family="{FONT}">',
            f'<defs><clipPath id="plot"><rect x="{left:.2f}" y="{top:.2f}" width="{right - left:.2f}" '
            f'height="{plot_h:.2f}"/></clipPath>']

@@ -83,14 +83,13 @@ def check_html(result: RunResult) -> str:
     diff = f"max |Δparam| = {b['max_abs_param_diff']:.2e}"
     text = (f"baseline check passed ({diff} ≤ {b['tolerance']:.0e})" if b["passed"] else
             f"baseline check FAILED ({diff} > tolerance {b['tolerance']:.0e})")
+    more = f" · {result.throughput_samples_per_s:.0f} samples/s · wall {result.wall_s:.1f} s"
     if b.get("compares") == "loss":  # equality with one device is not expected: the run says why
         loss = f"mean loss {b['mean_loss_rel_diff']:.1%} from one device's"
         text = (f"loss check passed ({loss} ≤ {b['loss_tolerance']:.0%}; {diff}, not expected to match)"
                 if b["passed"] else f"loss check FAILED ({loss} > {b['loss_tolerance']:.0%})")
         why = "".join(f"<div style='color:{AMBER};font-weight:normal'>≠ {esc(w)}</div>" for w in b["why"])
-        more = f" · {result.throughput_samples_per_s:.0f} samples/s · wall {result.wall_s:.1f} s"
         return f"<b style='color:{GREEN if b['passed'] else RED}'>{text}</b>{esc(more)}{why}"
-    more = f" · {result.throughput_samples_per_s:.0f} samples/s · wall {result.wall_s:.1f} s"
     if result.accuracy is not None:
         more += f" · accuracy {result.accuracy:.3f} (single device {b['accuracy']:.3f})"
     return f"<b style='color:{GREEN if b['passed'] else RED}'>{text}</b>{esc(more)}"
